@@ -1,0 +1,1 @@
+"""Channel adapters: one module per provider, all behind :class:`channels.base.Provider`."""

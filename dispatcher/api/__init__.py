@@ -1,0 +1,56 @@
+"""The HTTP API (v1): the gateway for services and the feed for end users.
+
+``create_app`` builds a FastAPI app around a :class:`~dispatcher.runtime.Runtime`. With
+``workers=True`` (``dispatcher serve``) the same process also runs the queue workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+
+from dispatcher.api import feed, notifications, templates, users
+from dispatcher.api.auth import Authenticator
+from dispatcher.api.errors import ApiError, install_error_handlers
+from dispatcher.runtime import Runtime
+
+__all__ = ["create_app"]
+
+
+def create_app(runtime: Runtime, *, workers: int = 0) -> FastAPI:
+    """``workers``: worker loops to run inside this process (0: API only)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        loops = [asyncio.create_task(runtime.worker().run(stop)) for _ in range(workers)]
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    app = FastAPI(title="Notification dispatcher", version="1", lifespan=lifespan)
+    settings = runtime.settings
+    auth = Authenticator(settings.service_keys(), settings.user_token_secret or "")
+    install_error_handlers(app)
+    for module in (notifications, users, feed, templates):
+        app.include_router(module.router(runtime, auth))
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> dict[str, Any]:
+        try:
+            await runtime.ready()
+        except Exception as exc:
+            raise ApiError(503, f"not ready: {type(exc).__name__}: {exc}") from None
+        return {"status": "ready"}
+
+    return app

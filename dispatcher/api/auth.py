@@ -1,0 +1,64 @@
+"""Who is calling: a service (``Bearer <api key>``) or an end user (``Bearer <JWT>``).
+
+Service keys come from ``DISPATCHER_API_KEYS``; a service may act for any user. User tokens
+are HS256 JWTs signed with ``DISPATCHER_USER_TOKEN_SECRET``, ``sub`` = user id, ``exp``
+required; a user token only ever reaches its own user's data.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+import jwt
+from fastapi import Request
+
+from dispatcher.api.errors import ApiError
+
+__all__ = ["Authenticator", "Caller"]
+
+
+@dataclass(frozen=True)
+class Caller:
+    service: str | None = None
+    user_id: str | None = None
+
+    def require_service(self) -> str:
+        if self.service is None:
+            raise ApiError(403, "this endpoint needs a service API key, not a user token")
+        return self.service
+
+    def require_user(self, user_id: str) -> None:
+        if self.service is None and self.user_id != user_id:
+            raise ApiError(403, "a user token only reaches its own user's data")
+
+
+class Authenticator:
+    def __init__(self, service_keys: dict[str, str], user_token_secret: str) -> None:
+        self._keys = service_keys
+        self._secret = user_token_secret
+
+    def __call__(self, request: Request) -> Caller:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "missing 'Authorization: Bearer <api key or user token>' header")
+        service = self._service(token.strip())
+        if service is not None:
+            return Caller(service=service)
+        return Caller(user_id=self._user(token.strip()))
+
+    def _service(self, token: str) -> str | None:
+        for key, service in self._keys.items():
+            if hmac.compare_digest(key.encode(), token.encode()):
+                return service
+        return None
+
+    def _user(self, token: str) -> str:
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=["HS256"],
+                                options={"require": ["exp", "sub"]})
+        except jwt.ExpiredSignatureError:
+            raise ApiError(401, "the user token has expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise ApiError(401, f"not a valid API key or user token ({exc})") from None
+        return str(claims["sub"])

@@ -1,0 +1,88 @@
+"""``/v1/users/{id}/notifications``: the in-app feed, read marks and the live stream (SSE)."""
+
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+
+from channels.in_app import feed_topic
+from dispatcher.api.auth import Authenticator, Caller
+from dispatcher.api.errors import ApiError
+from dispatcher.api.timefmt import iso
+from dispatcher.bus import Bus
+from dispatcher.pagination import InvalidCursor
+from dispatcher.runtime import Runtime
+
+__all__ = ["router"]
+
+KEEPALIVE_SECONDS = 15.0
+
+
+def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
+    api = APIRouter(prefix="/v1/users/{user_id}/notifications", tags=["feed"])
+    Auth = Annotated[Caller, Depends(auth)]
+    feed = runtime.store.feed
+
+    @api.get("")
+    async def list_feed(
+        user_id: str, caller: Auth, cursor: str | None = None, unread: bool = False,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    ) -> dict[str, Any]:
+        caller.require_user(user_id)
+        try:
+            rows, next_cursor = await feed.list(user_id, limit=limit, cursor=cursor,
+                                                unread_only=unread)
+        except InvalidCursor as exc:
+            raise ApiError(400, str(exc), "invalid_cursor") from None
+        return {"items": [_entry_json(r) for r in rows], "next_cursor": next_cursor,
+                "unread_count": await feed.unread_count(user_id)}
+
+    @api.post("/read-all")
+    async def read_all(user_id: str, caller: Auth) -> dict[str, Any]:
+        caller.require_user(user_id)
+        marked = await feed.mark_all_read(user_id)
+        await runtime.bus.publish(feed_topic(user_id), {"type": "read_all"})
+        return {"marked": marked, "unread_count": 0}
+
+    @api.post("/{notification_id}/read")
+    async def read_one(user_id: str, notification_id: str, caller: Auth) -> dict[str, Any]:
+        caller.require_user(user_id)
+        if not await feed.mark_read(user_id, notification_id):
+            raise ApiError(404, f"user {user_id!r} has no notification {notification_id!r}")
+        await runtime.bus.publish(feed_topic(user_id), {"type": "read", "id": notification_id})
+        return {"id": notification_id, "read": True,
+                "unread_count": await feed.unread_count(user_id)}
+
+    @api.get("/stream")
+    async def stream(user_id: str, caller: Auth) -> StreamingResponse:
+        """Server-sent events: ``notification`` (new or updated entry), ``read``, ``read_all``."""
+        caller.require_user(user_id)
+        return StreamingResponse(_events(runtime.bus, feed_topic(user_id)),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return api
+
+
+async def _events(bus: Bus, topic: str) -> AsyncIterator[str]:
+    async with bus.subscribe(topic) as events:
+        yield ": connected\n\n"
+        iterator = aiter(events)
+        while True:
+            try:
+                event = await asyncio.wait_for(anext(iterator), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield ": keepalive\n\n"
+                continue
+            yield f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
+
+
+def _entry_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["notification_id"], "title": row["title"], "body": row["body"],
+            "state": row["state"], "category": row["category"], "read": row["read"],
+            "version": row["version"], "created_at": iso(row["created_at"]),
+            "updated_at": iso(row["updated_at"])}

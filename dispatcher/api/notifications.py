@@ -1,0 +1,86 @@
+"""``/v1/notifications``: accept, read and inspect notifications (services only)."""
+
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
+
+from dispatcher.api.auth import Authenticator, Caller
+from dispatcher.api.errors import ApiError
+from dispatcher.api.schemas import NotificationIn
+from dispatcher.api.timefmt import iso
+from dispatcher.fan_out import Rejected
+from dispatcher.model import DeliveryStatus, InvalidNotificationId, parse_notification_id
+from dispatcher.pagination import InvalidCursor
+from dispatcher.runtime import Runtime
+from dispatcher.store import NotificationHeader
+
+__all__ = ["router"]
+
+
+def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
+    api = APIRouter(prefix="/v1/notifications", tags=["notifications"])
+    Auth = Annotated[Caller, Depends(auth)]
+
+    @api.post("", status_code=202)
+    async def send(body: NotificationIn, caller: Auth) -> JSONResponse:
+        service = caller.require_service()
+        try:
+            parse_notification_id(body.id, service)
+        except InvalidNotificationId as exc:
+            raise ApiError(400, str(exc), "invalid_id") from None
+        try:
+            accepted = await runtime.fan_out.accept(service, body.model_dump())
+        except Rejected as exc:
+            raise ApiError(422, f"{exc.field}: {exc}") from None
+        return JSONResponse({"id": accepted.id, "accepted": accepted.recipients}, 202)
+
+    @api.get("/{notification_id}")
+    async def read(notification_id: str, caller: Auth) -> dict[str, Any]:
+        header = await _owned(runtime, notification_id, caller.require_service())
+        counts = await runtime.store.notifications.counts(header)
+        return _header_json(header) | {"counts": counts}
+
+    @api.get("/{notification_id}/deliveries")
+    async def deliveries(
+        notification_id: str, caller: Auth, cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100, status: DeliveryStatus | None = None,
+    ) -> dict[str, Any]:
+        await _owned(runtime, notification_id, caller.require_service())
+        try:
+            rows, next_cursor = await runtime.store.notifications.deliveries(
+                notification_id, limit=limit, cursor=cursor,
+                status=status.value if status else None)
+        except InvalidCursor as exc:
+            raise ApiError(400, str(exc), "invalid_cursor") from None
+        return {"items": [_delivery_json(r) for r in rows], "next_cursor": next_cursor}
+
+    return api
+
+
+async def _owned(runtime: Runtime, notification_id: str, service: str) -> NotificationHeader:
+    try:
+        parse_notification_id(notification_id, service)
+    except InvalidNotificationId as exc:
+        raise ApiError(403 if "belongs to service" in str(exc) else 404, str(exc)) from None
+    header = await runtime.store.notifications.get(notification_id)
+    if header is None:
+        raise ApiError(404, f"no notification {notification_id!r}")
+    return header
+
+
+def _header_json(h: NotificationHeader) -> dict[str, Any]:
+    return {"id": h.id, "state": h.state, "version": h.version, "category": h.category,
+            "template": h.template, "data": h.data, "locale": h.locale,
+            "channels": list(h.channels), "recipients": h.recipients,
+            "created_at": iso(h.created_at), "updated_at": iso(h.updated_at)}
+
+
+def _delivery_json(row: dict[str, Any]) -> dict[str, Any]:
+    status = row["status"]
+    return {"user_id": row["user_id"], "channel": row["channel"], "version": row["version"],
+            "status": "pending" if status == DeliveryStatus.SENDING else status,
+            "reason": row["reason"], "detail": row["detail"], "attempts": row["attempts"],
+            "provider_message_id": row["provider_message_id"],
+            "created_at": iso(row["created_at"]), "updated_at": iso(row["updated_at"])}

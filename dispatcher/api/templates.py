@@ -1,0 +1,47 @@
+"""``/v1/templates``: list the templates and preview one (services only)."""
+
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+
+from dispatcher.api.auth import Authenticator, Caller
+from dispatcher.api.errors import ApiError
+from dispatcher.api.schemas import PreviewIn
+from dispatcher.rendering import TemplateError, TemplateInfo, UnknownTemplate
+from dispatcher.runtime import Runtime
+
+__all__ = ["router"]
+
+
+def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
+    api = APIRouter(prefix="/v1/templates", tags=["templates"])
+    Auth = Annotated[Caller, Depends(auth)]
+    templates = runtime.templates
+
+    @api.get("")
+    async def list_templates(caller: Auth) -> dict[str, Any]:
+        caller.require_service()
+        return {"items": [_info_json(templates.info(n)) for n in templates.names()]}
+
+    @api.post("/{name}/preview")
+    async def preview(name: str, body: PreviewIn, caller: Auth) -> dict[str, Any]:
+        caller.require_service()
+        try:
+            info = templates.info(name)
+            channels = body.channels or sorted(info.channels)
+            context = {**body.data, "state": body.state, "category": info.category or "default",
+                       "notification_id": "preview", "locale": body.locale}
+            rendered = templates.render(name, channels, context, body.locale)
+        except UnknownTemplate as exc:
+            raise ApiError(404, str(exc)) from None
+        except (TemplateError, ValueError) as exc:
+            raise ApiError(422, str(exc), "template_error") from None
+        return {"template": name, "locale": body.locale, "channels": rendered}
+
+    return api
+
+
+def _info_json(info: TemplateInfo) -> dict[str, Any]:
+    return {"name": info.name, "channels": sorted(info.channels), "locales": list(info.locales),
+            "category": info.category, "description": info.description}

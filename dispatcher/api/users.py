@@ -1,0 +1,89 @@
+"""``/v1/users/{id}``: contact data, devices and preferences."""
+
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Response
+
+from dispatcher.api.auth import Authenticator, Caller
+from dispatcher.api.errors import ApiError
+from dispatcher.api.schemas import DeviceIn, PreferencesIn, UserIn
+from dispatcher.api.timefmt import iso
+from dispatcher.contacts import InvalidContact, normalize_email, normalize_phone
+from dispatcher.runtime import Runtime
+from dispatcher.store import UserRecord
+from dispatcher.store.users import empty_preferences
+
+__all__ = ["router"]
+
+
+def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
+    api = APIRouter(prefix="/v1/users/{user_id}", tags=["users"])
+    Auth = Annotated[Caller, Depends(auth)]
+    users = runtime.store.users
+
+    @api.put("")
+    async def put_user(user_id: str, body: UserIn, caller: Auth) -> dict[str, Any]:
+        caller.require_service()
+        fields = _normalised(body, runtime.settings.default_phone_region)
+        return _user_json(await users.upsert(_checked_id(user_id), fields))
+
+    @api.get("")
+    async def get_user(user_id: str, caller: Auth) -> dict[str, Any]:
+        caller.require_user(user_id)
+        user = await users.get(user_id)
+        if user is None:
+            raise ApiError(404, f"no user {user_id!r}")
+        return _user_json(user)
+
+    @api.post("/devices", status_code=201)
+    async def add_device(user_id: str, body: DeviceIn, caller: Auth) -> dict[str, Any]:
+        caller.require_user(user_id)
+        device = await users.add_device(_checked_id(user_id), body.token, body.platform)
+        return {"token": device.token, "platform": device.platform, "active": device.active}
+
+    @api.delete("/devices/{token}", status_code=204)
+    async def remove_device(user_id: str, token: str, caller: Auth) -> Response:
+        caller.require_user(user_id)
+        if not await users.remove_device(user_id, token):
+            raise ApiError(404, f"user {user_id!r} has no device with that token")
+        return Response(status_code=204)
+
+    @api.get("/preferences")
+    async def get_preferences(user_id: str, caller: Auth) -> dict[str, Any]:
+        caller.require_user(user_id)
+        user = await users.get(user_id)
+        return dict(user.preferences) if user else empty_preferences()
+
+    @api.put("/preferences")
+    async def put_preferences(user_id: str, body: PreferencesIn, caller: Auth) -> dict[str, Any]:
+        caller.require_user(user_id)
+        return await users.merge_preferences(_checked_id(user_id), body.model_dump())
+
+    return api
+
+
+def _checked_id(user_id: str) -> str:
+    if not user_id or len(user_id) > 255:
+        raise ApiError(422, "user_id: must be 1..255 characters")
+    return user_id
+
+
+def _normalised(body: UserIn, region: str | None) -> dict[str, Any]:
+    fields = body.model_dump(exclude_unset=True)
+    try:
+        if fields.get("email") is not None:
+            fields["email"] = normalize_email(fields["email"])
+        if fields.get("phone") is not None:
+            fields["phone"] = normalize_phone(fields["phone"], region)
+    except InvalidContact as exc:
+        raise ApiError(422, f"{exc.field}: {exc.message}", "invalid_contact") from None
+    return fields
+
+
+def _user_json(user: UserRecord) -> dict[str, Any]:
+    return {"id": user.id, "email": user.email, "phone": user.phone, "locale": user.locale,
+            "timezone": user.timezone, "preferences": dict(user.preferences),
+            "devices": [{"token": d.token, "platform": d.platform, "active": d.active}
+                        for d in user.devices],
+            "created_at": iso(user.created_at), "updated_at": iso(user.updated_at)}

@@ -1,0 +1,123 @@
+"""``dispatcher serve | gateway | worker | dlq``: the process entry points.
+
+* ``serve``: the API and the workers in one process (the embedded default: SQLite, no
+  infrastructure needed);
+* ``gateway``: the API only; ``worker``: the workers only (production: many of each);
+* ``dlq``: list the dead-letter queue of the embedded queue, with reasons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from dispatcher.config import Settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("dispatcher")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"dispatcher: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    overrides = {k: v for k, v in (("host", getattr(args, "host", None)),
+                                   ("port", getattr(args, "port", None)),
+                                   ("worker_concurrency", getattr(args, "concurrency", None)))
+                 if v is not None}
+    settings = settings.model_copy(update=overrides)
+    if args.command == "dlq":
+        return asyncio.run(_dlq(settings, args.limit))
+    return asyncio.run(_COMMANDS[args.command](settings))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dispatcher", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("serve", "API and workers in one process"), ("gateway", "API only")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--host", help="listen address (DISPATCHER_HOST, default 127.0.0.1)")
+        sub.add_argument("--port", type=int, help="listen port (DISPATCHER_PORT, default 8000)")
+        if name == "serve":
+            _concurrency(sub)
+    _concurrency(commands.add_parser("worker", help="workers only"))
+    dlq = commands.add_parser("dlq", help="list dead-lettered messages and why")
+    dlq.add_argument("--limit", type=int, default=100)
+    return parser
+
+
+def _concurrency(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--concurrency", type=int,
+                     help="chunks in progress at once (DISPATCHER_WORKER_CONCURRENCY, default 4)")
+
+
+async def _serve(settings: Settings, *, workers: int = 1) -> int:
+    import uvicorn
+
+    from dispatcher.api import create_app
+    from dispatcher.runtime import Runtime
+
+    settings, notes = settings.with_dev_credentials()
+    for note in notes:
+        log.warning(note)
+    runtime = await Runtime.open(settings)
+    try:
+        app = create_app(runtime, workers=workers)
+        server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                               log_config=None, access_log=False))
+        await server.serve()
+    finally:
+        await runtime.close()
+    return 0
+
+
+async def _gateway(settings: Settings) -> int:
+    return await _serve(settings, workers=0)
+
+
+async def _worker(settings: Settings) -> int:
+    from dispatcher.runtime import Runtime
+
+    runtime = await Runtime.open(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker started: %d chunks at once", settings.worker_concurrency)
+    try:
+        await runtime.worker().run(stop)
+    finally:
+        await runtime.close()
+    return 0
+
+
+async def _dlq(settings: Settings, limit: int = 100) -> int:
+    from dispatcher.runtime import Runtime
+
+    runtime = await Runtime.open(settings)
+    try:
+        for letter in await runtime.queue.dead_letters(limit):
+            print(json.dumps({"id": letter.id, "reason": letter.reason,
+                              "receive_count": letter.receive_count, "body": letter.body}))
+    finally:
+        await runtime.close()
+    return 0
+
+
+_COMMANDS = {"serve": _serve, "gateway": _gateway, "worker": _worker}

@@ -1,0 +1,107 @@
+"""Settings, read once from ``DISPATCHER_*`` environment variables at the edge (the CLI or a test).
+
+Nothing below the edge reads ``os.environ``: components receive a :class:`Settings` or the
+values they need. Every field is documented in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "SHIPPED_TEMPLATES"]
+
+SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DISPATCHER_", extra="ignore")
+
+    database_url: str = "sqlite:///./dispatcher.db"
+    queue_url: str = "sqlite"
+    #: SQLite ``PRAGMA synchronous``: FULL survives power loss; NORMAL survives a killed process.
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    redis_url: str | None = None
+
+    email_provider: Literal["log"] = "log"
+    sms_provider: Literal["log"] = "log"
+    push_provider: Literal["log"] = "log"
+    email_from: str | None = None
+    #: Where the ``log`` providers append what they would have sent (JSON lines); unset: the log only.
+    log_provider_path: Path | None = None
+
+    #: ``service:key,service2:key2``. Unset: a development key for service ``dev`` is printed at start.
+    api_keys: str | None = None
+    #: HS256 secret for end-user JWTs. Unset: a random one per process (user tokens then can't be minted).
+    user_token_secret: str | None = None
+    templates_dir: Path = SHIPPED_TEMPLATES
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    chunk_size: int = Field(default=500, ge=1, le=10_000)
+    worker_concurrency: int = Field(default=4, ge=1)
+    send_concurrency: int = Field(default=64, ge=1)
+    queue_visibility_timeout: float = Field(default=30.0, gt=0)
+    queue_max_receives: int = Field(default=5, ge=1)
+    queue_poll_interval: float = Field(default=0.2, gt=0)
+    #: A ``sending`` row older than this belongs to a crashed worker (see docs on recovery).
+    send_lease_seconds: float = Field(default=60.0, gt=0)
+    #: What recovery does with such a row: ``fail`` (never a duplicate) or ``resend`` (never a loss).
+    recovery: Literal["fail", "resend"] = "fail"
+    retry_max_attempts: int = Field(default=5, ge=1)
+    retry_base_delay: float = Field(default=0.5, ge=0)
+    retry_max_delay: float = Field(default=30.0, ge=0)
+    provider_timeout: float = Field(default=10.0, gt=0)
+
+    #: Categories that bypass opt-outs, comma-separated.
+    critical_categories: str = "security"
+    #: Region used to read phone numbers written without a ``+country`` prefix (e.g. ``KR``).
+    default_phone_region: str | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql://", "postgres://", "postgresql+")):
+            raise ValueError("DISPATCHER_DATABASE_URL must be sqlite:///path or postgresql://…")
+        return value
+
+    @field_validator("queue_url")
+    @classmethod
+    def _known_queue(cls, value: str) -> str:
+        if value != "sqlite":
+            raise ValueError(
+                "DISPATCHER_QUEUE_URL: only 'sqlite' (the embedded queue in the store's database) "
+                "is available in this version"
+            )
+        return value
+
+    def service_keys(self) -> dict[str, str]:
+        """API key -> service name, from ``api_keys``."""
+        keys: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in (self.api_keys or "").split(","))):
+            service, sep, key = pair.partition(":")
+            if not sep or not service or not key:
+                raise ValueError(f"DISPATCHER_API_KEYS: {pair!r} is not 'service:key'")
+            keys[key] = service
+        return keys
+
+    def critical(self) -> frozenset[str]:
+        return frozenset(c.strip() for c in self.critical_categories.split(",") if c.strip())
+
+    def with_dev_credentials(self) -> tuple[Settings, list[str]]:
+        """Fill unset credentials with development values; return the lines to print."""
+        notes: list[str] = []
+        update: dict[str, str] = {}
+        if not self.api_keys:
+            key = secrets.token_urlsafe(24)
+            update["api_keys"] = f"dev:{key}"
+            notes.append(f"DISPATCHER_API_KEYS is unset: development key for service 'dev': {key}")
+        if not self.user_token_secret:
+            update["user_token_secret"] = secrets.token_urlsafe(32)
+            notes.append("DISPATCHER_USER_TOKEN_SECRET is unset: a random secret is used for this run")
+        return self.model_copy(update=update), notes

@@ -1,0 +1,81 @@
+"""The gateway's half of fan-out: check a request, split it into chunk messages, enqueue them.
+
+A request to up to 10,000 recipients becomes ``ceil(n / chunk_size)`` queue messages carrying
+the notification and a slice of the recipients; the workers do the per-recipient work. The
+request is checked here as the worker will check each message (template, channels, a trial
+render), so a bad request is a 4xx now instead of a dead letter later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dispatcher.messages import ChunkMessage, encode_chunk
+from dispatcher.planning import category_of, channel_sets, header_update, render_context
+from dispatcher.queue import Queue
+from dispatcher.rendering import TemplateError, TemplateRegistry, UnknownTemplate
+from dispatcher.store import HeaderUpdate, Store
+
+__all__ = ["FanOut", "Rejected"]
+
+
+class Rejected(ValueError):
+    """A request the gateway refuses (422); ``field`` names what is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: str
+    recipients: int
+    chunks: int
+
+
+class FanOut:
+    def __init__(self, store: Store, queue: Queue, templates: TemplateRegistry,
+                 chunk_size: int) -> None:
+        self._store = store
+        self._queue = queue
+        self._templates = templates
+        self._chunk_size = chunk_size
+
+    async def accept(self, service: str, request: dict[str, Any]) -> Accepted:
+        """``request`` holds the fields of ``POST /v1/notifications`` (id already checked)."""
+        recipients = list(dict.fromkeys(request["recipients"]))
+        base = ChunkMessage(service=service, recipients=tuple(recipients[:1]),
+                            recipients_total=len(recipients), **_fields(request))
+        header = self._check(base)
+        await self._store.notifications.upsert(header)
+        chunks = [
+            base.model_copy(update={"recipients": tuple(recipients[i:i + self._chunk_size])})
+            for i in range(0, len(recipients), self._chunk_size)
+        ]
+        await self._queue.send_batch([encode_chunk(c) for c in chunks])
+        return Accepted(base.id, len(recipients), len(chunks))
+
+    def _check(self, message: ChunkMessage) -> HeaderUpdate:
+        try:
+            template = self._templates.info(message.template)
+        except UnknownTemplate as exc:
+            raise Rejected("template", f"{exc}; known: {self._templates.names()}") from None
+        try:
+            sets = channel_sets(message.channels, template)
+        except ValueError as exc:
+            raise Rejected("channels", str(exc)) from None
+        context = render_context(message, category_of(message, template), message.locale)
+        try:
+            self._templates.render(message.template, sorted(sets.all), context, message.locale)
+        except TemplateError as exc:
+            raise Rejected("data", f"the template can't be rendered with this data: {exc}") from None
+        return header_update(message, template, sets)
+
+
+def _fields(request: dict[str, Any]) -> dict[str, Any]:
+    keys = ("id", "version", "template", "data", "channels", "category", "state", "locale")
+    return {k: request[k] for k in keys if request.get(k) is not None}
+
+

@@ -1,0 +1,171 @@
+"""Planning one chunk: what each (recipient, channel) should become, decided per chunk.
+
+Inputs are the chunk message, its template, and the recipients' records loaded in one go;
+no I/O happens here. For each recipient and channel the plan says: skip (with the reason),
+fail (a template error), deliver in-app, or send these provider messages. Contact data is
+validated again here, since it may predate a rule change or come from outside the API.
+Templates are rendered once per locale per chunk, not per recipient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.base import Message
+from channels.in_app import InAppChannel
+from dispatcher.contacts import InvalidContact, normalize_email, normalize_phone
+from dispatcher.messages import ChunkMessage
+from dispatcher.model import Channel, DeliveryStatus, Reason
+from dispatcher.preferences import wants
+from dispatcher.rendering import TemplateError, TemplateInfo, TemplateRegistry
+from dispatcher.store import FeedEntry, HeaderUpdate, Planned, UserRecord
+
+__all__ = ["ChunkPlan", "ChannelSets", "Planner", "category_of", "channel_sets", "header_update",
+           "render_context"]
+
+Key = tuple[str, str]
+_SKIPPED, _FAILED = DeliveryStatus.SKIPPED.value, DeliveryStatus.FAILED.value
+
+
+@dataclass(frozen=True)
+class ChannelSets:
+    """``insert``: channels whose missing rows this message creates. ``reset``: channels whose
+    rows at an older version this message takes over (sends again)."""
+
+    insert: frozenset[str]
+    reset: frozenset[str]
+
+    @property
+    def all(self) -> frozenset[str]:
+        return self.insert | self.reset
+
+
+def channel_sets(requested: tuple[str, ...] | None, template: TemplateInfo) -> ChannelSets:
+    """Channels omitted: every channel of the template for new rows, and only the in-app
+    entry for rows an older version made. Named: exactly those, plus a refresh of in-app
+    entries that exist. Raises ValueError for a channel the template has no parts for."""
+    if requested is not None:
+        missing = sorted(set(requested) - template.channels)
+        if missing:
+            raise ValueError(f"template {template.name!r} has no parts for channel(s) {missing}; "
+                             f"it has {sorted(template.channels)}")
+    in_app = frozenset({Channel.IN_APP.value}) & template.channels
+    if requested is None:
+        return ChannelSets(insert=frozenset(template.channels), reset=in_app)
+    return ChannelSets(insert=frozenset(requested), reset=frozenset(requested) | in_app)
+
+
+def category_of(message: ChunkMessage, template: TemplateInfo) -> str:
+    return message.category or template.category or "default"
+
+
+def header_update(message: ChunkMessage, template: TemplateInfo, sets: ChannelSets) -> HeaderUpdate:
+    """What ``message`` says about its notification's header."""
+    return HeaderUpdate(
+        id=message.id, service=message.service, version=message.version,
+        template=message.template, data=message.data, state=message.state,
+        category=category_of(message, template), locale=message.locale,
+        channels=tuple(sorted(sets.insert)),
+        recipients=message.recipients_total or len(set(message.recipients)),
+    )
+
+
+def render_context(message: ChunkMessage, category: str, locale: str | None) -> dict[str, Any]:
+    """What a template sees: the notification's data, plus its state, category, id, locale."""
+    return {**message.data, "state": message.state, "category": category,
+            "notification_id": message.id, "locale": locale}
+
+
+@dataclass
+class ChunkPlan:
+    planned: list[Planned] = field(default_factory=list)
+    feed: dict[str, FeedEntry] = field(default_factory=dict)
+    sends: dict[Key, list[Message]] = field(default_factory=dict)
+
+
+class Planner:
+    def __init__(self, templates: TemplateRegistry, in_app: InAppChannel, *,
+                 critical: frozenset[str], phone_region: str | None) -> None:
+        self._templates = templates
+        self._in_app = in_app
+        self._critical = critical
+        self._phone_region = phone_region
+
+    def plan(self, message: ChunkMessage, template: TemplateInfo, sets: ChannelSets,
+             users: Mapping[str, UserRecord]) -> ChunkPlan:
+        category = category_of(message, template)
+        renders = _Renders(self._templates, message, category, sorted(sets.all))
+        plan = ChunkPlan()
+        for user_id in dict.fromkeys(message.recipients):
+            user = users.get(user_id) or UserRecord(id=user_id)
+            parts = renders.for_locale(user.locale or message.locale)
+            for channel in sorted(sets.all):
+                self._plan_one(plan, message, category, user, channel, parts)
+        return plan
+
+    def _plan_one(self, plan: ChunkPlan, message: ChunkMessage, category: str, user: UserRecord,
+                  channel: str, parts: dict[str, dict[str, str]] | TemplateError) -> None:
+        if isinstance(parts, TemplateError):
+            plan.planned.append(Planned(user.id, channel, _FAILED, Reason.TEMPLATE_ERROR, str(parts)))
+            return
+        if channel == Channel.IN_APP:
+            plan.planned.append(Planned(user.id, channel, DeliveryStatus.SENT.value))
+            plan.feed[user.id] = self._in_app.entry(
+                user.id, message.id, message.version, parts[channel], message.state, category)
+            return
+        if not wants(user.preferences, channel, category, self._critical):
+            plan.planned.append(Planned(user.id, channel, _SKIPPED, Reason.OPTED_OUT))
+            return
+        try:
+            addresses = self._addresses(user, channel)
+        except InvalidContact as exc:
+            plan.planned.append(Planned(user.id, channel, _SKIPPED, Reason.INVALID_CONTACT, str(exc)))
+            return
+        if not addresses:
+            plan.planned.append(Planned(user.id, channel, _SKIPPED, Reason.NO_CONTACT))
+            return
+        plan.planned.append(Planned(user.id, channel, DeliveryStatus.SENDING.value))
+        plan.sends[(user.id, channel)] = [
+            Message(channel, to, parts[channel], message.id, user.id, category, _push_data(message))
+            for to in addresses
+        ]
+
+    def _addresses(self, user: UserRecord, channel: str) -> list[str]:
+        if channel == Channel.EMAIL:
+            return [normalize_email(user.email)] if user.email else []
+        if channel == Channel.SMS:
+            return [normalize_phone(user.phone, self._phone_region)] if user.phone else []
+        return [d.token for d in user.devices if d.active]
+
+
+def _push_data(message: ChunkMessage) -> dict[str, str]:
+    data = {"notification_id": message.id, "version": str(message.version)}
+    if message.state is not None:
+        data["state"] = message.state
+    return data
+
+
+class _Renders:
+    """Each locale's rendering, done once per chunk."""
+
+    def __init__(self, templates: TemplateRegistry, message: ChunkMessage, category: str,
+                 channels: list[str]) -> None:
+        self._templates = templates
+        self._message = message
+        self._category = category
+        self._channels = channels
+        self._cache: dict[str | None, dict[str, dict[str, str]] | TemplateError] = {}
+
+    def for_locale(self, locale: str | None) -> dict[str, dict[str, str]] | TemplateError:
+        if locale not in self._cache:
+            self._cache[locale] = self._render(locale)
+        return self._cache[locale]
+
+    def _render(self, locale: str | None) -> dict[str, dict[str, str]] | TemplateError:
+        context = render_context(self._message, self._category, locale)
+        try:
+            return self._templates.render(self._message.template, self._channels, context, locale)
+        except TemplateError as exc:
+            return exc

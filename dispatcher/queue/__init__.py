@@ -1,0 +1,51 @@
+"""The queue port: chunk messages between the gateway and the workers.
+
+Semantics are SQS's, so that the embedded queue and SQS behave alike: at-least-once delivery,
+a visibility timeout during which a received message is hidden from other consumers, a
+receipt that must be shown to delete or extend it, and a dead-letter queue for messages
+received too often (redrive) or refused by the worker (poison).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["Queue", "QueuedMessage", "DeadLetter"]
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    id: str
+    body: str
+    receipt: str
+    receive_count: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str
+    body: str
+    reason: str
+    receive_count: int
+    created_at: int
+
+
+class Queue(Protocol):
+    async def send_batch(self, bodies: Sequence[str]) -> None:
+        """Enqueue all of ``bodies`` durably, or raise (then none or some may be enqueued)."""
+
+    async def receive(self, max_messages: int, wait_seconds: float) -> list[QueuedMessage]:
+        """Up to ``max_messages``, waiting at most ``wait_seconds`` for the first one."""
+
+    async def ack(self, messages: Sequence[QueuedMessage]) -> None:
+        """Delete processed messages."""
+
+    async def extend(self, message: QueuedMessage, seconds: float) -> None:
+        """Keep ``message`` hidden for ``seconds`` more (from now)."""
+
+    async def dead_letter(self, message: QueuedMessage, reason: str) -> None:
+        """Move a message the worker can never process to the DLQ, with the reason."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,141 @@
+"""The embedded queue: a table in the store's database (``DISPATCHER_QUEUE_URL=sqlite``).
+
+Durable because it is the database: a message is enqueued when its transaction commits and
+leaves only when a worker acknowledges it. Receiving hides a message for the visibility
+timeout (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, the write lock on SQLite), so a
+crashed worker's messages come back. A message received more than ``max_receives`` times
+moves to ``dead_letters`` with the reason, as SQS's redrive policy would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from dispatcher.queue import DeadLetter, QueuedMessage
+from dispatcher.store.database import Database, now_us
+from dispatcher.store.schema import dead_letters, queue_messages
+
+__all__ = ["LocalQueue"]
+
+
+class LocalQueue:
+    def __init__(
+        self, db: Database, *, name: str = "chunks", visibility_timeout: float = 30.0,
+        max_receives: int = 5, poll_interval: float = 0.2,
+    ) -> None:
+        self._db = db
+        self._name = name
+        self._visibility_us = int(visibility_timeout * 1e6)
+        self._max_receives = max_receives
+        self._poll = poll_interval
+        # Wakes a waiting receive in this process as soon as this process sends.
+        self._arrived = asyncio.Event()
+
+    async def send_batch(self, bodies: Sequence[str]) -> None:
+        if not bodies:
+            return
+        now = now_us()
+        async with self._db.write() as conn:
+            await conn.execute(queue_messages.insert(), [
+                {"queue": self._name, "body": b, "visible_at": now, "receive_count": 0,
+                 "created_at": now} for b in bodies
+            ])
+        self._arrived.set()
+
+    async def receive(self, max_messages: int, wait_seconds: float) -> list[QueuedMessage]:
+        deadline = asyncio.get_running_loop().time() + wait_seconds
+        while True:
+            self._arrived.clear()
+            messages = await self._take(max_messages)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if messages or remaining <= 0:
+                return messages
+            try:
+                await asyncio.wait_for(self._arrived.wait(), min(self._poll, remaining))
+            except TimeoutError:
+                pass
+
+    async def _take(self, max_messages: int) -> list[QueuedMessage]:
+        now = now_us()
+        async with self._db.write() as conn:
+            rows = (await conn.execute(
+                sa.select(queue_messages.c.id, queue_messages.c.body, queue_messages.c.receive_count)
+                .where(queue_messages.c.queue == self._name, queue_messages.c.visible_at <= now)
+                .order_by(queue_messages.c.visible_at, queue_messages.c.id)
+                .limit(max_messages)
+                .with_for_update(skip_locked=True)
+            )).all()
+            exhausted = [r for r in rows if r.receive_count >= self._max_receives]
+            for row in exhausted:
+                await self._move_to_dlq(conn, row.id, row.body, row.receive_count,
+                                        f"received {row.receive_count} times without success "
+                                        f"(max {self._max_receives})")
+            taken = []
+            for row in (r for r in rows if r.receive_count < self._max_receives):
+                receipt = secrets.token_hex(16)
+                await conn.execute(
+                    queue_messages.update().where(queue_messages.c.id == row.id)
+                    .values(visible_at=now + self._visibility_us, receipt=receipt,
+                            receive_count=row.receive_count + 1)
+                )
+                taken.append(QueuedMessage(str(row.id), row.body, receipt, row.receive_count + 1))
+        return taken
+
+    async def ack(self, messages: Sequence[QueuedMessage]) -> None:
+        if not messages:
+            return
+        async with self._db.write() as conn:
+            for m in messages:
+                await conn.execute(queue_messages.delete().where(
+                    queue_messages.c.id == int(m.id), queue_messages.c.receipt == m.receipt))
+
+    async def extend(self, message: QueuedMessage, seconds: float) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                queue_messages.update()
+                .where(queue_messages.c.id == int(message.id),
+                       queue_messages.c.receipt == message.receipt)
+                .values(visible_at=now_us() + int(seconds * 1e6))
+            )
+
+    async def dead_letter(self, message: QueuedMessage, reason: str) -> None:
+        async with self._db.write() as conn:
+            owned = await conn.execute(
+                sa.select(queue_messages.c.id).where(
+                    queue_messages.c.id == int(message.id),
+                    queue_messages.c.receipt == message.receipt)
+            )
+            if owned.first() is not None:
+                await self._move_to_dlq(conn, int(message.id), message.body,
+                                        message.receive_count, reason)
+
+    async def _move_to_dlq(self, conn: AsyncConnection, message_id: int,
+                           body: str, receive_count: int, reason: str) -> None:
+        await conn.execute(dead_letters.insert().values(
+            queue=self._name, body=body, reason=reason, receive_count=receive_count,
+            created_at=now_us()))
+        await conn.execute(queue_messages.delete().where(queue_messages.c.id == message_id))
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        async with self._db.read() as conn:
+            rows = (await conn.execute(
+                sa.select(dead_letters).where(dead_letters.c.queue == self._name)
+                .order_by(dead_letters.c.id).limit(limit)
+            )).all()
+        return [DeadLetter(str(r.id), r.body, r.reason, r.receive_count, r.created_at) for r in rows]
+
+    async def depth(self) -> int:
+        async with self._db.read() as conn:
+            return int((await conn.execute(
+                sa.select(sa.func.count()).select_from(queue_messages)
+                .where(queue_messages.c.queue == self._name)
+            )).scalar_one())
+
+    async def close(self) -> None:
+        return None

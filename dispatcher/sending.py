@@ -1,0 +1,141 @@
+"""Sending the rows a chunk has claimed, with retries, and recording each outcome.
+
+Every claimed (user, channel) becomes one task. Its messages (one per device for push) go out
+concurrently under a process-wide limit. Outcomes are written by a :class:`Recorder` that
+commits whatever has finished as soon as its previous commit is done (group commit), which
+keeps the crash window to the requests in flight while still writing in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from channels.base import (
+    Message, PermanentError, Provider, Receipt, TransientError, UnregisteredDevice,
+)
+from dispatcher.model import DeliveryStatus, Reason
+from dispatcher.retry import RetryPolicy
+from dispatcher.store.ledger import LedgerStore, Outcome
+
+__all__ = ["Recorder", "Sender"]
+
+log = logging.getLogger("dispatcher.sending")
+Key = tuple[str, str]
+
+
+class Recorder:
+    """Batches outcomes into ledger writes; one write in flight at a time."""
+
+    def __init__(self, ledger: LedgerStore, notification_id: str, token: str) -> None:
+        self._ledger = ledger
+        self._nid = notification_id
+        self._token = token
+        self._buffer: list[Outcome] = []
+        self._ready = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.create_task(self._run())
+
+    def add(self, outcome: Outcome) -> None:
+        self._buffer.append(outcome)
+        self._ready.set()
+
+    async def close(self) -> None:
+        self._closing = True
+        self._ready.set()
+        await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            batch, self._buffer = self._buffer, []
+            if batch:
+                await self._ledger.record(self._nid, batch, self._token)
+            if self._closing and not self._buffer:
+                return
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """What one attempt at a (user, channel) came to."""
+
+    outcome: Outcome | None        # final, or None: retry the messages in ``retry``
+    retry: list[Message]
+    retry_after: float | None
+    unregistered: list[str]
+
+
+class Sender:
+    def __init__(self, providers: Mapping[str, Provider], ledger: LedgerStore,
+                 policy: RetryPolicy, *, concurrency: int,
+                 deactivate: Callable[[list[str]], Awaitable[None]]) -> None:
+        self._providers = providers
+        self._ledger = ledger
+        self._policy = policy
+        self._limit = asyncio.Semaphore(concurrency)
+        self._deactivate = deactivate
+
+    async def send_claimed(self, notification_id: str, version: int, token: str,
+                           sends: Mapping[Key, Sequence[Message]]) -> None:
+        recorder = Recorder(self._ledger, notification_id, token)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for key, messages in sends.items():
+                    tasks.create_task(self._deliver(notification_id, version, token, key,
+                                                    list(messages), recorder))
+        finally:
+            await recorder.close()
+
+    async def _deliver(self, nid: str, version: int, token: str, key: Key,
+                       messages: list[Message], recorder: Recorder) -> None:
+        attempts = 1
+        while True:
+            result = await self._attempt(key, messages)
+            if result.unregistered:
+                await self._deactivate(result.unregistered)
+            if result.outcome is not None:
+                recorder.add(result.outcome)
+                return
+            if self._policy.exhausted(attempts):
+                recorder.add(Outcome(*key, DeliveryStatus.FAILED.value, Reason.RETRIES_EXHAUSTED,
+                                     f"{attempts} attempts; last: {result.retry[0].to}"))
+                return
+            # Release the row while waiting, so a crash now means "send again", not "unknown".
+            await self._ledger.record(nid, [Outcome(*key, DeliveryStatus.PENDING.value,
+                                                    detail=f"attempt {attempts} failed")], token)
+            await asyncio.sleep(self._policy.delay(attempts, result.retry_after))
+            if not await self._ledger.claim(nid, version, [key], token):
+                return  # another worker took it over meanwhile
+            attempts, messages = attempts + 1, result.retry
+
+    async def _attempt(self, key: Key, messages: list[Message]) -> _Attempt:
+        results = await asyncio.gather(*(self._send_one(m) for m in messages))
+        receipts = [r for r in results if isinstance(r, Receipt)]
+        transient = [(m, r) for m, r in zip(messages, results) if isinstance(r, TransientError)]
+        permanent = [(m, r) for m, r in zip(messages, results) if isinstance(r, PermanentError)]
+        unregistered = [m.to for m, r in permanent if isinstance(r, UnregisteredDevice)]
+        errors = "; ".join(f"{m.to}: {r}" for m, r in transient + permanent) or None
+        if receipts:
+            ids = ",".join(r.provider_message_id for r in receipts)
+            return _Attempt(Outcome(*key, DeliveryStatus.SENT.value, None, errors, ids), [], None,
+                            unregistered)
+        if transient:
+            after = max((r.retry_after or 0.0 for _, r in transient), default=0.0) or None
+            return _Attempt(None, [m for m, _ in transient], after, unregistered)
+        reason = permanent[0][1].reason
+        return _Attempt(Outcome(*key, DeliveryStatus.FAILED.value, reason, errors), [], None,
+                        unregistered)
+
+    async def _send_one(self, message: Message) -> Receipt | TransientError | PermanentError:
+        provider = self._providers[message.channel]
+        async with self._limit:
+            try:
+                return await provider.send(message)
+            except (TransientError, PermanentError) as exc:
+                return exc
+            except Exception as exc:  # an adapter bug must not lose the row: retry, then fail
+                log.exception("provider %s raised an unmapped error", provider.name)
+                return TransientError(f"unexpected {type(exc).__name__}: {exc}")

@@ -1,0 +1,98 @@
+"""One async engine per process, with the differences between SQLite and PostgreSQL kept here.
+
+SQLite (the embedded default) runs in WAL mode; write transactions start with
+``BEGIN IMMEDIATE`` so that concurrent writers queue on the busy timeout instead of failing
+with "database is locked" when a read transaction tries to upgrade. PostgreSQL uses psycopg 3.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from dispatcher.store.schema import metadata
+
+__all__ = ["Database", "now_us"]
+
+_WRITE = "dispatcher_write"
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _async_url(url: str) -> str:
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://"):]
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+class Database:
+    """The engine plus the few dialect switches the stores need."""
+
+    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(_async_url(url), **_engine_args(url))
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine, sqlite_synchronous)
+        self._writer = self.engine.execution_options(**{_WRITE: True})
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success."""
+        async with self._writer.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    def insert(self, table: sa.Table) -> Any:
+        """The dialect's INSERT, which has ``on_conflict_do_nothing`` / ``_do_update``."""
+        return (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(table)
+
+    async def create_schema(self) -> None:
+        async with self.write() as conn:
+            await conn.run_sync(metadata.create_all)
+
+    async def ping(self) -> None:
+        async with self.read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _engine_args(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}, "pool_size": 8, "max_overflow": 8}
+    return {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True}
+
+
+def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event, not the driver, decide how transactions start.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -1,0 +1,103 @@
+"""The in-app feed: entries per user, newest first, updated in place by later versions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from dispatcher.pagination import decode_cursor, encode_cursor
+from dispatcher.store.database import Database, now_us
+from dispatcher.store.schema import inbox
+
+__all__ = ["FeedEntry", "FeedStore"]
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    user_id: str
+    notification_id: str
+    version: int
+    title: str
+    body: str
+    state: str | None
+    category: str
+
+
+class FeedStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def write(self, conn: AsyncConnection, entries: Sequence[FeedEntry]) -> None:
+        """Insert entries, or refresh existing ones that hold an older version (unread again).
+
+        Runs inside the caller's transaction, so that the ledger row and the entry commit
+        together."""
+        if not entries:
+            return
+        now = now_us()
+        stmt = self._db.insert(inbox)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[inbox.c.user_id, inbox.c.notification_id],
+            set_={
+                "version": stmt.excluded.version, "title": stmt.excluded.title,
+                "body": stmt.excluded.body, "state": stmt.excluded.state,
+                "category": stmt.excluded.category, "read": False, "updated_at": now,
+            },
+            where=inbox.c.version < stmt.excluded.version,
+        )
+        await conn.execute(stmt, [
+            {"user_id": e.user_id, "notification_id": e.notification_id, "version": e.version,
+             "title": e.title, "body": e.body, "state": e.state, "category": e.category,
+             "read": False, "created_at": now, "updated_at": now}
+            for e in entries
+        ])
+
+    async def list(
+        self, user_id: str, *, limit: int, cursor: str | None = None, unread_only: bool = False,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        query = sa.select(inbox).where(inbox.c.user_id == user_id)
+        if unread_only:
+            query = query.where(inbox.c.read.is_(False))
+        if cursor:
+            created_at, notification_id = decode_cursor(cursor, 2)
+            query = query.where(sa.or_(
+                inbox.c.created_at < created_at,
+                sa.and_(inbox.c.created_at == created_at, inbox.c.notification_id < notification_id),
+            ))
+        query = query.order_by(inbox.c.created_at.desc(), inbox.c.notification_id.desc())
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query.limit(limit + 1))).all()
+        page = [dict(r._mapping) for r in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["notification_id"])
+        return page, next_cursor
+
+    async def unread_count(self, user_id: str) -> int:
+        async with self._db.read() as conn:
+            return int((await conn.execute(
+                sa.select(sa.func.count()).select_from(inbox)
+                .where(inbox.c.user_id == user_id, inbox.c.read.is_(False))
+            )).scalar_one())
+
+    async def mark_read(self, user_id: str, notification_id: str) -> bool:
+        """True when the user has that entry (read already or not)."""
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                inbox.update()
+                .where(inbox.c.user_id == user_id, inbox.c.notification_id == notification_id)
+                .values(read=True)
+            )
+        return bool(result.rowcount)
+
+    async def mark_all_read(self, user_id: str) -> int:
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                inbox.update().where(inbox.c.user_id == user_id, inbox.c.read.is_(False))
+                .values(read=True)
+            )
+        return int(result.rowcount)

@@ -1,0 +1,148 @@
+"""Notification headers (one row per id, carrying the latest version) and their ledger views."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from dispatcher.model import CHANNELS, DeliveryStatus
+from dispatcher.pagination import decode_cursor, encode_cursor
+from dispatcher.store.database import Database, now_us
+from dispatcher.store.schema import deliveries, notifications
+
+__all__ = ["NotificationHeader", "NotificationStore", "HeaderUpdate"]
+
+
+@dataclass(frozen=True)
+class HeaderUpdate:
+    """What one message (or one accepted request) says about its notification."""
+
+    id: str
+    service: str
+    version: int
+    template: str
+    data: dict[str, Any]
+    state: str | None
+    category: str
+    locale: str | None
+    channels: tuple[str, ...]
+    recipients: int
+
+
+@dataclass(frozen=True)
+class NotificationHeader:
+    id: str
+    service: str
+    version: int
+    template: str
+    data: dict[str, Any]
+    state: str | None
+    category: str
+    locale: str | None
+    channels: tuple[str, ...]
+    recipients: int
+    created_at: int
+    updated_at: int
+
+
+class NotificationStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def upsert(self, update: HeaderUpdate) -> NotificationHeader:
+        """Apply ``update``: a higher version replaces state and data; any version widens the
+        channel set and the recipient count. Order of arrival does not matter."""
+        now = now_us()
+        async with self._db.write() as conn:
+            await conn.execute(self._db.insert(notifications).values(
+                id=update.id, service=update.service, version=update.version,
+                template=update.template, data=update.data, state=update.state,
+                category=update.category, locale=update.locale, channels=list(update.channels),
+                recipients=update.recipients, created_at=now, updated_at=now,
+            ).on_conflict_do_nothing(index_elements=[notifications.c.id]))
+            row = (await conn.execute(
+                sa.select(notifications).where(notifications.c.id == update.id).with_for_update()
+            )).one()
+            changes = _changes(row, update)
+            if changes:
+                changes["updated_at"] = now
+                await conn.execute(
+                    notifications.update().where(notifications.c.id == update.id).values(**changes)
+                )
+        return _header(row, changes)
+
+    async def get(self, notification_id: str) -> NotificationHeader | None:
+        async with self._db.read() as conn:
+            row = (await conn.execute(
+                sa.select(notifications).where(notifications.c.id == notification_id)
+            )).one_or_none()
+        return None if row is None else _header(row, {})
+
+    async def counts(self, header: NotificationHeader) -> dict[str, dict[str, int]]:
+        """Per channel: pending (including not yet fanned out), sent, failed, skipped."""
+        async with self._db.read() as conn:
+            rows = (await conn.execute(
+                sa.select(deliveries.c.channel, deliveries.c.status, sa.func.count())
+                .where(deliveries.c.notification_id == header.id)
+                .group_by(deliveries.c.channel, deliveries.c.status)
+            )).all()
+        counts = {c: {"pending": 0, "sent": 0, "failed": 0, "skipped": 0}
+                  for c in CHANNELS if c in header.channels}
+        for channel, status, n in rows:
+            bucket = counts.setdefault(channel, {"pending": 0, "sent": 0, "failed": 0, "skipped": 0})
+            if status in (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED):
+                bucket[status] += n
+        for bucket in counts.values():
+            final = bucket["sent"] + bucket["failed"] + bucket["skipped"]
+            bucket["pending"] = max(header.recipients - final, 0)
+        return counts
+
+    async def deliveries(
+        self, notification_id: str, *, limit: int, cursor: str | None = None,
+        status: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Ledger rows ordered by (user, channel), ``limit`` at a time."""
+        query = sa.select(deliveries).where(deliveries.c.notification_id == notification_id)
+        if status is not None:
+            query = query.where(deliveries.c.status == status)
+        if cursor:
+            user_id, channel = decode_cursor(cursor, 2)
+            query = query.where(sa.or_(
+                deliveries.c.user_id > user_id,
+                sa.and_(deliveries.c.user_id == user_id, deliveries.c.channel > channel),
+            ))
+        query = query.order_by(deliveries.c.user_id, deliveries.c.channel).limit(limit + 1)
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        page = [dict(r._mapping) for r in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            next_cursor = encode_cursor(page[-1]["user_id"], page[-1]["channel"])
+        return page, next_cursor
+
+
+def _changes(row: Any, update: HeaderUpdate) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    channels = _union(row.channels, update.channels)
+    if channels != list(row.channels):
+        changes["channels"] = channels
+    if update.recipients > row.recipients:
+        changes["recipients"] = update.recipients
+    if update.version > row.version:
+        changes.update(version=update.version, template=update.template, data=update.data,
+                       state=update.state, category=update.category, locale=update.locale)
+    return changes
+
+
+def _union(current: Iterable[str], more: Iterable[str]) -> list[str]:
+    present = set(current) | set(more)
+    return [c for c in CHANNELS if c in present]
+
+
+def _header(row: Any, changes: dict[str, Any]) -> NotificationHeader:
+    values = {**row._mapping, **changes}
+    values["channels"] = tuple(values["channels"])
+    return NotificationHeader(**values)

@@ -1,0 +1,111 @@
+"""The store's tables (SQLAlchemy Core), the same on SQLite and PostgreSQL.
+
+Times are integers: microseconds since the epoch (UTC), so that ordering, cursors and
+comparisons behave the same on both engines.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+__all__ = ["metadata", "users", "devices", "notifications", "deliveries", "inbox",
+           "queue_messages", "dead_letters"]
+
+metadata = sa.MetaData()
+
+ID = sa.String(255)
+
+users = sa.Table(
+    "users", metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("email", sa.String(320)),
+    sa.Column("phone", sa.String(32)),
+    sa.Column("locale", sa.String(35)),
+    sa.Column("timezone", sa.String(64)),
+    sa.Column("preferences", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+devices = sa.Table(
+    "devices", metadata,
+    sa.Column("token", sa.String(1024), primary_key=True),
+    sa.Column("user_id", ID, nullable=False, index=True),
+    sa.Column("platform", sa.String(16), nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+notifications = sa.Table(
+    "notifications", metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("service", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("template", sa.String(128), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("state", sa.String(64)),
+    sa.Column("category", sa.String(64), nullable=False),
+    sa.Column("locale", sa.String(35)),
+    sa.Column("channels", sa.JSON, nullable=False),
+    sa.Column("recipients", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+# The delivery ledger: one row per (notification, user, channel).
+deliveries = sa.Table(
+    "deliveries", metadata,
+    sa.Column("notification_id", ID, primary_key=True),
+    sa.Column("user_id", ID, primary_key=True),
+    sa.Column("channel", sa.String(16), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(64)),
+    sa.Column("detail", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("provider_message_id", sa.Text),
+    sa.Column("claim_token", sa.String(64)),
+    sa.Column("claimed_at", sa.BigInteger),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+# The in-app feed: one entry per (user, notification), updated in place by later versions.
+inbox = sa.Table(
+    "inbox", metadata,
+    sa.Column("user_id", ID, primary_key=True),
+    sa.Column("notification_id", ID, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("state", sa.String(64)),
+    sa.Column("category", sa.String(64), nullable=False),
+    sa.Column("read", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_inbox_feed", "user_id", "created_at", "notification_id"),
+)
+
+# The embedded queue (DISPATCHER_QUEUE_URL=sqlite): messages and their dead letters.
+queue_messages = sa.Table(
+    "queue_messages", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("queue", sa.String(64), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("visible_at", sa.BigInteger, nullable=False),
+    sa.Column("receive_count", sa.Integer, nullable=False),
+    sa.Column("receipt", sa.String(64)),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_queue_visible", "queue", "visible_at", "id"),
+)
+
+dead_letters = sa.Table(
+    "dead_letters", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("queue", sa.String(64), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("receive_count", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)

@@ -1,0 +1,146 @@
+"""User metadata: contact data, devices and channel preferences."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from dispatcher.store.database import Database, now_us
+from dispatcher.store.schema import devices, users
+
+__all__ = ["Device", "UserRecord", "UserStore", "merge_preferences", "empty_preferences"]
+
+
+@dataclass(frozen=True)
+class Device:
+    token: str
+    platform: str
+    active: bool
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: str
+    email: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+    preferences: Mapping[str, Any] = field(default_factory=lambda: empty_preferences())
+    devices: tuple[Device, ...] = ()
+    created_at: int = 0
+    updated_at: int = 0
+
+
+def empty_preferences() -> dict[str, Any]:
+    return {"channels": {}, "categories": {}}
+
+
+def merge_preferences(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """``PUT`` semantics: keys in ``patch`` replace those in ``current``; others stay."""
+    merged = {"channels": dict(current.get("channels", {})),
+              "categories": {k: dict(v) for k, v in current.get("categories", {}).items()}}
+    merged["channels"].update(patch.get("channels") or {})
+    for category, switches in (patch.get("categories") or {}).items():
+        merged["categories"].setdefault(category, {}).update(switches)
+    return merged
+
+
+class UserStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def upsert(self, user_id: str, fields: Mapping[str, Any]) -> UserRecord:
+        """Create the user or update the given fields (already validated and normalised)."""
+        now = now_us()
+        values = {k: fields[k] for k in ("email", "phone", "locale", "timezone") if k in fields}
+        async with self._db.write() as conn:
+            await self._ensure(conn, user_id, now)
+            if values:
+                await conn.execute(
+                    users.update().where(users.c.id == user_id).values(**values, updated_at=now)
+                )
+        user = await self.get(user_id)
+        assert user is not None
+        return user
+
+    async def get(self, user_id: str) -> UserRecord | None:
+        return (await self.load_many([user_id], active_only=False)).get(user_id)
+
+    async def load_many(self, user_ids: Iterable[str], *, active_only: bool = True) -> dict[str, UserRecord]:
+        """Users and their devices for a chunk of recipients, in two queries."""
+        ids = list(dict.fromkeys(user_ids))
+        if not ids:
+            return {}
+        async with self._db.read() as conn:
+            user_rows = (await conn.execute(sa.select(users).where(users.c.id.in_(ids)))).all()
+            query = sa.select(devices).where(devices.c.user_id.in_(ids))
+            if active_only:
+                query = query.where(devices.c.active.is_(True))
+            device_rows = (await conn.execute(query.order_by(devices.c.created_at))).all()
+        by_user: dict[str, list[Device]] = {}
+        for d in device_rows:
+            by_user.setdefault(d.user_id, []).append(Device(d.token, d.platform, d.active))
+        return {
+            row.id: UserRecord(
+                id=row.id, email=row.email, phone=row.phone, locale=row.locale,
+                timezone=row.timezone, preferences=row.preferences or empty_preferences(),
+                devices=tuple(by_user.get(row.id, ())), created_at=row.created_at,
+                updated_at=row.updated_at,
+            )
+            for row in user_rows
+        }
+
+    async def merge_preferences(self, user_id: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        now = now_us()
+        async with self._db.write() as conn:
+            await self._ensure(conn, user_id, now)
+            current = (await conn.execute(
+                sa.select(users.c.preferences).where(users.c.id == user_id)
+            )).scalar_one()
+            merged = merge_preferences(current or {}, patch)
+            await conn.execute(
+                users.update().where(users.c.id == user_id).values(preferences=merged, updated_at=now)
+            )
+        return merged
+
+    async def add_device(self, user_id: str, token: str, platform: str) -> Device:
+        """Register a device; a token seen before moves to this user and becomes active again."""
+        now = now_us()
+        async with self._db.write() as conn:
+            await self._ensure(conn, user_id, now)
+            stmt = self._db.insert(devices).values(
+                token=token, user_id=user_id, platform=platform, active=True,
+                created_at=now, updated_at=now,
+            )
+            await conn.execute(stmt.on_conflict_do_update(
+                index_elements=[devices.c.token],
+                set_={"user_id": user_id, "platform": platform, "active": True, "updated_at": now},
+            ))
+        return Device(token, platform, True)
+
+    async def remove_device(self, user_id: str, token: str) -> bool:
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                devices.delete().where(devices.c.user_id == user_id, devices.c.token == token)
+            )
+        return bool(result.rowcount)
+
+    async def deactivate_devices(self, tokens: Iterable[str]) -> None:
+        """Called when a push provider says a token is no longer registered."""
+        tokens = list(tokens)
+        if not tokens:
+            return
+        async with self._db.write() as conn:
+            await conn.execute(
+                devices.update().where(devices.c.token.in_(tokens))
+                .values(active=False, updated_at=now_us())
+            )
+
+    async def _ensure(self, conn: Any, user_id: str, now: int) -> None:
+        stmt = self._db.insert(users).values(
+            id=user_id, preferences=empty_preferences(), created_at=now, updated_at=now
+        )
+        await conn.execute(stmt.on_conflict_do_nothing(index_elements=[users.c.id]))
