@@ -39,7 +39,9 @@ class Runtime:
     deliverer: Deliverer
 
     @classmethod
-    async def open(cls, settings: Settings) -> Runtime:
+    async def open(cls, settings: Settings,
+                   providers: dict[str, Provider] | None = None) -> Runtime:
+        """Build everything; ``providers`` replaces the configured email/SMS/push adapters."""
         templates = TemplateRegistry(settings.templates_dir)
         db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         await db.create_schema()
@@ -48,7 +50,7 @@ class Runtime:
                            max_receives=settings.queue_max_receives,
                            poll_interval=settings.queue_poll_interval)
         bus = LocalBus()
-        providers = _providers(settings)
+        providers = {**_providers(settings), **(providers or {})}
         in_app = InAppChannel(bus)
         planner = Planner(templates, in_app, critical=settings.critical(),
                           phone_region=settings.default_phone_region)

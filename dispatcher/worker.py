@@ -57,6 +57,16 @@ class Worker:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def drain(self) -> int:
+        """Process messages until the queue has none visible; return how many were handled."""
+        handled = 0
+        while True:
+            messages = await self._queue.receive(self._concurrency, wait_seconds=0)
+            if not messages:
+                return handled
+            await asyncio.gather(*(self._handle(m) for m in messages))
+            handled += len(messages)
+
     async def _handle(self, message: QueuedMessage) -> None:
         heartbeat = asyncio.create_task(self._keep_hidden(message))
         try:

@@ -1,0 +1,51 @@
+"""The embedded queue on both engines: visibility, receipts, redrive and dead letters."""
+
+from __future__ import annotations
+
+from dispatcher.queue.local import LocalQueue
+from dispatcher.runtime import Runtime
+
+
+def queue(runtime: Runtime, **kwargs: float) -> LocalQueue:
+    return LocalQueue(runtime.store.db, name="test", **kwargs)
+
+
+async def test_a_received_message_is_hidden_until_acknowledged_or_timed_out(runtime: Runtime) -> None:
+    q = queue(runtime, visibility_timeout=0.2)
+    await q.send_batch(["a", "b"])
+    first = await q.receive(10, wait_seconds=0)
+    assert sorted(m.body for m in first) == ["a", "b"]
+    assert await q.receive(10, wait_seconds=0) == []
+    await q.ack([m for m in first if m.body == "a"])
+    again = await q.receive(10, wait_seconds=5)
+    assert [(m.body, m.receive_count) for m in again] == [("b", 2)]
+
+
+async def test_an_old_receipt_cannot_delete_a_message_received_again(runtime: Runtime) -> None:
+    q = queue(runtime, visibility_timeout=0.1)
+    await q.send_batch(["x"])
+    [old] = await q.receive(1, wait_seconds=0)
+    [new] = await q.receive(1, wait_seconds=5)
+    await q.ack([old])
+    assert await q.depth() == 1
+    await q.ack([new])
+    assert await q.depth() == 0
+
+
+async def test_a_message_received_too_often_goes_to_the_dead_letters(runtime: Runtime) -> None:
+    q = queue(runtime, visibility_timeout=0.05, max_receives=2)
+    await q.send_batch(["poison"])
+    assert len(await q.receive(1, wait_seconds=0)) == 1
+    assert len(await q.receive(1, wait_seconds=5)) == 1
+    assert await q.receive(1, wait_seconds=0.3) == []
+    [letter] = await q.dead_letters()
+    assert letter.body == "poison" and "received 2 times" in letter.reason
+    assert await q.depth() == 0
+
+
+async def test_dead_lettering_keeps_the_reason(runtime: Runtime) -> None:
+    q = queue(runtime)
+    await q.send_batch(["{bad"])
+    [m] = await q.receive(1, wait_seconds=0)
+    await q.dead_letter(m, "message is not JSON")
+    assert [(d.body, d.reason) for d in await q.dead_letters()] == [("{bad", "message is not JSON")]

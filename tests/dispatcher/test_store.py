@@ -1,0 +1,150 @@
+"""The store on both engines: users, preferences, devices, headers, ledger claims and the feed."""
+
+from __future__ import annotations
+
+from dispatcher.runtime import Runtime
+from dispatcher.store import FeedEntry, HeaderUpdate, Outcome, Planned
+from support import new_id
+
+
+def header(nid: str, version: int, state: str, channels: tuple[str, ...] = ("in_app",),
+           recipients: int = 1) -> HeaderUpdate:
+    return HeaderUpdate(id=nid, service="app", version=version, template="app-install",
+                        data={"app_name": "Foo"}, state=state, category="app", locale=None,
+                        channels=channels, recipients=recipients)
+
+
+async def test_user_upsert_keeps_fields_not_given(runtime: Runtime) -> None:
+    users = runtime.store.users
+    await users.upsert("u1", {"email": "a@example.com", "phone": "+821012345678"})
+    user = await users.upsert("u1", {"locale": "ko-KR"})
+    assert (user.email, user.phone, user.locale) == ("a@example.com", "+821012345678", "ko-KR")
+
+
+async def test_preferences_put_merges_channels_and_categories(runtime: Runtime) -> None:
+    users = runtime.store.users
+    await users.merge_preferences("u1", {"channels": {"email": False},
+                                         "categories": {"marketing": {"sms": False}}})
+    merged = await users.merge_preferences("u1", {"channels": {"push": False},
+                                                  "categories": {"marketing": {"push": True}}})
+    assert merged == {"channels": {"email": False, "push": False},
+                      "categories": {"marketing": {"sms": False, "push": True}}}
+
+
+async def test_a_device_token_moves_to_its_newest_owner(runtime: Runtime) -> None:
+    users = runtime.store.users
+    await users.add_device("u1", "tok", "android")
+    await users.add_device("u2", "tok", "ios")
+    loaded = await users.load_many(["u1", "u2"])
+    assert loaded["u1"].devices == ()
+    assert [(d.token, d.platform) for d in loaded["u2"].devices] == [("tok", "ios")]
+
+
+async def test_deactivated_devices_are_not_loaded_for_sending(runtime: Runtime) -> None:
+    users = runtime.store.users
+    await users.add_device("u1", "dead", "android")
+    await users.add_device("u1", "alive", "web")
+    await users.deactivate_devices(["dead"])
+    assert [d.token for d in (await users.load_many(["u1"]))["u1"].devices] == ["alive"]
+    assert {d.token: d.active for d in (await users.get("u1")).devices} == {"dead": False, "alive": True}
+
+
+async def test_header_keeps_the_highest_version_whatever_the_arrival_order(runtime: Runtime) -> None:
+    nid = new_id()
+    notifications = runtime.store.notifications
+    await notifications.upsert(header(nid, 2, "completed"))
+    await notifications.upsert(header(nid, 1, "installing", channels=("in_app", "email"), recipients=3))
+    stored = await notifications.get(nid)
+    assert (stored.version, stored.state) == (2, "completed")
+    assert stored.channels == ("in_app", "email") and stored.recipients == 3
+
+
+async def test_a_chunk_opened_twice_wins_its_rows_once(runtime: Runtime) -> None:
+    ledger, nid = runtime.store.ledger, new_id()
+    planned = [Planned("u1", "email", "sending"), Planned("u2", "email", "skipped", "no_contact")]
+    args = dict(insert=frozenset({"email"}), reset=frozenset(), feed={})
+    first = await ledger.open_chunk(nid, 1, planned, token="t1", **args)
+    second = await ledger.open_chunk(nid, 1, planned, token="t2", **args)
+    assert first == {("u1", "email"), ("u2", "email")}
+    assert second == set()
+
+
+async def test_only_the_claim_holder_records_an_outcome(runtime: Runtime) -> None:
+    ledger, nid = runtime.store.ledger, new_id()
+    await ledger.open_chunk(nid, 1, [Planned("u1", "sms", "sending")], insert=frozenset({"sms"}),
+                            reset=frozenset(), feed={}, token="mine")
+    await ledger.record(nid, [Outcome("u1", "sms", "failed", "provider_rejected")], "not-mine")
+    assert [r.status for r in await ledger.unfinished(nid, ["u1"])] == ["sending"]
+    await ledger.record(nid, [Outcome("u1", "sms", "sent", provider_message_id="m-1")], "mine")
+    assert await ledger.unfinished(nid, ["u1"]) == []
+
+
+async def test_a_newer_version_takes_over_rows_of_reset_channels_only(runtime: Runtime) -> None:
+    ledger, nid = runtime.store.ledger, new_id()
+    rows = [Planned("u1", "email", "sending"), Planned("u1", "sms", "sending")]
+    await ledger.open_chunk(nid, 1, rows, insert=frozenset({"email", "sms"}), reset=frozenset(),
+                            feed={}, token="v1")
+    await ledger.record(nid, [Outcome("u1", "email", "sent"), Outcome("u1", "sms", "sent")], "v1")
+    won = await ledger.open_chunk(nid, 2, rows, insert=frozenset(), reset=frozenset({"email"}),
+                                  feed={}, token="v2")
+    assert won == {("u1", "email")}
+    stale = await ledger.open_chunk(nid, 1, rows, insert=frozenset(), reset=frozenset({"email"}),
+                                    feed={}, token="v1-again")
+    assert stale == set()
+
+
+async def test_stale_claims_settle_as_outcome_unknown(runtime: Runtime) -> None:
+    ledger, nid = runtime.store.ledger, new_id()
+    await ledger.open_chunk(nid, 1, [Planned("u1", "push", "sending")], insert=frozenset({"push"}),
+                            reset=frozenset(), feed={}, token="dead-worker")
+    [row] = await ledger.unfinished(nid, ["u1"])
+    assert await ledger.resolve_stale(nid, [("u1", "push")], older_than=row.claimed_at, resend=False) == 0
+    assert await ledger.resolve_stale(nid, [("u1", "push")], older_than=row.claimed_at + 1, resend=False) == 1
+    rows, _ = await runtime.store.notifications.deliveries(nid, limit=10)
+    assert [(r["status"], r["reason"]) for r in rows] == [("failed", "outcome_unknown")]
+
+
+def entry(nid: str, version: int, title: str, user: str = "u1") -> FeedEntry:
+    return FeedEntry(user, nid, version, title, f"{title} body", "installing", "app")
+
+
+async def test_feed_entries_update_in_place_only_from_newer_versions(runtime: Runtime) -> None:
+    db, feed, nid = runtime.store.db, runtime.store.feed, new_id()
+    async with db.write() as conn:
+        await feed.write(conn, [entry(nid, 2, "v2")])
+    await feed.mark_read("u1", nid)
+    async with db.write() as conn:
+        await feed.write(conn, [entry(nid, 1, "v1"), entry(nid, 2, "v2 again")])
+    [item], _ = await feed.list("u1", limit=10)
+    assert (item["title"], item["read"]) == ("v2", True)
+    async with db.write() as conn:
+        await feed.write(conn, [entry(nid, 3, "v3")])
+    [item], _ = await feed.list("u1", limit=10)
+    assert (item["title"], item["read"]) == ("v3", False)
+
+
+async def test_feed_pages_newest_first_without_gaps_or_repeats(runtime: Runtime) -> None:
+    db, feed = runtime.store.db, runtime.store.feed
+    ids = [new_id() for _ in range(7)]
+    for nid in ids:
+        async with db.write() as conn:
+            await feed.write(conn, [entry(nid, 1, nid)])
+    seen, cursor = [], None
+    while True:
+        page, cursor = await feed.list("u1", limit=3, cursor=cursor)
+        seen += [row["notification_id"] for row in page]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))
+
+
+async def test_read_marks_change_the_unread_count(runtime: Runtime) -> None:
+    db, feed = runtime.store.db, runtime.store.feed
+    ids = [new_id() for _ in range(3)]
+    async with db.write() as conn:
+        await feed.write(conn, [entry(nid, 1, "t") for nid in ids])
+    assert await feed.mark_read("u1", ids[0]) is True
+    assert await feed.mark_read("u1", new_id()) is False
+    assert await feed.unread_count("u1") == 2
+    assert await feed.mark_all_read("u1") == 2
+    assert await feed.unread_count("u1") == 0

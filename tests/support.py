@@ -1,0 +1,36 @@
+"""Small helpers for tests: ids, user tokens, reading what the log providers sent."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jwt
+
+__all__ = ["API_KEYS", "USER_SECRET", "new_id", "path_id", "sent_lines", "user_token"]
+
+API_KEYS = "app:app-key,billing:billing-key"
+USER_SECRET = "test-user-secret"
+
+
+def new_id(service: str = "app") -> str:
+    return f"{service}#{uuid.uuid4()}"
+
+
+def path_id(notification_id: str) -> str:
+    """A notification id as it goes in a URL path (``#`` is ``%23``)."""
+    return quote(notification_id, safe="")
+
+
+def user_token(user_id: str, *, ttl: int = 300, secret: str = USER_SECRET) -> str:
+    return jwt.encode({"sub": user_id, "exp": int(time.time()) + ttl}, secret, algorithm="HS256")
+
+
+def sent_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
