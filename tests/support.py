@@ -14,7 +14,7 @@ import jwt
 __all__ = ["API_KEYS", "USER_SECRET", "new_id", "path_id", "sent_lines", "user_token"]
 
 API_KEYS = "app:app-key,billing:billing-key"
-USER_SECRET = "test-user-secret"
+USER_SECRET = "test-user-secret-of-at-least-32-bytes"
 
 
 def new_id(service: str = "app") -> str:

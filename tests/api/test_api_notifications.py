@@ -1,0 +1,159 @@
+"""Sending notifications through the HTTP API, as a service would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from dispatcher.runtime import Runtime
+from support import new_id, path_id, sent_lines, user_token
+
+
+def body(nid: str, recipients: list[str], **extra: Any) -> dict[str, Any]:
+    return {"id": nid, "recipients": recipients, "template": "app-install",
+            "data": {"app_name": "Foo"}, "state": "installing", **extra}
+
+
+async def deliver(runtime: Runtime) -> None:
+    await runtime.worker().drain()
+
+
+async def test_a_bulk_is_accepted_and_every_recipient_gets_one_row_per_channel(
+        client: httpx.AsyncClient, runtime: Runtime) -> None:
+    for i in range(120):
+        r = await client.put(f"/v1/users/u{i}", json={"email": f"u{i}@example.com",
+                                                      "phone": "+821012345678"})
+        assert r.status_code == 200
+    nid = new_id()
+    r = await client.post("/v1/notifications", json=body(nid, [f"u{i}" for i in range(130)]))
+    assert r.status_code == 202 and r.json() == {"id": nid, "accepted": 130}
+    await deliver(runtime)
+    r = await client.get(f"/v1/notifications/{path_id(nid)}")
+    assert r.status_code == 200
+    got = r.json()
+    assert (got["state"], got["version"], got["recipients"]) == ("installing", 1, 130)
+    assert got["counts"] == {
+        "in_app": {"pending": 0, "sent": 130, "failed": 0, "skipped": 0},
+        "email": {"pending": 0, "sent": 120, "failed": 0, "skipped": 10},
+        "sms": {"pending": 0, "sent": 120, "failed": 0, "skipped": 10},
+        "push": {"pending": 0, "sent": 0, "failed": 0, "skipped": 130},
+    }
+    emails = [line for line in sent_lines(runtime.settings.log_provider_path)
+              if line["channel"] == "email"]
+    assert len(emails) == 120 and emails[0]["parts"]["subject"] == "Installing Foo…"
+
+
+async def test_duplicate_recipients_count_once(client: httpx.AsyncClient, runtime: Runtime) -> None:
+    nid = new_id()
+    r = await client.post("/v1/notifications", json=body(nid, ["a", "b", "a"]))
+    assert r.json()["accepted"] == 2
+    await deliver(runtime)
+    rows = (await client.get(f"/v1/notifications/{path_id(nid)}/deliveries")).json()["items"]
+    assert sorted((d["user_id"], d["channel"]) for d in rows if d["channel"] == "in_app") == [
+        ("a", "in_app"), ("b", "in_app")]
+
+
+@pytest.mark.parametrize(("nid", "message"), [
+    ("not-an-id", "does not match"),
+    ("app#1234", "does not match"),
+    ("app#zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz", "does not match"),
+    (f"billing#{new_id().split('#')[1]}", "belongs to service 'billing'"),
+])
+async def test_an_id_outside_the_policy_is_a_400(client: httpx.AsyncClient, nid: str, message: str) -> None:
+    r = await client.post("/v1/notifications", json=body(nid, ["u1"]))
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "invalid_id" and message in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
+                                     {"Authorization": "Basic abc"}])
+async def test_a_missing_or_wrong_key_is_a_401(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    client.headers.pop("Authorization")
+    r = await client.post("/v1/notifications", json=body(new_id(), ["u1"]), headers=headers)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"template": "no-such-template"}, "template"),
+    ({"channels": ["fax"]}, "channels"),
+    ({"channels": []}, "channels"),
+    ({"recipients": []}, "recipients"),
+    ({"recipients": [f"u{i}" for i in range(10_001)]}, "recipients"),
+    ({"data": {}}, "app_name"),
+    ({"version": 0}, "version"),
+    ({"surprise": 1}, "surprise"),
+])
+async def test_a_bad_request_is_a_422_naming_the_field(
+        client: httpx.AsyncClient, runtime: Runtime, change: dict[str, Any], field: str) -> None:
+    r = await client.post("/v1/notifications", json={**body(new_id(), ["u1"]), **change})
+    assert r.status_code == 422
+    assert field in r.json()["error"]["message"]
+    assert await runtime.queue.depth() == 0
+
+
+async def test_ten_thousand_recipients_are_accepted_in_chunks(
+        client: httpx.AsyncClient, runtime: Runtime) -> None:
+    r = await client.post("/v1/notifications", json=body(new_id(), [f"u{i}" for i in range(10_000)]))
+    assert r.status_code == 202 and r.json()["accepted"] == 10_000
+    assert await runtime.queue.depth() == 10_000 // runtime.settings.chunk_size
+
+
+async def test_another_services_notification_cannot_be_read(client: httpx.AsyncClient) -> None:
+    nid = new_id()
+    assert (await client.post("/v1/notifications", json=body(nid, ["u1"]))).status_code == 202
+    r = await client.get(f"/v1/notifications/{path_id(nid)}",
+                         headers={"Authorization": "Bearer billing-key"})
+    assert r.status_code == 403
+    r = await client.get(f"/v1/notifications/{path_id(new_id())}")
+    assert r.status_code == 404
+
+
+async def test_deliveries_page_through_every_row_and_filter_by_status(
+        client: httpx.AsyncClient, runtime: Runtime) -> None:
+    await client.put("/v1/users/u0", json={"email": "u0@example.com"})
+    nid = new_id()
+    await client.post("/v1/notifications", json=body(nid, [f"u{i}" for i in range(5)]))
+    await deliver(runtime)
+    rows, cursor = [], None
+    while True:
+        params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get(f"/v1/notifications/{path_id(nid)}/deliveries", params=params)).json()
+        rows += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(rows) == 20 and len({(r["user_id"], r["channel"]) for r in rows}) == 20
+    sent = (await client.get(f"/v1/notifications/{path_id(nid)}/deliveries",
+                             params={"status": "sent"})).json()["items"]
+    assert sorted((r["user_id"], r["channel"]) for r in sent) == [
+        ("u0", "email")] + [(f"u{i}", "in_app") for i in range(5)]
+    bad = await client.get(f"/v1/notifications/{path_id(nid)}/deliveries", params={"cursor": "nope"})
+    assert bad.status_code == 400
+
+
+async def test_a_user_token_cannot_send(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/notifications", json=body(new_id(), ["u1"]),
+                          headers={"Authorization": f"Bearer {user_token('u1')}"})
+    assert r.status_code == 403
+
+
+async def test_templates_are_listed_and_previewed(client: httpx.AsyncClient) -> None:
+    listed = (await client.get("/v1/templates")).json()["items"]
+    assert [t["name"] for t in listed] == ["app-install"]
+    assert listed[0]["channels"] == ["email", "in_app", "push", "sms"]
+    r = await client.post("/v1/templates/app-install/preview",
+                          json={"data": {"app_name": "<b>Foo</b>"}, "state": "completed", "locale": "ko-KR"})
+    assert r.status_code == 200
+    channels = r.json()["channels"]
+    assert "<b>Foo</b>" in channels["in_app"]["title"]
+    assert "&lt;b&gt;Foo&lt;/b&gt;" in channels["email"]["html"]
+    missing = await client.post("/v1/templates/app-install/preview", json={"data": {}})
+    assert missing.status_code == 422 and "app_name" in missing.json()["error"]["message"]
+    assert (await client.post("/v1/templates/nope/preview", json={})).status_code == 404
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).json() == {"status": "ready"}
