@@ -98,7 +98,7 @@ class Deliverer:
         won = await self._store.ledger.open_chunk(
             message.id, message.version, todo, insert=sets.insert, reset=sets.reset,
             feed=plan.feed, token=token)
-        await self._in_app.announce(plan.feed[u] for (u, c) in won if c == "in_app")
+        await self._in_app.announce(plan.feed[u] for (u, c) in won if c == "in_app" and u in plan.feed)
         sends = {key: plan.sends[key] for key in won if key in plan.sends}
         if sends:
             await self._sender.send_claimed(message.id, message.version, token, sends)

@@ -1,0 +1,276 @@
+"""The worker's delivery of chunks: preferences, contacts, templates, retries, poison, redelivery.
+
+Providers here are real adapters of the provider interface written for the test (scripted
+outcomes), injected through ``Runtime.open``; nothing is patched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import sqlalchemy as sa
+
+from channels.base import InvalidRecipient, Message, Receipt, TransientError, UnregisteredDevice
+from dispatcher.config import Settings
+from dispatcher.messages import ChunkMessage, encode_chunk
+from dispatcher.runtime import Runtime
+from dispatcher.store.schema import users
+from support import new_id
+
+
+class ScriptedProvider:
+    """Answers each send from a script of outcomes per address; the last one repeats."""
+
+    name: ClassVar[str] = "scripted"
+
+    def __init__(self, channel: str, script: dict[str, list[Exception | None]] | None = None) -> None:
+        self.channel = channel  # type: ignore[misc]
+        self.script = script or {}
+        self.calls: list[Message] = []
+
+    async def send(self, message: Message) -> Receipt:
+        self.calls.append(message)
+        outcomes = self.script.get(message.to, [None])
+        outcome = outcomes.pop(0) if len(outcomes) > 1 else outcomes[0]
+        if outcome is not None:
+            raise outcome
+        return Receipt(f"{self.channel}-{len(self.calls)}")
+
+    async def aclose(self) -> None:
+        return None
+
+    def sent_to(self) -> list[str]:
+        return [m.to for m in self.calls]
+
+
+@pytest.fixture
+def providers() -> dict[str, ScriptedProvider]:
+    return {c: ScriptedProvider(c) for c in ("email", "sms", "push")}
+
+
+@pytest.fixture
+async def runtime(settings: Settings, providers: dict[str, ScriptedProvider]) -> AsyncIterator[Runtime]:
+    rt = await Runtime.open(settings.model_copy(update={"retry_max_attempts": 3}), providers=providers)
+    yield rt
+    await rt.close()
+
+
+def chunk(recipients: list[str], **fields: Any) -> ChunkMessage:
+    values: dict[str, Any] = {"id": new_id(), "service": "app", "template": "app-install",
+                              "recipients": tuple(recipients), "data": {"app_name": "Foo"},
+                              "state": "installing", **fields}
+    return ChunkMessage(**values)
+
+
+async def run(runtime: Runtime, *messages: ChunkMessage | str) -> None:
+    await runtime.queue.send_batch([m if isinstance(m, str) else encode_chunk(m) for m in messages])
+    await runtime.worker().drain()
+
+
+async def ledger(runtime: Runtime, nid: str) -> dict[tuple[str, str], tuple[str, str | None]]:
+    rows, _ = await runtime.store.notifications.deliveries(nid, limit=1000)
+    return {(r["user_id"], r["channel"]): (r["status"], r["reason"]) for r in rows}
+
+
+async def add_user(runtime: Runtime, user_id: str, *, device: str | None = None, **fields: str) -> None:
+    await runtime.store.users.upsert(user_id, fields)
+    if device:
+        await runtime.store.users.add_device(user_id, device, "android")
+
+
+async def test_opt_outs_skip_a_channel_but_critical_categories_bypass_them(
+        runtime: Runtime, providers: dict[str, ScriptedProvider]) -> None:
+    await add_user(runtime, "u1", email="u1@example.com", phone="+821012345678")
+    await runtime.store.users.merge_preferences("u1", {"channels": {"email": False},
+                                                       "categories": {"app": {"sms": False}}})
+    app, security = chunk(["u1"]), chunk(["u1"], category="security")
+    await run(runtime, app, security)
+    assert (await ledger(runtime, app.id))[("u1", "email")] == ("skipped", "opted_out")
+    assert (await ledger(runtime, app.id))[("u1", "sms")] == ("skipped", "opted_out")
+    assert (await ledger(runtime, security.id))[("u1", "email")] == ("sent", None)
+    assert providers["email"].sent_to() == ["u1@example.com"]
+
+
+async def test_a_category_switch_overrides_the_channel_switch(runtime: Runtime) -> None:
+    await add_user(runtime, "u1", email="u1@example.com")
+    await runtime.store.users.merge_preferences("u1", {"channels": {"email": False},
+                                                       "categories": {"app": {"email": True}}})
+    message = chunk(["u1"])
+    await run(runtime, message)
+    assert (await ledger(runtime, message.id))[("u1", "email")] == ("sent", None)
+
+
+async def test_missing_contacts_are_skipped_not_failed(runtime: Runtime) -> None:
+    await add_user(runtime, "u1", email="u1@example.com")
+    message = chunk(["u1", "ghost"])
+    await run(runtime, message)
+    rows = await ledger(runtime, message.id)
+    assert rows[("u1", "sms")] == ("skipped", "no_contact")
+    assert rows[("u1", "push")] == ("skipped", "no_contact")
+    assert rows[("ghost", "in_app")] == ("sent", None)
+    assert {rows[("ghost", c)] for c in ("email", "sms", "push")} == {("skipped", "no_contact")}
+    [entry], _ = await runtime.store.feed.list("ghost", limit=5)
+    assert entry["title"] == "Installing Foo…"
+
+
+async def test_contact_data_is_checked_again_at_send_time(
+        runtime: Runtime, providers: dict[str, ScriptedProvider]) -> None:
+    await add_user(runtime, "u1")
+    async with runtime.store.db.write() as conn:  # written around the API, e.g. before a rule change
+        await conn.execute(users.update().where(users.c.id == "u1")
+                           .values(email="no-at-sign", phone="12"))
+    message = chunk(["u1"])
+    await run(runtime, message)
+    rows = await ledger(runtime, message.id)
+    assert rows[("u1", "email")] == ("skipped", "invalid_contact")
+    assert rows[("u1", "sms")] == ("skipped", "invalid_contact")
+    assert providers["email"].calls == [] and providers["sms"].calls == []
+
+
+async def test_users_get_their_locale_with_fallback(
+        runtime: Runtime, providers: dict[str, ScriptedProvider]) -> None:
+    await add_user(runtime, "ko", device="tok-ko", locale="ko-KR")
+    await add_user(runtime, "fr", device="tok-fr", locale="fr-FR")
+    await run(runtime, chunk(["ko", "fr"]))
+    titles = {m.to: m.parts["title"] for m in providers["push"].calls}
+    assert titles == {"tok-ko": "Foo 설치 중…", "tok-fr": "Installing Foo…"}
+
+
+async def test_a_template_error_fails_that_notification_not_the_worker(
+        runtime: Runtime, providers: dict[str, ScriptedProvider]) -> None:
+    await add_user(runtime, "u1", email="u1@example.com")
+    broken, fine = chunk(["u1"], data={}), chunk(["u1"])
+    await run(runtime, broken, fine)
+    rows = await ledger(runtime, broken.id)
+    assert set(rows.values()) == {("failed", "template_error")}
+    assert (await ledger(runtime, fine.id))[("u1", "email")] == ("sent", None)
+    assert await runtime.queue.depth() == 0
+
+
+async def test_transient_errors_are_retried_until_sent(
+        runtime: Runtime, providers: dict[str, ScriptedProvider]) -> None:
+    await add_user(runtime, "u1", email="u1@example.com")
+    providers["email"].script["u1@example.com"] = [TransientError("throttled", retry_after=0.01),
+                                                   TransientError("503"), None]
+    message = chunk(["u1"], channels=("email",))
+    await run(runtime, message)
+    rows, _ = await runtime.store.notifications.deliveries(message.id, limit=10)
+    assert [(r["status"], r["attempts"]) for r in rows] == [("sent", 3)]
+    assert len(providers["email"].calls) == 3
+
+
+async def test_retries_end_in_retries_exhausted(
+        runtime: Runtime, providers: dict[str, ScriptedProvider]) -> None:
+    await add_user(runtime, "u1", phone="+821012345678")
+    providers["sms"].script["+821012345678"] = [TransientError("timeout")]
+    message = chunk(["u1"], channels=("sms",))
+    await run(runtime, message)
+    assert (await ledger(runtime, message.id))[("u1", "sms")] == ("failed", "retries_exhausted")
+    assert len(providers["sms"].calls) == 3
+
+
+async def test_permanent_errors_are_never_retried(
+        runtime: Runtime, providers: dict[str, ScriptedProvider]) -> None:
+    await add_user(runtime, "u1", email="u1@example.com")
+    providers["email"].script["u1@example.com"] = [InvalidRecipient("mailbox does not exist")]
+    message = chunk(["u1"], channels=("email",))
+    await run(runtime, message)
+    assert (await ledger(runtime, message.id))[("u1", "email")] == ("failed", "invalid_contact")
+    assert len(providers["email"].calls) == 1
+
+
+async def test_an_unregistered_token_deactivates_its_device_only(
+        runtime: Runtime, providers: dict[str, ScriptedProvider]) -> None:
+    await add_user(runtime, "u1", device="gone")
+    await runtime.store.users.add_device("u1", "alive", "ios")
+    await add_user(runtime, "u2", device="gone-too")
+    providers["push"].script = {"gone": [UnregisteredDevice("UNREGISTERED")],
+                                "gone-too": [UnregisteredDevice("UNREGISTERED")]}
+    message = chunk(["u1", "u2"], channels=("push",))
+    await run(runtime, message)
+    rows = await ledger(runtime, message.id)
+    assert rows[("u1", "push")] == ("sent", None)
+    assert rows[("u2", "push")] == ("failed", "unregistered_device")
+    devices = {d.token: d.active for u in ("u1", "u2") for d in (await runtime.store.users.get(u)).devices}
+    assert devices == {"gone": False, "alive": True, "gone-too": False}
+    second = chunk(["u2"], channels=("push",))
+    await run(runtime, second)
+    assert (await ledger(runtime, second.id))[("u2", "push")] == ("skipped", "no_contact")
+
+
+async def test_a_redelivered_chunk_sends_nothing_twice(
+        runtime: Runtime, providers: dict[str, ScriptedProvider]) -> None:
+    await add_user(runtime, "u1", email="u1@example.com", phone="+821012345678", device="t1")
+    message = chunk(["u1"])
+    await run(runtime, message, message)
+    await run(runtime, message)
+    assert [len(p.calls) for p in providers.values()] == [1, 1, 1]
+    [entry], _ = await runtime.store.feed.list("u1", limit=5)
+    assert entry["notification_id"] == message.id
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ("{not json", "not JSON"),
+    ("[1, 2]", "not a JSON object"),
+    (json.dumps({"id": "app#nope", "service": "app", "template": "app-install",
+                 "recipients": ["u1"]}), "does not match"),
+    (json.dumps({"id": new_id("billing"), "service": "app", "template": "app-install",
+                 "recipients": ["u1"]}), "belongs to service 'billing'"),
+    (json.dumps({"id": new_id("intruder"), "service": "intruder", "template": "app-install",
+                 "recipients": ["u1"]}), "unknown service 'intruder'"),
+    (json.dumps({"id": new_id(), "service": "app", "template": "nope", "recipients": ["u1"]}),
+     "unknown template 'nope'"),
+    (json.dumps({"id": new_id(), "service": "app", "template": "app-install", "recipients": []}),
+     "recipients"),
+    (json.dumps({"id": new_id(), "service": "app", "template": "app-install", "recipients": ["u1"],
+                 "channels": ["fax"]}), "fax"),
+])
+async def test_poison_messages_go_to_the_dlq_with_the_reason_at_once(
+        runtime: Runtime, body: str, reason: str) -> None:
+    await run(runtime, body)
+    [letter] = await runtime.queue.dead_letters()
+    assert reason in letter.reason and letter.receive_count == 1 and letter.body == body
+    assert await runtime.queue.depth() == 0
+
+
+async def test_a_channel_the_template_lacks_is_refused_at_the_api_and_in_the_queue(
+        settings: Settings, tmp_path: Path) -> None:
+    import httpx
+
+    from dispatcher.api import create_app
+
+    folder = tmp_path / "templates" / "feed-only" / "default"
+    folder.mkdir(parents=True)
+    (folder / "in_app.title.txt").write_text("Hello")
+    (folder / "in_app.body.txt").write_text("{{ state }}")
+    rt = await Runtime.open(settings.model_copy(update={"templates_dir": tmp_path / "templates"}))
+    try:
+        transport = httpx.ASGITransport(app=create_app(rt))
+        async with httpx.AsyncClient(transport=transport, base_url="http://d",
+                                     headers={"Authorization": "Bearer app-key"}) as client:
+            r = await client.post("/v1/notifications", json={
+                "id": new_id(), "recipients": ["u1"], "template": "feed-only", "channels": ["email"]})
+        assert r.status_code == 422 and "email" in r.json()["error"]["message"]
+        await run(rt, chunk(["u1"], template="feed-only", channels=("in_app", "email")))
+        [letter] = await rt.queue.dead_letters()
+        assert "no parts for channel(s) ['email']" in letter.reason
+    finally:
+        await rt.close()
+
+
+async def test_a_chunk_loads_users_in_bulk_not_per_recipient(runtime: Runtime) -> None:
+    for i in range(40):
+        await add_user(runtime, f"u{i}", email=f"u{i}@example.com")
+    statements: list[str] = []
+    sa.event.listen(runtime.store.db.engine.sync_engine, "before_cursor_execute",
+                    lambda *a: statements.append(a[2]))
+    message = chunk([f"u{i}" for i in range(40)])
+    await run(runtime, message)
+    user_selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")
+                    and "FROM users" in s]
+    assert len(user_selects) == 1
+    assert len(await ledger(runtime, message.id)) == 160
