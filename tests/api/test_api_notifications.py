@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -157,3 +158,34 @@ async def test_templates_are_listed_and_previewed(client: httpx.AsyncClient) -> 
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     assert (await client.get("/readyz")).json() == {"status": "ready"}
+
+
+async def test_an_unreachable_store_is_a_503_not_a_500(postgres_url: str) -> None:
+    """The database goes away under a running gateway (dropped, connections killed)."""
+    import psycopg
+
+    from conftest import POSTGRES_ADMIN_URL
+    from dispatcher.api import create_app
+    from dispatcher.config import Settings
+    from support import API_KEYS
+
+    name = f"dispatcher_gone_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        rt = await Runtime.open(Settings(
+            database_url=postgres_url.rpartition("/")[0] + "/" + name, api_keys=API_KEYS))
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    try:
+        transport = httpx.ASGITransport(app=create_app(rt))
+        async with httpx.AsyncClient(transport=transport, base_url="http://d",
+                                     headers={"Authorization": "Bearer app-key"}) as client:
+            ready = await client.get("/readyz")
+            sent = await client.post("/v1/notifications", json=body(new_id(), ["u1"]))
+            feed = await client.get("/v1/users/u1/notifications")
+    finally:
+        await rt.close()
+    assert ready.status_code == 503
+    for r in (sent, feed):
+        assert r.status_code == 503, r.text
+        assert r.json()["error"] == {"code": "unavailable",
+                                     "message": "the store is unavailable; retry later"}
