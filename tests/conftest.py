@@ -19,11 +19,9 @@ import pytest
 from dispatcher.api import create_app
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
-from support import API_KEYS, USER_SECRET
+from support import API_KEYS, POSTGRES_ADMIN_URL, USER_SECRET
 
 IN_CI = os.environ.get("CI") == "true"
-POSTGRES_ADMIN_URL = os.environ.get(
-    "DISPATCHER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def require_server(name: str, error: Exception) -> None:

@@ -11,9 +11,13 @@ from urllib.parse import quote
 
 import jwt
 
-__all__ = ["API_KEYS", "USER_SECRET", "new_id", "path_id", "sent_lines", "user_token"]
+__all__ = ["API_KEYS", "POSTGRES_ADMIN_URL", "USER_SECRET", "new_id", "path_id", "sent_lines", "user_token"]
+
+import os
 
 API_KEYS = "app:app-key,billing:billing-key"
+POSTGRES_ADMIN_URL = os.environ.get(
+    "DISPATCHER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 USER_SECRET = "test-user-secret-of-at-least-32-bytes"
 
 

@@ -164,10 +164,9 @@ async def test_an_unreachable_store_is_a_503_not_a_500(postgres_url: str) -> Non
     """The database goes away under a running gateway (dropped, connections killed)."""
     import psycopg
 
-    from conftest import POSTGRES_ADMIN_URL
     from dispatcher.api import create_app
     from dispatcher.config import Settings
-    from support import API_KEYS
+    from support import API_KEYS, POSTGRES_ADMIN_URL
 
     name = f"dispatcher_gone_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
