@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -12,8 +13,6 @@ from urllib.parse import quote
 import jwt
 
 __all__ = ["API_KEYS", "POSTGRES_ADMIN_URL", "USER_SECRET", "new_id", "path_id", "sent_lines", "user_token"]
-
-import os
 
 API_KEYS = "app:app-key,billing:billing-key"
 POSTGRES_ADMIN_URL = os.environ.get(

@@ -1,0 +1,1 @@
+"""Benchmarks of the dispatcher; ``python -m bench --help``."""
