@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -11,7 +12,7 @@ from dispatcher.model import CHANNELS
 
 __all__ = ["DeviceIn", "NotificationIn", "PreferencesIn", "PreviewIn", "UserIn"]
 
-UserId = Field(min_length=1, max_length=255)
+LOCALE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$"
 
 
 class _Strict(BaseModel):
@@ -27,7 +28,7 @@ class NotificationIn(_Strict):
     category: str | None = Field(default=None, min_length=1, max_length=64)
     state: str | None = Field(default=None, max_length=64)
     version: int = Field(default=1, ge=1, le=2**31 - 1)
-    locale: str | None = Field(default=None, max_length=35)
+    locale: str | None = Field(default=None, max_length=35, pattern=LOCALE_PATTERN)
 
     @field_validator("recipients")
     @classmethod
@@ -50,8 +51,19 @@ class NotificationIn(_Strict):
 class UserIn(_Strict):
     email: str | None = Field(default=None, max_length=320)
     phone: str | None = Field(default=None, max_length=64)
-    locale: str | None = Field(default=None, max_length=35)
-    timezone: str | None = Field(default=None, max_length=64)
+    locale: str | None = Field(default=None, max_length=35, pattern=LOCALE_PATTERN,
+                               description="BCP 47 tag such as ko-KR")
+    timezone: str | None = Field(default=None, max_length=64, description="IANA name")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                zoneinfo.ZoneInfo(value)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r} (use an IANA name like Asia/Seoul)") from None
+        return value
 
 
 class DeviceIn(_Strict):

@@ -26,6 +26,8 @@ async def test_contact_data_is_stored_normalised(client: httpx.AsyncClient) -> N
     ({"phone": "12345"}, "phone"),
     ({"phone": "+1 555"}, "phone"),
     ({"phone": "call me"}, "phone"),
+    ({"timezone": "Mars/Olympus"}, "timezone"),
+    ({"locale": "not a locale!"}, "locale"),
 ])
 async def test_invalid_contact_data_is_a_422_naming_the_field(
         client: httpx.AsyncClient, payload: dict[str, str], field: str) -> None:
