@@ -77,13 +77,12 @@ async def _serve(settings: Settings, *, workers: int = 1) -> int:
     for note in notes:
         log.warning(note)
     runtime = await Runtime.open(settings)
-    try:
-        app = create_app(runtime, workers=workers)
-        server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
-                                               log_config=None, access_log=False))
-        await server.serve()
-    finally:
-        await runtime.close()
+    app = create_app(runtime, workers=workers, owns_runtime=True)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                           log_config=None, access_log=False))
+    # Shutdown (workers finish their chunks, the runtime closes) runs in the app's lifespan:
+    # on SIGTERM uvicorn re-raises the signal after it, so nothing after serve() would run.
+    await server.serve()
     return 0
 
 

@@ -94,14 +94,12 @@ class Deliverer:
 
     async def _open(self, message: ChunkMessage, sets: ChannelSets, plan: ChunkPlan,
                     todo: list[Planned]) -> None:
-        token = uuid.uuid4().hex
         won = await self._store.ledger.open_chunk(
-            message.id, message.version, todo, insert=sets.insert, reset=sets.reset,
-            feed=plan.feed, token=token)
+            message.id, message.version, todo, insert=sets.insert, reset=sets.reset, feed=plan.feed)
         await self._in_app.announce(plan.feed[u] for (u, c) in won if c == "in_app" and u in plan.feed)
         sends = {key: plan.sends[key] for key in won if key in plan.sends}
         if sends:
-            await self._sender.send_claimed(message.id, message.version, token, sends)
+            await self._sender.send(message.id, message.version, uuid.uuid4().hex, sends)
 
     async def _resolve_stale(self, message: ChunkMessage, rows: list[Unfinished]) -> bool:
         cutoff = now_us() - int(self._times.lease_seconds * 1e6)

@@ -126,7 +126,7 @@ class Planner:
         if not addresses:
             plan.planned.append(Planned(user.id, channel, _SKIPPED, Reason.NO_CONTACT))
             return
-        plan.planned.append(Planned(user.id, channel, DeliveryStatus.SENDING.value))
+        plan.planned.append(Planned(user.id, channel, DeliveryStatus.PENDING.value))
         plan.sends[(user.id, channel)] = [
             Message(channel, to, parts[channel], message.id, user.id, category, _push_data(message))
             for to in addresses

@@ -56,7 +56,8 @@ class Runtime:
                           phone_region=settings.default_phone_region)
         sender = Sender(providers, store.ledger, RetryPolicy(
             settings.retry_max_attempts, settings.retry_base_delay, settings.retry_max_delay),
-            concurrency=settings.send_concurrency, deactivate=store.users.deactivate_devices)
+            window=max(settings.send_concurrency // settings.worker_concurrency, 8),
+            deactivate=store.users.deactivate_devices)
         deliverer = Deliverer(store, templates, planner, sender, in_app,
                               SettleTimes(lease_seconds=settings.send_lease_seconds),
                               resend_stale=settings.recovery == "resend")

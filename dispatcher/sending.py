@@ -1,9 +1,13 @@
-"""Sending the rows a chunk has claimed, with retries, and recording each outcome.
+"""Sending a chunk's deliverable rows, with retries, recording each outcome.
 
-Every claimed (user, channel) becomes one task. Its messages (one per device for push) go out
-concurrently under a process-wide limit. Outcomes are written by a :class:`Recorder` that
-commits whatever has finished as soon as its previous commit is done (group commit), which
-keeps the crash window to the requests in flight while still writing in batches.
+Rows arrive ``pending``. They are claimed (``sending``) in batches only as room opens in a
+window of ``window`` rows, and a row leaves the window only once its outcome is committed.
+So at any moment at most ``window`` rows of a chunk are claimed without a recorded outcome:
+that is all a crash can leave as ``outcome_unknown`` (see ``dispatcher.store.ledger``).
+Claims are made when the window is half empty, so that they are batched too.
+
+Outcomes are written by a :class:`Recorder` that commits whatever has finished as soon as its
+previous commit is done (group commit): batched writes, and a short wait for each row.
 """
 
 from __future__ import annotations
@@ -27,20 +31,24 @@ Key = tuple[str, str]
 
 
 class Recorder:
-    """Batches outcomes into ledger writes; one write in flight at a time."""
+    """Group-commits outcomes; :meth:`write` returns once its outcome is committed."""
 
     def __init__(self, ledger: LedgerStore, notification_id: str, token: str) -> None:
         self._ledger = ledger
         self._nid = notification_id
         self._token = token
-        self._buffer: list[Outcome] = []
+        self._buffer: list[tuple[Outcome, asyncio.Future[None]]] = []
         self._ready = asyncio.Event()
         self._closing = False
         self._task = asyncio.create_task(self._run())
 
-    def add(self, outcome: Outcome) -> None:
-        self._buffer.append(outcome)
+    async def write(self, outcome: Outcome) -> None:
+        if self._task.done():
+            self._task.result()  # the writer failed: raise its error here too
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buffer.append((outcome, done))
         self._ready.set()
+        await done
 
     async def close(self) -> None:
         self._closing = True
@@ -53,9 +61,21 @@ class Recorder:
             self._ready.clear()
             batch, self._buffer = self._buffer, []
             if batch:
-                await self._ledger.record(self._nid, batch, self._token)
+                await self._commit(batch)
             if self._closing and not self._buffer:
                 return
+
+    async def _commit(self, batch: list[tuple[Outcome, asyncio.Future[None]]]) -> None:
+        try:
+            await self._ledger.record(self._nid, [o for o, _ in batch], self._token)
+        except BaseException as exc:
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            raise
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None)
 
 
 @dataclass(frozen=True)
@@ -70,23 +90,36 @@ class _Attempt:
 
 class Sender:
     def __init__(self, providers: Mapping[str, Provider], ledger: LedgerStore,
-                 policy: RetryPolicy, *, concurrency: int,
+                 policy: RetryPolicy, *, window: int,
                  deactivate: Callable[[list[str]], Awaitable[None]]) -> None:
         self._providers = providers
         self._ledger = ledger
         self._policy = policy
-        self._limit = asyncio.Semaphore(concurrency)
+        self._window = max(window, 1)
         self._deactivate = deactivate
 
-    async def send_claimed(self, notification_id: str, version: int, token: str,
-                           sends: Mapping[Key, Sequence[Message]]) -> None:
+    async def send(self, notification_id: str, version: int, token: str,
+                   sends: Mapping[Key, Sequence[Message]]) -> None:
+        """Claim, send and record the ``pending`` rows in ``sends`` (others may take some)."""
         recorder = Recorder(self._ledger, notification_id, token)
+        waiting = list(sends)
+        active: set[asyncio.Task[None]] = set()
         try:
-            async with asyncio.TaskGroup() as tasks:
-                for key, messages in sends.items():
-                    tasks.create_task(self._deliver(notification_id, version, token, key,
-                                                    list(messages), recorder))
+            while waiting or active:
+                if waiting and len(active) <= self._window // 2:
+                    room = self._window - len(active)
+                    batch, waiting = waiting[:room], waiting[room:]
+                    for key in await self._ledger.claim(notification_id, version, batch, token):
+                        active.add(asyncio.create_task(self._deliver(
+                            notification_id, version, token, key, list(sends[key]), recorder)))
+                    continue
+                done, active = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
         finally:
+            for task in active:
+                task.cancel()
+            await asyncio.gather(*active, return_exceptions=True)
             await recorder.close()
 
     async def _deliver(self, nid: str, version: int, token: str, key: Key,
@@ -97,15 +130,16 @@ class Sender:
             if result.unregistered:
                 await self._deactivate(result.unregistered)
             if result.outcome is not None:
-                recorder.add(result.outcome)
+                await recorder.write(result.outcome)
                 return
             if self._policy.exhausted(attempts):
-                recorder.add(Outcome(*key, DeliveryStatus.FAILED.value, Reason.RETRIES_EXHAUSTED,
-                                     f"{attempts} attempts; last: {result.retry[0].to}"))
+                await recorder.write(Outcome(*key, DeliveryStatus.FAILED.value,
+                                             Reason.RETRIES_EXHAUSTED,
+                                             f"{attempts} attempts; last: {result.retry[0].to}"))
                 return
             # Release the row while waiting, so a crash now means "send again", not "unknown".
-            await self._ledger.record(nid, [Outcome(*key, DeliveryStatus.PENDING.value,
-                                                    detail=f"attempt {attempts} failed")], token)
+            await recorder.write(Outcome(*key, DeliveryStatus.PENDING.value,
+                                         detail=f"attempt {attempts} failed; retrying"))
             await asyncio.sleep(self._policy.delay(attempts, result.retry_after))
             if not await self._ledger.claim(nid, version, [key], token):
                 return  # another worker took it over meanwhile
@@ -131,11 +165,10 @@ class Sender:
 
     async def _send_one(self, message: Message) -> Receipt | TransientError | PermanentError:
         provider = self._providers[message.channel]
-        async with self._limit:
-            try:
-                return await provider.send(message)
-            except (TransientError, PermanentError) as exc:
-                return exc
-            except Exception as exc:  # an adapter bug must not lose the row: retry, then fail
-                log.exception("provider %s raised an unmapped error", provider.name)
-                return TransientError(f"unexpected {type(exc).__name__}: {exc}")
+        try:
+            return await provider.send(message)
+        except (TransientError, PermanentError) as exc:
+            return exc
+        except Exception as exc:  # an adapter bug must not lose the row: retry, then fail
+            log.exception("provider %s raised an unmapped error", provider.name)
+            return TransientError(f"unexpected {type(exc).__name__}: {exc}")

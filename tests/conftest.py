@@ -8,6 +8,10 @@ machine, and fails when ``CI=true``: CI must prove both engines.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +24,9 @@ from dispatcher.api import create_app
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
 from support import API_KEYS, POSTGRES_ADMIN_URL, USER_SECRET
+
+MOTO_URL = os.environ.get("DISPATCHER_TEST_MOTO_URL")
+REDIS_URL = os.environ.get("DISPATCHER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -84,3 +91,75 @@ async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=transport, base_url="http://dispatcher",
                                  headers={"Authorization": "Bearer app-key"}) as c:
         yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _moto_answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/moto-api/data.json", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """A real ``moto_server`` over HTTP: ``DISPATCHER_TEST_MOTO_URL`` (CI starts one), or one
+    this session starts on a free port."""
+    if MOTO_URL:
+        if not _moto_answers(MOTO_URL):
+            require_server("moto_server", ConnectionError(MOTO_URL))
+        yield MOTO_URL
+        return
+    port = free_port()
+    moto = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not _moto_answers(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            require_server("moto_server", RuntimeError("it did not start"))
+        time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """AWS SDK environment pointed at a freshly reset moto_server; returns its URL.
+
+    Only the environment changes (as an operator would set it); boto3 is never patched."""
+    httpx.post(f"{moto_url}/moto-api/reset", timeout=10).raise_for_status()
+    for name, value in {"AWS_ENDPOINT_URL": moto_url, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_SES",
+                 "AWS_ENDPOINT_URL_SESV2", "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS"):
+        monkeypatch.delenv(name, raising=False)
+    return moto_url
+
+
+@pytest.fixture
+def moto_data(aws: str) -> "MotoData":
+    return MotoData(aws)
+
+
+class MotoData:
+    """What moto_server says was really sent (``GET /moto-api/data.json``)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def dump(self) -> dict[str, object]:
+        response = httpx.get(f"{self.url}/moto-api/data.json", timeout=10)
+        response.raise_for_status()
+        data: dict[str, object] = response.json()
+        return data

@@ -21,8 +21,9 @@ from dispatcher.runtime import Runtime
 __all__ = ["create_app"]
 
 
-def create_app(runtime: Runtime, *, workers: int = 0) -> FastAPI:
-    """``workers``: worker loops to run inside this process (0: API only)."""
+def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False) -> FastAPI:
+    """``workers``: worker loops to run inside this process (0: API only). ``owns_runtime``:
+    close the runtime at shutdown (the server's signal handling may not return to the caller)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -33,6 +34,8 @@ def create_app(runtime: Runtime, *, workers: int = 0) -> FastAPI:
         finally:
             stop.set()
             await asyncio.gather(*loops, return_exceptions=True)
+            if owns_runtime:
+                await runtime.close()
 
     app = FastAPI(title="Notification dispatcher", version="1", lifespan=lifespan)
     settings = runtime.settings

@@ -2,14 +2,16 @@
 
 How the ledger turns at-least-once queue delivery into exactly-once sending:
 
-* :meth:`LedgerStore.open_chunk` writes a chunk's rows in one transaction. A row is *won* by
-  the caller when the caller inserted it, or moved it from an older version (an update that
-  re-sends) or from ``pending``. Rows for external channels are won as ``sending`` with the
-  caller's claim token; in-app rows are won as ``sent`` together with their feed entry.
-* Only the holder of a row's claim token sends it, and records the outcome right after
-  (:meth:`record`), so a redelivered chunk finds the row final and sends nothing.
+* :meth:`LedgerStore.open_chunk` writes a chunk's rows in one transaction: skipped and failed
+  rows final, in-app rows ``sent`` together with their feed entry, rows to send ``pending``.
+  A row is *won* when the call inserted it, moved it from an older version (an update that
+  re-sends), or found it ``pending`` at this version.
+* :meth:`claim` turns ``pending`` rows into ``sending`` with the caller's token, right before
+  the caller sends them; only one caller wins each row. The claim holder records the outcome
+  right after (:meth:`record`), so a redelivered chunk finds the row final and sends nothing.
 * A crash between the provider accepting a message and :meth:`record` leaves a ``sending``
-  row behind. :meth:`resolve_stale` settles rows whose claim is older than the lease: as
+  row behind: only the rows claimed and not yet recorded, which the sender keeps to a small
+  window. :meth:`resolve_stale` settles rows whose claim is older than the lease: as
   ``failed``/``outcome_unknown`` (never a duplicate) or back to ``pending`` (never a loss).
 """
 
@@ -73,7 +75,7 @@ class LedgerStore:
 
     async def open_chunk(
         self, notification_id: str, version: int, planned: Sequence[Planned], *,
-        insert: frozenset[str], reset: frozenset[str], feed: dict[str, FeedEntry], token: str,
+        insert: frozenset[str], reset: frozenset[str], feed: dict[str, FeedEntry],
     ) -> set[Key]:
         """Write the chunk's rows; return the keys this call won.
 
@@ -82,18 +84,18 @@ class LedgerStore:
         user, written for the in-app rows won, in the same transaction."""
         now = now_us()
         async with self._db.write() as conn:
-            won = await self._insert(conn, notification_id, version, planned, insert, token, now)
+            won = await self._insert(conn, notification_id, version, planned, insert, now)
             rest = [p for p in planned if (p.user_id, p.channel) not in won]
-            won |= await self._take_over(conn, notification_id, version, rest, reset, token, now)
+            won |= await self._take_over(conn, notification_id, version, rest, reset, now)
             entries = [feed[u] for (u, c) in won if c == "in_app" and u in feed]
             await self._feed.write(conn, entries)
         return won
 
     async def _insert(
         self, conn: AsyncConnection, nid: str, version: int, planned: Sequence[Planned],
-        channels: frozenset[str], token: str, now: int,
+        channels: frozenset[str], now: int,
     ) -> set[Key]:
-        rows = [_row(nid, version, p, token, now) for p in planned if p.channel in channels]
+        rows = [_row(nid, version, p, now) for p in planned if p.channel in channels]
         if not rows:
             return set()
         stmt = (self._db.insert(deliveries).on_conflict_do_nothing()
@@ -102,7 +104,7 @@ class LedgerStore:
 
     async def _take_over(
         self, conn: AsyncConnection, nid: str, version: int, planned: Sequence[Planned],
-        reset: frozenset[str], token: str, now: int,
+        reset: frozenset[str], now: int,
     ) -> set[Key]:
         groups: dict[tuple[str, str, str | None, str | None], list[str]] = defaultdict(list)
         for p in planned:
@@ -113,7 +115,6 @@ class LedgerStore:
             if channel in reset:
                 takeable = sa.or_(takeable, sa.and_(deliveries.c.version < version,
                                                     deliveries.c.status != _SENDING))
-            sending = status == _SENDING
             stmt = (
                 deliveries.update()
                 .where(deliveries.c.notification_id == nid, deliveries.c.channel == channel,
@@ -121,9 +122,8 @@ class LedgerStore:
                 .values(
                     status=status, reason=reason, detail=detail, version=version,
                     attempts=sa.case((deliveries.c.version == version, deliveries.c.attempts),
-                                     else_=0) + (1 if sending else 0),
-                    provider_message_id=None, claim_token=token if sending else None,
-                    claimed_at=now if sending else None, updated_at=now,
+                                     else_=0),
+                    provider_message_id=None, claim_token=None, claimed_at=None, updated_at=now,
                 )
                 .returning(deliveries.c.user_id)
             )
@@ -217,13 +217,11 @@ class LedgerStore:
         return settled
 
 
-def _row(nid: str, version: int, p: Planned, token: str, now: int) -> dict[str, object]:
-    sending = p.status == _SENDING
+def _row(nid: str, version: int, p: Planned, now: int) -> dict[str, object]:
     return {
         "notification_id": nid, "user_id": p.user_id, "channel": p.channel, "version": version,
-        "status": p.status, "reason": p.reason, "detail": _clip(p.detail),
-        "attempts": 1 if sending else 0, "provider_message_id": None,
-        "claim_token": token if sending else None, "claimed_at": now if sending else None,
+        "status": p.status, "reason": p.reason, "detail": _clip(p.detail), "attempts": 0,
+        "provider_message_id": None, "claim_token": None, "claimed_at": None,
         "created_at": now, "updated_at": now,
     }
 

@@ -61,18 +61,27 @@ async def test_header_keeps_the_highest_version_whatever_the_arrival_order(runti
 
 async def test_a_chunk_opened_twice_wins_its_rows_once(runtime: Runtime) -> None:
     ledger, nid = runtime.store.ledger, new_id()
-    planned = [Planned("u1", "email", "sending"), Planned("u2", "email", "skipped", "no_contact")]
+    planned = [Planned("u1", "email", "pending"), Planned("u2", "email", "skipped", "no_contact")]
     args = dict(insert=frozenset({"email"}), reset=frozenset(), feed={})
-    first = await ledger.open_chunk(nid, 1, planned, token="t1", **args)
-    second = await ledger.open_chunk(nid, 1, planned, token="t2", **args)
+    first = await ledger.open_chunk(nid, 1, planned, **args)
     assert first == {("u1", "email"), ("u2", "email")}
-    assert second == set()
+    assert await ledger.claim(nid, 1, [("u1", "email")], "t1") == {("u1", "email")}
+    assert await ledger.open_chunk(nid, 1, planned, **args) == set()
+
+
+async def test_a_pending_row_is_claimed_by_one_sender_only(runtime: Runtime) -> None:
+    ledger, nid = runtime.store.ledger, new_id()
+    await ledger.open_chunk(nid, 1, [Planned("u1", "sms", "pending")], insert=frozenset({"sms"}),
+                            reset=frozenset(), feed={})
+    assert await ledger.claim(nid, 1, [("u1", "sms")], "first") == {("u1", "sms")}
+    assert await ledger.claim(nid, 1, [("u1", "sms")], "second") == set()
 
 
 async def test_only_the_claim_holder_records_an_outcome(runtime: Runtime) -> None:
     ledger, nid = runtime.store.ledger, new_id()
-    await ledger.open_chunk(nid, 1, [Planned("u1", "sms", "sending")], insert=frozenset({"sms"}),
-                            reset=frozenset(), feed={}, token="mine")
+    await ledger.open_chunk(nid, 1, [Planned("u1", "sms", "pending")], insert=frozenset({"sms"}),
+                            reset=frozenset(), feed={})
+    await ledger.claim(nid, 1, [("u1", "sms")], "mine")
     await ledger.record(nid, [Outcome("u1", "sms", "failed", "provider_rejected")], "not-mine")
     assert [r.status for r in await ledger.unfinished(nid, ["u1"])] == ["sending"]
     await ledger.record(nid, [Outcome("u1", "sms", "sent", provider_message_id="m-1")], "mine")
@@ -81,22 +90,24 @@ async def test_only_the_claim_holder_records_an_outcome(runtime: Runtime) -> Non
 
 async def test_a_newer_version_takes_over_rows_of_reset_channels_only(runtime: Runtime) -> None:
     ledger, nid = runtime.store.ledger, new_id()
-    rows = [Planned("u1", "email", "sending"), Planned("u1", "sms", "sending")]
+    rows = [Planned("u1", "email", "pending"), Planned("u1", "sms", "pending")]
     await ledger.open_chunk(nid, 1, rows, insert=frozenset({"email", "sms"}), reset=frozenset(),
-                            feed={}, token="v1")
+                            feed={})
+    await ledger.claim(nid, 1, [("u1", "email"), ("u1", "sms")], "v1")
     await ledger.record(nid, [Outcome("u1", "email", "sent"), Outcome("u1", "sms", "sent")], "v1")
     won = await ledger.open_chunk(nid, 2, rows, insert=frozenset(), reset=frozenset({"email"}),
-                                  feed={}, token="v2")
+                                  feed={})
     assert won == {("u1", "email")}
     stale = await ledger.open_chunk(nid, 1, rows, insert=frozenset(), reset=frozenset({"email"}),
-                                    feed={}, token="v1-again")
+                                    feed={})
     assert stale == set()
 
 
 async def test_stale_claims_settle_as_outcome_unknown(runtime: Runtime) -> None:
     ledger, nid = runtime.store.ledger, new_id()
-    await ledger.open_chunk(nid, 1, [Planned("u1", "push", "sending")], insert=frozenset({"push"}),
-                            reset=frozenset(), feed={}, token="dead-worker")
+    await ledger.open_chunk(nid, 1, [Planned("u1", "push", "pending")], insert=frozenset({"push"}),
+                            reset=frozenset(), feed={})
+    await ledger.claim(nid, 1, [("u1", "push")], "dead-worker")
     [row] = await ledger.unfinished(nid, ["u1"])
     assert await ledger.resolve_stale(nid, [("u1", "push")], older_than=row.claimed_at, resend=False) == 0
     assert await ledger.resolve_stale(nid, [("u1", "push")], older_than=row.claimed_at + 1, resend=False) == 1

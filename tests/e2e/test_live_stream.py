@@ -1,0 +1,109 @@
+"""An end user's live stream shows a notification as it arrives, its update, and its read mark.
+
+A real ``dispatcher serve`` process; the user's app holds the server-sent-events stream open
+with its own JWT while a service posts an install notification ("installing"), then its
+version 2 ("completed"), and the user marks it read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+EVENT_TIMEOUT = 60.0  # seconds for an event to reach the stream on a loaded machine
+
+
+def test_live_stream_shows_the_notification_its_update_and_read(
+    dispatcher_env, start_server, user_token,
+):
+    server = start_server(dispatcher_env)
+    nid = f"app#{uuid.uuid4()}"
+    path = f"/v1/users/u1/notifications/{quote(nid, safe='')}"
+
+    with server.client() as service, server.client(user_token("u1")) as app:
+        assert service.put("/v1/users/u1", json={"email": "u1@example.com"}).status_code == 200
+
+        # Read timeout above the server's 15 s keepalive, so a silent stream is an error.
+        with app.stream("GET", "/v1/users/u1/notifications/stream",
+                        timeout=httpx.Timeout(10.0, read=EVENT_TIMEOUT)) as response:
+            assert response.status_code == 200, response.read()
+            assert response.headers["content-type"].startswith("text/event-stream")
+            stream = SseReader(response)
+            stream.wait_connected()
+
+            notify(service, nid, version=1, state="installing")
+            first = stream.next_event("notification")
+            assert first["id"] == nid
+            assert "Foo" in first["title"], first
+            assert first["state"] == "installing", first
+
+            notify(service, nid, version=2, state="completed")
+            update = stream.next_event("notification")
+            assert update["id"] == nid
+            assert update["state"] == "completed", update
+            assert "Foo" in update["title"], update
+
+            read = app.post(f"{path}/read")
+            assert read.status_code == 200, read.text
+            assert stream.next_event("read")["id"] == nid
+
+        feed = app.get("/v1/users/u1/notifications").json()
+        assert [(e["id"], e["state"], e["read"]) for e in feed["items"]] == [
+            (nid, "completed", True)]
+
+
+def test_a_user_token_cannot_open_another_users_stream(dispatcher_env, start_server, user_token):
+    server = start_server(dispatcher_env)
+    with server.client(user_token("u2")) as other:
+        response = other.get("/v1/users/u1/notifications/stream")
+    assert response.status_code == 403, response.text
+    assert response.json()["error"]["message"]
+
+
+def notify(service: httpx.Client, nid: str, *, version: int, state: str) -> None:
+    response = service.post("/v1/notifications", json={
+        "id": nid, "version": version, "recipients": ["u1"], "template": "app-install",
+        "data": {"app_name": "Foo"}, "state": state})
+    assert response.status_code == 202, response.text
+
+
+class SseReader:
+    """Reads a ``text/event-stream`` response: comments and ``event:``/``data:`` blocks."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._lines: Iterator[str] = response.iter_lines()
+
+    def wait_connected(self) -> None:
+        line = self._next_line()
+        assert line == ": connected", f"the stream did not start with ': connected': {line!r}"
+
+    def next_event(self, kind: str) -> dict:
+        """The next event (skipping comments); it must be of ``kind``."""
+        deadline = time.monotonic() + EVENT_TIMEOUT
+        name, data = None, []
+        while time.monotonic() < deadline:
+            line = self._next_line()
+            if line.startswith(":"):
+                continue  # keepalive
+            if line.startswith("event:"):
+                name = line.partition(":")[2].strip()
+            elif line.startswith("data:"):
+                data.append(line.partition(":")[2].strip())
+            elif line == "" and name is not None:
+                assert name == kind, f"expected a {kind!r} event, got {name!r}: {data}"
+                return json.loads("\n".join(data))
+        pytest.fail(f"no {kind!r} event within {EVENT_TIMEOUT:.0f}s")
+
+    def _next_line(self) -> str:
+        try:
+            return next(self._lines)
+        except httpx.ReadTimeout:
+            pytest.fail(f"the stream sent nothing for {EVENT_TIMEOUT:.0f}s")
+        except StopIteration:
+            pytest.fail("the server closed the stream")
