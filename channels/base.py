@@ -36,6 +36,8 @@ class Message:
     category: str
     #: Extra key/values for push ``data`` and the like.
     data: Mapping[str, str] = field(default_factory=dict)
+    #: Email: a one-click unsubscribe URL for ``List-Unsubscribe`` (RFC 8058), when configured.
+    unsubscribe_url: str | None = None
 
 
 @dataclass(frozen=True)

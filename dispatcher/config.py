@@ -19,7 +19,7 @@ SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DISPATCHER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="DISPATCHER_", extra="ignore", populate_by_name=True)
 
     database_url: str = "sqlite:///./dispatcher.db"
     queue_url: str = "sqlite"
@@ -27,10 +27,25 @@ class Settings(BaseSettings):
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     redis_url: str | None = None
 
-    email_provider: Literal["log"] = "log"
-    sms_provider: Literal["log"] = "log"
-    push_provider: Literal["log"] = "log"
+    email_provider: Literal["log", "ses"] = "log"
+    sms_provider: Literal["log", "sns"] = "log"
+    push_provider: Literal["log", "fcm"] = "log"
     email_from: str | None = None
+    #: SES configuration set for sending events (bounces, complaints), optional.
+    ses_configuration_set: str | None = None
+    #: SNS ``AWS.SNS.SMS.SenderID`` (alphanumeric sender, where the country allows it).
+    sms_sender_id: str | None = None
+    #: Categories sent as ``Promotional`` SMS; every other category is ``Transactional``.
+    sms_promotional_categories: str = "marketing"
+    fcm_project_id: str | None = None
+    fcm_endpoint: str = "https://fcm.googleapis.com"
+    #: The FCM service-account file (read from ``GOOGLE_APPLICATION_CREDENTIALS``, no prefix).
+    google_application_credentials: Path | None = Field(
+        default=None, validation_alias="GOOGLE_APPLICATION_CREDENTIALS")
+    #: Base URL of this dispatcher as the public reaches it (for unsubscribe links in email).
+    public_url: str | None = None
+    #: HMAC key of unsubscribe links; unset: derived from the user token secret.
+    unsubscribe_secret: str | None = None
     #: Where the ``log`` providers append what they would have sent (JSON lines); unset: the log only.
     log_provider_path: Path | None = None
 
