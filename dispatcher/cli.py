@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from dispatcher.config import Settings
+from dispatcher.config import ConfigurationError, Settings
+from dispatcher.rendering import TemplateError
 
 __all__ = ["main"]
 
@@ -39,9 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    ("worker_concurrency", getattr(args, "concurrency", None)))
                  if v is not None}
     settings = settings.model_copy(update=overrides)
-    if args.command == "dlq":
-        return asyncio.run(_dlq(settings, args.limit))
-    return asyncio.run(_COMMANDS[args.command](settings))
+    try:
+        if args.command == "dlq":
+            return asyncio.run(_dlq(settings, args.limit))
+        return asyncio.run(_COMMANDS[args.command](settings))
+    except (ConfigurationError, TemplateError) as exc:
+        print(f"dispatcher: {exc}", file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -13,9 +13,13 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "SHIPPED_TEMPLATES"]
+__all__ = ["ConfigurationError", "Settings", "SHIPPED_TEMPLATES"]
 
 SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+class ConfigurationError(ValueError):
+    """Settings that can't work (together); the message says which and why."""
 
 
 class Settings(BaseSettings):
@@ -64,6 +68,10 @@ class Settings(BaseSettings):
     queue_visibility_timeout: float = Field(default=30.0, gt=0)
     queue_max_receives: int = Field(default=5, ge=1)
     queue_poll_interval: float = Field(default=0.2, gt=0)
+    #: Longest wait of one receive call (SQS long polling: at most 20).
+    queue_wait_seconds: float = Field(default=5.0, ge=0, le=20)
+    #: SQS: where poison messages go; unset: the target of the queue's redrive policy.
+    dead_letter_queue_url: str | None = None
     #: A ``sending`` row older than this belongs to a crashed worker (see docs on recovery).
     send_lease_seconds: float = Field(default=60.0, gt=0)
     #: What recovery does with such a row: ``fail`` (never a duplicate) or ``resend`` (never a loss).
@@ -88,12 +96,16 @@ class Settings(BaseSettings):
     @field_validator("queue_url")
     @classmethod
     def _known_queue(cls, value: str) -> str:
-        if value != "sqlite":
-            raise ValueError(
-                "DISPATCHER_QUEUE_URL: only 'sqlite' (the embedded queue in the store's database) "
-                "is available in this version"
-            )
+        if value != "sqlite" and not value.startswith(("https://", "http://")):
+            raise ValueError("DISPATCHER_QUEUE_URL must be 'sqlite' (the embedded queue in the "
+                             "store's database) or an SQS queue URL")
         return value
+
+    def uses_sqs(self) -> bool:
+        return self.queue_url != "sqlite"
+
+    def unsubscribe_key(self) -> str | None:
+        return self.unsubscribe_secret or self.user_token_secret
 
     def service_keys(self) -> dict[str, str]:
         """API key -> service name, from ``api_keys``."""
@@ -101,7 +113,7 @@ class Settings(BaseSettings):
         for pair in filter(None, (p.strip() for p in (self.api_keys or "").split(","))):
             service, sep, key = pair.partition(":")
             if not sep or not service or not key:
-                raise ValueError(f"DISPATCHER_API_KEYS: {pair!r} is not 'service:key'")
+                raise ConfigurationError(f"DISPATCHER_API_KEYS: {pair!r} is not 'service:key'")
             keys[key] = service
         return keys
 

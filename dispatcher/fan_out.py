@@ -50,12 +50,22 @@ class FanOut:
                             recipients_total=len(recipients), **_fields(request))
         header = self._check(base)
         await self._store.notifications.upsert(header)
-        chunks = [
-            base.model_copy(update={"recipients": tuple(recipients[i:i + self._chunk_size])})
-            for i in range(0, len(recipients), self._chunk_size)
-        ]
-        await self._queue.send_batch([encode_chunk(c) for c in chunks])
-        return Accepted(base.id, len(recipients), len(chunks))
+        bodies = [body for i in range(0, len(recipients), self._chunk_size)
+                  for body in self._encode(base, recipients[i:i + self._chunk_size])]
+        await self._queue.send_batch(bodies)
+        return Accepted(base.id, len(recipients), len(bodies))
+
+    def _encode(self, base: ChunkMessage, recipients: list[str]) -> list[str]:
+        """Encoded chunks of these recipients, halved until each fits the queue's size limit."""
+        body = encode_chunk(base.model_copy(update={"recipients": tuple(recipients)}))
+        limit = self._queue.max_message_bytes
+        if limit is None or len(body.encode()) <= limit:
+            return [body]
+        if len(recipients) == 1:
+            raise Rejected("data", f"the notification is too large for the queue "
+                                   f"({len(body.encode())} bytes; the limit is {limit})")
+        half = len(recipients) // 2
+        return self._encode(base, recipients[:half]) + self._encode(base, recipients[half:])
 
     def _check(self, message: ChunkMessage) -> HeaderUpdate:
         try:

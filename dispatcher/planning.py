@@ -21,6 +21,7 @@ from dispatcher.model import Channel, DeliveryStatus, Reason
 from dispatcher.preferences import wants
 from dispatcher.rendering import TemplateError, TemplateInfo, TemplateRegistry
 from dispatcher.store import FeedEntry, HeaderUpdate, Planned, UserRecord
+from dispatcher.unsubscribe import UnsubscribeLinks
 
 __all__ = ["ChunkPlan", "ChannelSets", "Planner", "category_of", "channel_sets", "header_update",
            "render_context"]
@@ -87,8 +88,10 @@ class ChunkPlan:
 
 class Planner:
     def __init__(self, templates: TemplateRegistry, in_app: InAppChannel, *,
-                 critical: frozenset[str], phone_region: str | None) -> None:
+                 critical: frozenset[str], phone_region: str | None,
+                 links: UnsubscribeLinks | None = None) -> None:
         self._templates = templates
+        self._links = links
         self._in_app = in_app
         self._critical = critical
         self._phone_region = phone_region
@@ -127,10 +130,18 @@ class Planner:
             plan.planned.append(Planned(user.id, channel, _SKIPPED, Reason.NO_CONTACT))
             return
         plan.planned.append(Planned(user.id, channel, DeliveryStatus.PENDING.value))
+        unsubscribe = self._unsubscribe_url(user.id, channel, category)
         plan.sends[(user.id, channel)] = [
-            Message(channel, to, parts[channel], message.id, user.id, category, _push_data(message))
+            Message(channel, to, parts[channel], message.id, user.id, category,
+                    _push_data(message), unsubscribe)
             for to in addresses
         ]
+
+    def _unsubscribe_url(self, user_id: str, channel: str, category: str) -> str | None:
+        """Email only, and not for critical categories (those can't be switched off)."""
+        if self._links is None or channel != Channel.EMAIL or category in self._critical:
+            return None
+        return self._links.url(user_id, category)
 
     def _addresses(self, user: UserRecord, channel: str) -> list[str]:
         if channel == Channel.EMAIL:

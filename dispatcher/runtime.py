@@ -6,22 +6,26 @@ needs. ``Runtime.open`` creates the schema when it is missing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import aiohttp
 
 from channels.base import Provider
 from channels.in_app import InAppChannel
 from channels.log import LogProvider
 from dispatcher.bus import Bus
 from dispatcher.bus.local import LocalBus
-from dispatcher.config import Settings
+from dispatcher.config import ConfigurationError, Settings
 from dispatcher.delivery import Deliverer, SettleTimes
 from dispatcher.fan_out import FanOut
 from dispatcher.planning import Planner
+from dispatcher.queue import Queue
 from dispatcher.queue.local import LocalQueue
 from dispatcher.rendering import TemplateRegistry
 from dispatcher.retry import RetryPolicy
 from dispatcher.sending import Sender
 from dispatcher.store import Database, Store
+from dispatcher.unsubscribe import UnsubscribeLinks
 from dispatcher.worker import Worker
 
 __all__ = ["Runtime"]
@@ -31,30 +35,38 @@ __all__ = ["Runtime"]
 class Runtime:
     settings: Settings
     store: Store
-    queue: LocalQueue
+    queue: Queue
     bus: Bus
     templates: TemplateRegistry
     providers: dict[str, Provider]
     fan_out: FanOut
     deliverer: Deliverer
+    links: UnsubscribeLinks | None
+    owned: list[aiohttp.ClientSession] = field(default_factory=list)
 
     @classmethod
     async def open(cls, settings: Settings,
                    providers: dict[str, Provider] | None = None) -> Runtime:
         """Build everything; ``providers`` replaces the configured email/SMS/push adapters."""
         templates = TemplateRegistry(settings.templates_dir)
+        links = _links(settings)
         db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         await db.create_schema()
         store = Store.from_database(db)
-        queue = LocalQueue(db, visibility_timeout=settings.queue_visibility_timeout,
-                           max_receives=settings.queue_max_receives,
-                           poll_interval=settings.queue_poll_interval)
-        bus = LocalBus()
-        providers = {**_providers(settings), **(providers or {})}
+        http = _aws_session(settings)
+        owned = [http] if http else []
+        try:
+            queue = _queue(settings, db, http)
+            built = {**await _providers(settings, http), **(providers or {})}
+        except BaseException:
+            await _close_sessions(owned)
+            await db.close()
+            raise
+        bus = _bus(settings)
         in_app = InAppChannel(bus)
         planner = Planner(templates, in_app, critical=settings.critical(),
-                          phone_region=settings.default_phone_region)
-        sender = Sender(providers, store.ledger, RetryPolicy(
+                          phone_region=settings.default_phone_region, links=links)
+        sender = Sender(built, store.ledger, RetryPolicy(
             settings.retry_max_attempts, settings.retry_base_delay, settings.retry_max_delay),
             window=max(settings.send_concurrency // settings.worker_concurrency, 8),
             deactivate=store.users.deactivate_devices)
@@ -62,26 +74,119 @@ class Runtime:
                               SettleTimes(lease_seconds=settings.send_lease_seconds),
                               resend_stale=settings.recovery == "resend")
         fan_out = FanOut(store, queue, templates, settings.chunk_size)
-        return cls(settings, store, queue, bus, templates, providers, fan_out, deliverer)
+        return cls(settings, store, queue, bus, templates, built, fan_out, deliverer, links, owned)
 
     def worker(self) -> Worker:
         return Worker(self.queue, self.deliverer, concurrency=self.settings.worker_concurrency,
                       visibility_timeout=self.settings.queue_visibility_timeout,
+                      wait_seconds=self.settings.queue_wait_seconds,
                       known_services=frozenset(self.settings.service_keys().values()))
 
     async def ready(self) -> None:
-        """Raise when the store or the queue is unreachable."""
+        """Raise when the store, the queue or the bus is unreachable."""
         await self.store.db.ping()
         await self.queue.depth()
+        await self.bus.ping()
 
     async def close(self) -> None:
         for provider in self.providers.values():
             await provider.aclose()
         await self.queue.close()
         await self.bus.close()
+        await _close_sessions(self.owned)
         await self.store.db.close()
 
 
-def _providers(settings: Settings) -> dict[str, Provider]:
-    return {channel: LogProvider(channel, settings.log_provider_path)
-            for channel in ("email", "sms", "push")}
+def _links(settings: Settings) -> UnsubscribeLinks | None:
+    if not settings.public_url:
+        return None
+    key = settings.unsubscribe_key()
+    if not key:
+        raise ConfigurationError("DISPATCHER_PUBLIC_URL is set, so email carries unsubscribe "
+                                 "links: set DISPATCHER_UNSUBSCRIBE_SECRET (or "
+                                 "DISPATCHER_USER_TOKEN_SECRET), the same in every process")
+    return UnsubscribeLinks(settings.public_url, key)
+
+
+def _aws_session(settings: Settings) -> aiohttp.ClientSession | None:
+    """One connection pool for every AWS API this process calls."""
+    if not (settings.uses_sqs() or settings.email_provider == "ses" or settings.sms_provider == "sns"):
+        return None
+    connector = aiohttp.TCPConnector(limit=settings.send_concurrency + 16, ttl_dns_cache=300)
+    return aiohttp.ClientSession(connector=connector)
+
+
+def _queue(settings: Settings, db: Database, http: aiohttp.ClientSession | None) -> Queue:
+    if not settings.uses_sqs():
+        return LocalQueue(db, visibility_timeout=settings.queue_visibility_timeout,
+                          max_receives=settings.queue_max_receives,
+                          poll_interval=settings.queue_poll_interval)
+    from channels.aws import AwsClient
+    from dispatcher.queue.sqs import SqsQueue
+
+    assert http is not None
+    client = AwsClient.from_environment(http, "sqs", timeout=settings.queue_wait_seconds + 10)
+    return SqsQueue(client, settings.queue_url, visibility_timeout=settings.queue_visibility_timeout,
+                    dead_letter_url=settings.dead_letter_queue_url)
+
+
+def _bus(settings: Settings) -> Bus:
+    if settings.redis_url:
+        from dispatcher.bus.redis import RedisBus
+
+        return RedisBus.from_url(settings.redis_url)
+    return LocalBus()
+
+
+async def _providers(settings: Settings, http: aiohttp.ClientSession | None) -> dict[str, Provider]:
+    providers: dict[str, Provider] = {
+        channel: LogProvider(channel, settings.log_provider_path)
+        for channel in ("email", "sms", "push")}
+    if settings.email_provider == "ses":
+        providers["email"] = _ses(settings, http)
+    if settings.sms_provider == "sns":
+        providers["sms"] = _sns(settings, http)
+    if settings.push_provider == "fcm":
+        providers["push"] = await _fcm(settings)
+    return providers
+
+
+def _ses(settings: Settings, http: aiohttp.ClientSession | None) -> Provider:
+    from channels.aws import AwsClient
+    from channels.ses import SesProvider
+
+    if not settings.email_from:
+        raise ConfigurationError("DISPATCHER_EMAIL_PROVIDER=ses needs DISPATCHER_EMAIL_FROM")
+    assert http is not None
+    client = AwsClient.from_environment(http, "sesv2", timeout=settings.provider_timeout)
+    return SesProvider(client, sender=settings.email_from,
+                       configuration_set=settings.ses_configuration_set)
+
+
+def _sns(settings: Settings, http: aiohttp.ClientSession | None) -> Provider:
+    from channels.aws import AwsClient
+    from channels.sns import SnsProvider
+
+    assert http is not None
+    client = AwsClient.from_environment(http, "sns", timeout=settings.provider_timeout)
+    promotional = frozenset(c.strip() for c in settings.sms_promotional_categories.split(",")
+                            if c.strip())
+    return SnsProvider(client, sender_id=settings.sms_sender_id,
+                       promotional_categories=promotional)
+
+
+async def _fcm(settings: Settings) -> Provider:
+    from channels.fcm import FcmProvider
+
+    if settings.google_application_credentials is None:
+        raise ConfigurationError("DISPATCHER_PUSH_PROVIDER=fcm needs GOOGLE_APPLICATION_CREDENTIALS "
+                                 "(the service-account file)")
+    return await FcmProvider.from_service_account(
+        settings.google_application_credentials, project_id=settings.fcm_project_id,
+        endpoint=settings.fcm_endpoint, timeout=settings.provider_timeout,
+        pool_size=settings.send_concurrency + 16)
+
+
+async def _close_sessions(sessions: list[aiohttp.ClientSession]) -> None:
+    for session in sessions:
+        await session.close()

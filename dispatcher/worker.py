@@ -28,13 +28,14 @@ log = logging.getLogger("dispatcher.worker")
 class Worker:
     def __init__(self, queue: Queue, deliverer: Deliverer, *, concurrency: int,
                  visibility_timeout: float, known_services: frozenset[str] | None,
-                 retry_delay: float = 5.0) -> None:
+                 wait_seconds: float = 1.0, retry_delay: float = 5.0) -> None:
         self._queue = queue
         self._deliverer = deliverer
         self._concurrency = concurrency
         self._visibility = visibility_timeout
         self._services = known_services
         self._retry_delay = retry_delay
+        self._wait = wait_seconds
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -45,7 +46,7 @@ class Worker:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
-                messages = await self._queue.receive(free, wait_seconds=1.0)
+                messages = await self._queue.receive(free, wait_seconds=self._wait)
             except Exception:
                 log.exception("receiving from the queue failed; retrying")
                 await _sleep_or_stop(stop, 1.0)

@@ -163,3 +163,18 @@ class MotoData:
         response.raise_for_status()
         data: dict[str, object] = response.json()
         return data
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A real Redis (``DISPATCHER_TEST_REDIS_URL``, default db 15 of the local one), flushed."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        client.flushdb()
+    except redis.ConnectionError as exc:
+        require_server("Redis", exc)
+    finally:
+        client.close()
+    return REDIS_URL

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from dispatcher.api import feed, notifications, templates, users
+from dispatcher.api import feed, notifications, templates, unsubscribe, users
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.errors import ApiError, install_error_handlers
 from dispatcher.runtime import Runtime
@@ -43,6 +43,8 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
     install_error_handlers(app)
     for module in (notifications, users, feed, templates):
         app.include_router(module.router(runtime, auth))
+    if runtime.links is not None:
+        app.include_router(unsubscribe.router(runtime, runtime.links))
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:

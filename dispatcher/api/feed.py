@@ -3,6 +3,7 @@
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ from dispatcher.runtime import Runtime
 __all__ = ["router"]
 
 KEEPALIVE_SECONDS = 15.0
+log = logging.getLogger("dispatcher.api.feed")
 
 
 def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
@@ -45,7 +47,7 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     async def read_all(user_id: str, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
         marked = await feed.mark_all_read(user_id)
-        await runtime.bus.publish(feed_topic(user_id), {"type": "read_all"})
+        await _tell(runtime.bus, user_id, {"type": "read_all"})
         return {"marked": marked, "unread_count": 0}
 
     @api.post("/{notification_id}/read")
@@ -53,7 +55,7 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
         caller.require_user(user_id)
         if not await feed.mark_read(user_id, notification_id):
             raise ApiError(404, f"user {user_id!r} has no notification {notification_id!r}")
-        await runtime.bus.publish(feed_topic(user_id), {"type": "read", "id": notification_id})
+        await _tell(runtime.bus, user_id, {"type": "read", "id": notification_id})
         return {"id": notification_id, "read": True,
                 "unread_count": await feed.unread_count(user_id)}
 
@@ -66,6 +68,14 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return api
+
+
+async def _tell(bus: Bus, user_id: str, event: dict[str, Any]) -> None:
+    """Live listeners are told on a best-effort basis: the read mark is already stored."""
+    try:
+        await bus.publish(feed_topic(user_id), event)
+    except Exception:
+        log.exception("live event for %s was not published", user_id)
 
 
 async def _events(bus: Bus, topic: str) -> AsyncIterator[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +21,13 @@ class LocalBus:
             if queue.full():  # a slow listener loses its oldest event, not the newest
                 queue.get_nowait()
             queue.put_nowait(event)
+
+    async def publish_many(self, events: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        for topic, event in events:
+            await self.publish(topic, event)
+
+    async def ping(self) -> None:
+        return None
 
     @asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:

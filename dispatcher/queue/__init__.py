@@ -33,6 +33,9 @@ class DeadLetter:
 
 
 class Queue(Protocol):
+    #: The largest message body the queue takes, in bytes (None: no limit that matters here).
+    max_message_bytes: int | None
+
     async def send_batch(self, bodies: Sequence[str]) -> None:
         """Enqueue all of ``bodies`` durably, or raise (then none or some may be enqueued)."""
 
@@ -47,5 +50,11 @@ class Queue(Protocol):
 
     async def dead_letter(self, message: QueuedMessage, reason: str) -> None:
         """Move a message the worker can never process to the DLQ, with the reason."""
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The dead-lettered messages, with reasons (for operators)."""
+
+    async def depth(self) -> int:
+        """Messages waiting (approximate where the queue only knows that)."""
 
     async def close(self) -> None: ...

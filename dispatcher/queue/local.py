@@ -25,6 +25,8 @@ __all__ = ["LocalQueue"]
 
 
 class LocalQueue:
+    max_message_bytes: int | None = None
+
     def __init__(
         self, db: Database, *, name: str = "chunks", visibility_timeout: float = 30.0,
         max_receives: int = 5, poll_interval: float = 0.2,

@@ -274,3 +274,19 @@ async def test_a_chunk_loads_users_in_bulk_not_per_recipient(runtime: Runtime) -
                     and "FROM users" in s]
     assert len(user_selects) == 1
     assert len(await ledger(runtime, message.id)) == 160
+
+
+async def test_emails_carry_an_unsubscribe_link_except_critical_ones(
+        settings: Settings, providers: dict[str, ScriptedProvider]) -> None:
+    rt = await Runtime.open(settings.model_copy(update={"public_url": "https://n.example.com"}),
+                            providers=providers)
+    try:
+        await add_user(rt, "u1", email="u1@example.com")
+        await run(rt, chunk(["u1"], channels=("email",)),
+                  chunk(["u1"], channels=("email",), category="security"))
+    finally:
+        await rt.close()
+    app, security = providers["email"].calls
+    assert app.unsubscribe_url is not None
+    assert rt.links is not None and rt.links.verify(app.unsubscribe_url.rsplit("/", 1)[1]) == ("u1", "app")
+    assert security.unsubscribe_url is None
