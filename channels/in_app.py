@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import logging
+
 from dispatcher.bus import Bus
 from dispatcher.store import FeedEntry
 
 __all__ = ["InAppChannel", "feed_topic"]
+
+
+log = logging.getLogger("dispatcher.channels.in_app")
 
 
 def feed_topic(user_id: str) -> str:
@@ -32,9 +37,12 @@ class InAppChannel:
 
     async def announce(self, entries: Iterable[FeedEntry]) -> None:
         """Tell live listeners; best effort (the feed itself is already committed)."""
-        for e in entries:
-            await self._bus.publish(feed_topic(e.user_id), {
-                "type": "notification", "id": e.notification_id, "version": e.version,
-                "title": e.title, "body": e.body, "state": e.state, "category": e.category,
-                "read": False,
-            })
+        events = [(feed_topic(e.user_id), {
+            "type": "notification", "id": e.notification_id, "version": e.version,
+            "title": e.title, "body": e.body, "state": e.state, "category": e.category,
+            "read": False,
+        }) for e in entries]
+        try:
+            await self._bus.publish_many(events)
+        except Exception:
+            log.exception("live events for %d feed entries were not published", len(events))
