@@ -33,17 +33,9 @@ class HeaderUpdate:
 
 
 @dataclass(frozen=True)
-class NotificationHeader:
-    id: str
-    service: str
-    version: int
-    template: str
-    data: dict[str, Any]
-    state: str | None
-    category: str
-    locale: str | None
-    channels: tuple[str, ...]
-    recipients: int
+class NotificationHeader(HeaderUpdate):
+    """The stored header: the highest version's fields, all channels, the most recipients."""
+
     created_at: int
     updated_at: int
 
