@@ -92,6 +92,8 @@ class Worker:
                 await self._queue.extend(message, self._retry_delay)
             return
         await self._queue.ack([message])
+        log.info("delivered chunk %s of %s v%d (%d recipients)", message.id, chunk.id,
+                 chunk.version, len(chunk.recipients))
 
     async def _keep_hidden(self, message: QueuedMessage) -> None:
         while True:

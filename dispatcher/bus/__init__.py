@@ -25,4 +25,7 @@ class Bus(Protocol):
     def subscribe(self, topic: str) -> AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]:
         """``async with bus.subscribe(t) as events: async for e in events: ...``"""
 
+    async def ping(self) -> None:
+        """Raise when the bus is unreachable (readiness)."""
+
     async def close(self) -> None: ...
