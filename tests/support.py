@@ -37,3 +37,25 @@ def sent_lines(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def create_queues(name: str = "chunks", max_receives: int = 3,
+                  visibility_timeout: int = 30) -> tuple[str, str]:
+    """An SQS queue with a redrive policy to its DLQ (through boto3 and the environment's
+    AWS_ENDPOINT_URL, as an operator would); returns (queue URL, DLQ URL)."""
+    import boto3
+
+    sqs = boto3.client("sqs")
+    dlq = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    queue = sqs.create_queue(QueueName=name, Attributes={
+        "VisibilityTimeout": str(visibility_timeout),
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
+                                     "maxReceiveCount": str(max_receives)})})["QueueUrl"]
+    return queue, dlq
+
+
+def verify_sender(address: str) -> None:
+    import boto3
+
+    boto3.client("sesv2").create_email_identity(EmailIdentity=address)

@@ -1,0 +1,80 @@
+"""The SQS queue adapter against moto_server over HTTP: batches, visibility, DLQ, redrive."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from channels.aws import AwsClient
+from dispatcher.queue.sqs import MAX_BATCH_BYTES, SqsQueue, _batches
+from support import create_queues
+
+
+@pytest.fixture
+async def http(aws: str) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def sqs_queue(http: aiohttp.ClientSession, url: str, **kwargs: object) -> SqsQueue:
+    return SqsQueue(AwsClient.from_environment(http, "sqs"), url,
+                    visibility_timeout=kwargs.pop("visibility_timeout", 30), **kwargs)  # type: ignore[arg-type]
+
+
+async def test_batches_respect_ten_entries_and_256_kib() -> None:
+    assert [len(b) for b in _batches(["x"] * 23)] == [10, 10, 3]
+    big = "y" * (MAX_BATCH_BYTES // 3 + 1)
+    assert [len(b) for b in _batches([big] * 4)] == [2, 2]
+    with pytest.raises(ValueError, match="exceeds"):
+        _batches(["z" * (MAX_BATCH_BYTES + 1)])
+
+
+async def test_messages_go_round_trip_and_leave_when_acknowledged(http: aiohttp.ClientSession) -> None:
+    url, _ = create_queues()
+    queue = sqs_queue(http, url)
+    await queue.send_batch([json.dumps({"n": i}) for i in range(25)])
+    received = []
+    while len(received) < 25:
+        batch = await queue.receive(10, wait_seconds=1)
+        assert batch, "messages went missing"
+        received += batch
+    assert sorted(json.loads(m.body)["n"] for m in received) == list(range(25))
+    assert {m.receive_count for m in received} == {1}
+    await queue.ack(received)
+    assert await queue.receive(10, wait_seconds=0) == []
+    assert await queue.depth() == 0
+
+
+async def test_an_unacknowledged_message_comes_back_with_a_higher_count(http: aiohttp.ClientSession) -> None:
+    url, _ = create_queues()
+    queue = sqs_queue(http, url, visibility_timeout=1)
+    await queue.send_batch(["again"])
+    [first] = await queue.receive(1, wait_seconds=1)
+    await queue.extend(first, 0)  # give it back now
+    [second] = await queue.receive(1, wait_seconds=2)
+    assert (second.body, second.receive_count) == ("again", 2)
+
+
+async def test_poison_goes_to_the_redrive_dlq_with_its_reason(http: aiohttp.ClientSession) -> None:
+    url, dlq = create_queues()
+    queue = sqs_queue(http, url)
+    await queue.send_batch(["{not json"])
+    [message] = await queue.receive(1, wait_seconds=1)
+    await queue.dead_letter(message, "message is not JSON")
+    [letter] = await queue.dead_letters()
+    assert (letter.body, letter.reason) == ("{not json", "message is not JSON")
+    assert await queue.depth() == 0
+
+
+async def test_a_queue_without_a_dlq_says_so(http: aiohttp.ClientSession) -> None:
+    import boto3
+
+    url = boto3.client("sqs").create_queue(QueueName="lonely")["QueueUrl"]
+    queue = sqs_queue(http, url)
+    await queue.send_batch(["x"])
+    [message] = await queue.receive(1, wait_seconds=1)
+    with pytest.raises(RuntimeError, match="no redrive policy"):
+        await queue.dead_letter(message, "poison")
