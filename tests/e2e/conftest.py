@@ -122,17 +122,20 @@ def dispatcher_env(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Server]]:
-    """``start_server(env)`` starts ``dispatcher serve`` and returns once ``/healthz`` answers."""
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """``start_server(env, command="serve")`` starts ``dispatcher serve`` (or ``gateway``) and
+    returns once ``/healthz`` answers; ``command="worker"`` returns once the worker runs."""
     started: list[Server] = []
 
-    def start(env: dict[str, str]) -> Server:
+    def start(env: dict[str, str], command: str = "serve") -> Server:
+        if command == "worker":
+            return _start_worker(env, tmp_path, started)
         for _ in range(3):  # another process may grab the free port before the server binds it
             port = _free_port()
-            log_path = tmp_path / f"serve-{len(started) + 1}.log"
+            log_path = tmp_path / f"{command}-{len(started) + 1}.log"
             with log_path.open("wb") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "dispatcher", "serve", "--port", str(port)],
+                    [sys.executable, "-m", "dispatcher", command, "--port", str(port)],
                     env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
             server = Server(process, port, log_path, env)
             started.append(server)
@@ -156,6 +159,22 @@ def start_server(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Server]]
     for server in started:
         if server.process.poll() is None:
             server.kill()
+
+
+def _start_worker(env: dict[str, str], tmp_path: Path, started: list[Server]) -> Server:
+    log_path = tmp_path / f"worker-{len(started) + 1}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "dispatcher", "worker"],
+                                   env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    worker = Server(process, 0, log_path, env)
+    started.append(worker)
+    deadline = time.monotonic() + START_TIMEOUT
+    while "worker started" not in worker.output():
+        if process.poll() is not None or time.monotonic() > deadline:
+            worker.kill()
+            pytest.fail(f"dispatcher worker did not start:\n{worker._tail()}")
+        time.sleep(0.1)
+    return worker
 
 
 @pytest.fixture(name="wait_until")
