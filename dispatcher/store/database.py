@@ -22,6 +22,7 @@ from dispatcher.store.schema import metadata
 __all__ = ["Database", "now_us"]
 
 _WRITE = "dispatcher_write"
+_SCHEMA_LOCK = 0x6E6F7469  # any constant shared by every dispatcher process
 
 
 def now_us() -> int:
@@ -64,7 +65,12 @@ class Database:
         return (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(table)
 
     async def create_schema(self) -> None:
+        """Create missing tables. Processes starting together (a gateway and its workers)
+        take turns: an advisory lock on PostgreSQL, the write lock on SQLite."""
         async with self.write() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                                   {"key": _SCHEMA_LOCK})
             await conn.run_sync(metadata.create_all)
 
     async def ping(self) -> None:

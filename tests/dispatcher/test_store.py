@@ -159,3 +159,17 @@ async def test_read_marks_change_the_unread_count(runtime: Runtime) -> None:
     assert await feed.unread_count("u1") == 2
     assert await feed.mark_all_read("u1") == 2
     assert await feed.unread_count("u1") == 0
+
+
+async def test_processes_starting_together_create_the_schema_once(database_url: str) -> None:
+    import asyncio
+
+    from dispatcher.store import Database
+
+    databases = [Database(database_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(db.create_schema() for db in databases))
+        await databases[0].ping()
+    finally:
+        for db in databases:
+            await db.close()
