@@ -91,7 +91,11 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self._queue.extend(message, self._retry_delay)
             return
-        await self._queue.ack([message])
+        try:
+            await self._queue.ack([message])
+        except Exception:  # delivered all the same: a redelivery will find every row final
+            log.exception("could not acknowledge message %s; it will come back", message.id)
+            return
         log.info("delivered chunk %s of %s v%d (%d recipients)", message.id, chunk.id,
                  chunk.version, len(chunk.recipients))
 
