@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,27 +44,28 @@ class NotificationStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def upsert(self, update: HeaderUpdate) -> NotificationHeader:
-        """Apply ``update``: a higher version replaces state and data; any version widens the
-        channel set and the recipient count. Order of arrival does not matter."""
+    async def upsert(self, update: HeaderUpdate) -> None:
+        await self.upsert_many([update])
+
+    async def upsert_many(self, updates: Sequence[HeaderUpdate]) -> None:
+        """Apply ``updates`` in one transaction: a higher version replaces state and data; any
+        version widens the channel set and the recipient count. Order of arrival does not
+        matter, within the batch or across batches."""
+        if not updates:
+            return
         now = now_us()
         async with self._db.write() as conn:
-            await conn.execute(self._db.insert(notifications).values(
-                id=update.id, service=update.service, version=update.version,
-                template=update.template, data=update.data, state=update.state,
-                category=update.category, locale=update.locale, channels=list(update.channels),
-                recipients=update.recipients, created_at=now, updated_at=now,
-            ).on_conflict_do_nothing(index_elements=[notifications.c.id]))
-            row = (await conn.execute(
-                sa.select(notifications).where(notifications.c.id == update.id).with_for_update()
-            )).one()
-            changes = _changes(row, update)
-            if changes:
-                changes["updated_at"] = now
-                await conn.execute(
-                    notifications.update().where(notifications.c.id == update.id).values(**changes)
-                )
-        return _header(row, changes)
+            await conn.execute(self._db.insert(notifications).on_conflict_do_nothing(
+                index_elements=[notifications.c.id]), [_insert_values(u, now) for u in updates])
+            ids = list(dict.fromkeys(u.id for u in updates))
+            rows = {r.id: dict(r._mapping) for r in (await conn.execute(
+                sa.select(notifications).where(notifications.c.id.in_(ids)).with_for_update()
+            )).all()}
+            for nid in ids:
+                changes = _fold(rows[nid], [u for u in updates if u.id == nid])
+                if changes:
+                    await conn.execute(notifications.update().where(notifications.c.id == nid)
+                                       .values(**changes, updated_at=now))
 
     async def get(self, notification_id: str) -> NotificationHeader | None:
         async with self._db.read() as conn:
@@ -116,14 +117,31 @@ class NotificationStore:
         return page, next_cursor
 
 
-def _changes(row: Any, update: HeaderUpdate) -> dict[str, Any]:
+def _insert_values(u: HeaderUpdate, now: int) -> dict[str, Any]:
+    return {"id": u.id, "service": u.service, "version": u.version, "template": u.template,
+            "data": u.data, "state": u.state, "category": u.category, "locale": u.locale,
+            "channels": list(u.channels), "recipients": u.recipients, "created_at": now,
+            "updated_at": now}
+
+
+def _fold(row: dict[str, Any], updates: list[HeaderUpdate]) -> dict[str, Any]:
+    """The changes ``updates`` make to ``row``, applied one after another."""
     changes: dict[str, Any] = {}
-    channels = _union(row.channels, update.channels)
-    if channels != list(row.channels):
+    for update in updates:
+        step = _changes(row, update)
+        row.update(step)
+        changes.update(step)
+    return changes
+
+
+def _changes(row: dict[str, Any], update: HeaderUpdate) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    channels = _union(row["channels"], update.channels)
+    if channels != list(row["channels"]):
         changes["channels"] = channels
-    if update.recipients > row.recipients:
+    if update.recipients > row["recipients"]:
         changes["recipients"] = update.recipients
-    if update.version > row.version:
+    if update.version > row["version"]:
         changes.update(version=update.version, template=update.template, data=update.data,
                        state=update.state, category=update.category, locale=update.locale)
     return changes
