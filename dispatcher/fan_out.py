@@ -15,6 +15,7 @@ from typing import Any
 from dispatcher.messages import ChunkMessage, encode_chunk
 from dispatcher.planning import category_of, channel_sets, header_update, render_context
 from dispatcher.queue import Queue
+from dispatcher.queue.local import LocalQueue
 from dispatcher.rendering import TemplateError, TemplateRegistry, UnknownTemplate
 from dispatcher.store import HeaderUpdate, Store
 
@@ -111,8 +112,7 @@ class GroupCommit:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                await self._store.notifications.upsert_many([h for h, _, _ in batch])
-                await self._queue.send_batch([b for _, bodies, _ in batch for b in bodies])
+                await self._commit([h for h, _, _ in batch], [b for _, bs, _ in batch for b in bs])
             except Exception as exc:
                 for _, _, done in batch:
                     if not done.done():
@@ -121,6 +121,18 @@ class GroupCommit:
             for _, _, done in batch:
                 if not done.done():
                     done.set_result(None)
+
+
+    async def _commit(self, headers: list[HeaderUpdate], bodies: list[str]) -> None:
+        queue = self._queue
+        if isinstance(queue, LocalQueue) and queue.shares(self._store.db):
+            # The embedded queue is in the store: headers and messages commit together.
+            async with self._store.db.write() as conn:
+                await self._store.notifications.upsert_many_in(conn, headers)
+                await queue.send_batch_in(conn, bodies)
+            return
+        await self._store.notifications.upsert_many(headers)
+        await queue.send_batch(bodies)
 
 
 def _fields(request: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ class Authenticator:
         self._keys = service_keys
         self._secret = user_token_secret
 
-    def __call__(self, request: Request) -> Caller:
+    async def __call__(self, request: Request) -> Caller:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "missing 'Authorization: Bearer <api key or user token>' header")

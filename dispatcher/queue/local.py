@@ -42,12 +42,19 @@ class LocalQueue:
     async def send_batch(self, bodies: Sequence[str]) -> None:
         if not bodies:
             return
-        now = now_us()
         async with self._db.write() as conn:
-            await conn.execute(queue_messages.insert(), [
-                {"queue": self._name, "body": b, "visible_at": now, "receive_count": 0,
-                 "created_at": now} for b in bodies
-            ])
+            await self.send_batch_in(conn, bodies)
+
+    def shares(self, db: Database) -> bool:
+        """True when the queue lives in ``db``, so one transaction can cover both."""
+        return db is self._db
+
+    async def send_batch_in(self, conn: AsyncConnection, bodies: Sequence[str]) -> None:
+        """Enqueue inside the caller's write transaction (visible when it commits)."""
+        now = now_us()
+        await conn.execute(queue_messages.insert(), [
+            {"queue": self._name, "body": b, "visible_at": now, "receive_count": 0,
+             "created_at": now} for b in bodies])
         self._arrived.set()
 
     async def receive(self, max_messages: int, wait_seconds: float) -> list[QueuedMessage]:

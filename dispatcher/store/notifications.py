@@ -8,6 +8,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from dispatcher.model import CHANNELS, DeliveryStatus
 from dispatcher.pagination import decode_cursor, encode_cursor
 from dispatcher.store.database import Database, now_us
@@ -53,19 +55,23 @@ class NotificationStore:
         matter, within the batch or across batches."""
         if not updates:
             return
-        now = now_us()
         async with self._db.write() as conn:
-            await conn.execute(self._db.insert(notifications).on_conflict_do_nothing(
-                index_elements=[notifications.c.id]), [_insert_values(u, now) for u in updates])
-            ids = list(dict.fromkeys(u.id for u in updates))
-            rows = {r.id: dict(r._mapping) for r in (await conn.execute(
-                sa.select(notifications).where(notifications.c.id.in_(ids)).with_for_update()
-            )).all()}
-            for nid in ids:
-                changes = _fold(rows[nid], [u for u in updates if u.id == nid])
-                if changes:
-                    await conn.execute(notifications.update().where(notifications.c.id == nid)
-                                       .values(**changes, updated_at=now))
+            await self.upsert_many_in(conn, updates)
+
+    async def upsert_many_in(self, conn: AsyncConnection, updates: Sequence[HeaderUpdate]) -> None:
+        """:meth:`upsert_many` inside the caller's write transaction."""
+        now = now_us()
+        await conn.execute(self._db.insert(notifications).on_conflict_do_nothing(
+            index_elements=[notifications.c.id]), [_insert_values(u, now) for u in updates])
+        ids = list(dict.fromkeys(u.id for u in updates))
+        rows = {r.id: dict(r._mapping) for r in (await conn.execute(
+            sa.select(notifications).where(notifications.c.id.in_(ids)).with_for_update()
+        )).all()}
+        for nid in ids:
+            changes = _fold(rows[nid], [u for u in updates if u.id == nid])
+            if changes:
+                await conn.execute(notifications.update().where(notifications.c.id == nid)
+                                   .values(**changes, updated_at=now))
 
     async def get(self, notification_id: str) -> NotificationHeader | None:
         async with self._db.read() as conn:
