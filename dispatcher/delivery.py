@@ -24,7 +24,7 @@ from dispatcher.model import DeliveryStatus
 from dispatcher.planning import ChannelSets, ChunkPlan, Planner, channel_sets, header_update
 from dispatcher.rendering import TemplateInfo, TemplateRegistry, UnknownTemplate
 from dispatcher.sending import Sender
-from dispatcher.store import Planned, Store
+from dispatcher.store import HeaderUpdate, Planned, Store
 from dispatcher.store.database import now_us
 from dispatcher.store.ledger import Unfinished
 
@@ -59,10 +59,9 @@ class Deliverer:
 
     async def deliver(self, message: ChunkMessage) -> None:
         template, sets = self._validate(message)
-        await self._store.notifications.upsert(header_update(message, template, sets))
         users = await self._store.users.load_many(message.recipients)
         plan = self._planner.plan(message, template, sets, users)
-        await self._settle(message, sets, plan)
+        await self._settle(message, sets, plan, header_update(message, template, sets))
 
     def _validate(self, message: ChunkMessage) -> tuple[TemplateInfo, ChannelSets]:
         try:
@@ -71,13 +70,17 @@ class Deliverer:
         except (UnknownTemplate, ValueError) as exc:
             raise PoisonMessage(str(exc)) from None
 
-    async def _settle(self, message: ChunkMessage, sets: ChannelSets, plan: ChunkPlan) -> None:
+    async def _settle(self, message: ChunkMessage, sets: ChannelSets, plan: ChunkPlan,
+                      header: HeaderUpdate) -> None:
         todo: list[Planned] = plan.planned
         users = list(dict.fromkeys(message.recipients))
         deadline = asyncio.get_running_loop().time() + self._times.give_up_seconds
         older: set[Key] = set()  # rows an older version was still sending: take over when done
+        first: HeaderUpdate | None = header  # written with the first round's rows
         while todo:
-            await self._open(message, sets, plan, todo)
+            if await self._open(message, sets, plan, todo, first):
+                return  # every planned row won and made final here: nothing to check
+            first = None
             rows = await self._store.ledger.unfinished(message.id, users)
             open_keys = {(r.user_id, r.channel) for r in rows if r.version <= message.version}
             keys = open_keys | (older - {(r.user_id, r.channel) for r in rows})
@@ -93,13 +96,19 @@ class Deliverer:
             await asyncio.sleep(self._times.poll_seconds)
 
     async def _open(self, message: ChunkMessage, sets: ChannelSets, plan: ChunkPlan,
-                    todo: list[Planned]) -> None:
-        won = await self._store.ledger.open_chunk(
-            message.id, message.version, todo, insert=sets.insert, reset=sets.reset, feed=plan.feed)
+                    todo: list[Planned], header: HeaderUpdate | None) -> bool:
+        """Write (and take over) the rows of ``todo``, send those won; True when every row of
+        ``todo`` was won and is final now."""
+        async with self._store.db.write() as conn:
+            if header is not None:
+                await self._store.notifications.upsert_many_in(conn, [header])
+            won = await self._store.ledger.open_chunk_in(
+                conn, message.id, message.version, todo, insert=sets.insert, reset=sets.reset,
+                feed=plan.feed)
         await self._in_app.announce(plan.feed[u] for (u, c) in won if c == "in_app" and u in plan.feed)
         sends = {key: plan.sends[key] for key in won if key in plan.sends}
-        if sends:
-            await self._sender.send(message.id, message.version, uuid.uuid4().hex, sends)
+        finished = await self._sender.send(message.id, message.version, uuid.uuid4().hex, sends)
+        return len(won) == len(todo) and finished == set(sends)
 
     async def _resolve_stale(self, message: ChunkMessage, rows: list[Unfinished]) -> bool:
         cutoff = now_us() - int(self._times.lease_seconds * 1e6)

@@ -99,11 +99,15 @@ class Sender:
         self._deactivate = deactivate
 
     async def send(self, notification_id: str, version: int, token: str,
-                   sends: Mapping[Key, Sequence[Message]]) -> None:
-        """Claim, send and record the ``pending`` rows in ``sends`` (others may take some)."""
+                   sends: Mapping[Key, Sequence[Message]]) -> set[Key]:
+        """Claim, send and record the ``pending`` rows in ``sends`` (others may take some);
+        return the keys whose final outcome this call recorded."""
+        finished: set[Key] = set()
+        if not sends:
+            return finished
         recorder = Recorder(self._ledger, notification_id, token)
         waiting = list(sends)
-        active: set[asyncio.Task[None]] = set()
+        active: set[asyncio.Task[Key | None]] = set()
         try:
             while waiting or active:
                 if waiting and len(active) <= self._window // 2:
@@ -114,16 +118,17 @@ class Sender:
                             notification_id, version, token, key, list(sends[key]), recorder)))
                     continue
                 done, active = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
+                finished |= {k for k in (t.result() for t in done) if k is not None}
         finally:
             for task in active:
                 task.cancel()
             await asyncio.gather(*active, return_exceptions=True)
             await recorder.close()
+        return finished
 
     async def _deliver(self, nid: str, version: int, token: str, key: Key,
-                       messages: list[Message], recorder: Recorder) -> None:
+                       messages: list[Message], recorder: Recorder) -> Key | None:
+        """Send one row until it is final (return its key) or another worker took it (None)."""
         attempts = 1
         while True:
             result = await self._attempt(key, messages)
@@ -131,18 +136,18 @@ class Sender:
                 await self._deactivate(result.unregistered)
             if result.outcome is not None:
                 await recorder.write(result.outcome)
-                return
+                return key
             if self._policy.exhausted(attempts):
                 await recorder.write(Outcome(*key, DeliveryStatus.FAILED.value,
                                              Reason.RETRIES_EXHAUSTED,
                                              f"{attempts} attempts; last: {result.retry[0].to}"))
-                return
+                return key
             # Release the row while waiting, so a crash now means "send again", not "unknown".
             await recorder.write(Outcome(*key, DeliveryStatus.PENDING.value,
                                          detail=f"attempt {attempts} failed; retrying"))
             await asyncio.sleep(self._policy.delay(attempts, result.retry_after))
             if not await self._ledger.claim(nid, version, [key], token):
-                return  # another worker took it over meanwhile
+                return None  # another worker took it over meanwhile
             attempts, messages = attempts + 1, result.retry
 
     async def _attempt(self, key: Key, messages: list[Message]) -> _Attempt:

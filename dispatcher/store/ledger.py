@@ -82,13 +82,21 @@ class LedgerStore:
         ``insert``: channels whose missing rows are created. ``reset``: channels whose rows
         at an older version are taken over by this version. ``feed``: the in-app entry per
         user, written for the in-app rows won, in the same transaction."""
-        now = now_us()
         async with self._db.write() as conn:
-            won = await self._insert(conn, notification_id, version, planned, insert, now)
-            rest = [p for p in planned if (p.user_id, p.channel) not in won]
-            won |= await self._take_over(conn, notification_id, version, rest, reset, now)
-            entries = [feed[u] for (u, c) in won if c == "in_app" and u in feed]
-            await self._feed.write(conn, entries)
+            return await self.open_chunk_in(conn, notification_id, version, planned,
+                                            insert=insert, reset=reset, feed=feed)
+
+    async def open_chunk_in(
+        self, conn: AsyncConnection, notification_id: str, version: int,
+        planned: Sequence[Planned], *, insert: frozenset[str], reset: frozenset[str],
+        feed: dict[str, FeedEntry],
+    ) -> set[Key]:
+        """:meth:`open_chunk` inside the caller's write transaction."""
+        now = now_us()
+        won = await self._insert(conn, notification_id, version, planned, insert, now)
+        rest = [p for p in planned if (p.user_id, p.channel) not in won]
+        won |= await self._take_over(conn, notification_id, version, rest, reset, now)
+        await self._feed.write(conn, [feed[u] for (u, c) in won if c == "in_app" and u in feed])
         return won
 
     async def _insert(
