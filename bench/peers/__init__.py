@@ -1,0 +1,1 @@
+"""The dispatcher's peers: other ways to send the same notifications, in the same harness."""
