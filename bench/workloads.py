@@ -61,6 +61,7 @@ class Stack:
 
 def _base_env(standins: StandIns, folder: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DISPATCHER_", "AWS_"))}
+    env.update({k[len("BENCH_"):]: v for k, v in os.environ.items() if k.startswith("BENCH_DISPATCHER_")})
     env.update({
         "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -84,9 +85,10 @@ def start_stack(kind: str, standins: StandIns, folder: Path, *, workers: int,
     try:
         if kind == "embedded":
             stack.database_url = f"sqlite:///{folder / 'dispatcher.db'}"
-            env.update(DISPATCHER_DATABASE_URL=stack.database_url,
-                       DISPATCHER_WORKER_CONCURRENCY=str(max(workers, 1) * 4))
+            env.update(DISPATCHER_DATABASE_URL=stack.database_url)
             stack.processes.append(start_dispatcher("serve", env, folder, "serve"))
+            for i in range(workers - 1):  # more processes on the same SQLite file
+                stack.processes.append(start_dispatcher("worker", env, folder, f"worker-{i + 2}"))
         else:
             _production_env(stack, folder, postgres_admin_url, redis_url)
             stack.processes.append(start_dispatcher("gateway", env, folder, "gateway"))

@@ -12,7 +12,9 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
+import subprocess
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -38,12 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     overrides = {k: v for k, v in (("host", getattr(args, "host", None)),
                                    ("port", getattr(args, "port", None)),
-                                   ("worker_concurrency", getattr(args, "concurrency", None)))
+                                   ("worker_concurrency", getattr(args, "concurrency", None)),
+                                   ("worker_processes", getattr(args, "processes", None)))
                  if v is not None}
     settings = settings.model_copy(update=overrides)
     try:
         if args.command == "dlq":
             return _run(_dlq(settings, args.limit))
+        if args.command == "worker":
+            return _run(_worker(settings, args.parent_pid))
         return _run(_COMMANDS[args.command](settings))
     except (ConfigurationError, TemplateError) as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)
@@ -72,7 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--port", type=int, help="listen port (DISPATCHER_PORT, default 8000)")
         if name == "serve":
             _concurrency(sub)
-    _concurrency(commands.add_parser("worker", help="workers only"))
+            sub.add_argument("--processes", type=int,
+                             help="worker processes, this one included (DISPATCHER_WORKER_PROCESSES, "
+                                  "default: one per CPU)")
+    worker = commands.add_parser("worker", help="workers only")
+    _concurrency(worker)
+    worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     dlq = commands.add_parser("dlq", help="list dead-lettered messages and why")
     dlq.add_argument("--limit", type=int, default=100)
     return parser
@@ -93,7 +103,8 @@ async def _serve(settings: Settings, *, workers: int = 1) -> int:
     for note in notes:
         log.warning(note)
     runtime = await Runtime.open(settings)
-    app = create_app(runtime, workers=workers, owns_runtime=True)
+    children = _spawn_workers(settings, settings.process_count() - 1) if workers else []
+    app = create_app(runtime, workers=workers, owns_runtime=True, children=children)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
                                            log_config=None, access_log=False))
     # Shutdown (workers finish their chunks, the runtime closes) runs in the app's lifespan:
@@ -106,7 +117,17 @@ async def _gateway(settings: Settings) -> int:
     return await _serve(settings, workers=0)
 
 
-async def _worker(settings: Settings) -> int:
+def _spawn_workers(settings: Settings, count: int) -> list[subprocess.Popen[bytes]]:
+    """``dispatcher serve``'s extra worker processes, one process tree: they share its
+    settings (credentials included) and stop when it stops, or when it dies."""
+    env = {**os.environ, "DISPATCHER_API_KEYS": settings.api_keys or "",
+           "DISPATCHER_USER_TOKEN_SECRET": settings.user_token_secret or "",
+           "DISPATCHER_WORKER_CONCURRENCY": str(settings.worker_concurrency)}
+    argv = [sys.executable, "-m", "dispatcher", "worker", "--parent-pid", str(os.getpid())]
+    return [subprocess.Popen(argv, env=env) for _ in range(max(count, 0))]
+
+
+async def _worker(settings: Settings, parent_pid: int | None = None) -> int:
     from dispatcher.runtime import Runtime
 
     runtime = await Runtime.open(settings)
@@ -114,12 +135,23 @@ async def _worker(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watchdog = asyncio.create_task(_orphaned(parent_pid, stop)) if parent_pid else None
     log.info("worker started: %d chunks at once", settings.worker_concurrency)
     try:
         await runtime.worker().run(stop)
     finally:
+        if watchdog:
+            watchdog.cancel()
         await runtime.close()
     return 0
+
+
+async def _orphaned(parent_pid: int, stop: asyncio.Event) -> None:
+    """Stop (finishing the chunks in progress) once the parent ``serve`` process is gone."""
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(1.0)
+    log.warning("parent process %d is gone; stopping", parent_pid)
+    stop.set()
 
 
 async def _dlq(settings: Settings, limit: int = 100) -> int:
@@ -135,4 +167,4 @@ async def _dlq(settings: Settings, limit: int = 100) -> int:
     return 0
 
 
-_COMMANDS = {"serve": _serve, "gateway": _gateway, "worker": _worker}
+_COMMANDS = {"serve": _serve, "gateway": _gateway}

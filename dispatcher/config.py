@@ -6,6 +6,7 @@ values they need. Every field is documented in the README's configuration table.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -64,7 +65,9 @@ class Settings(BaseSettings):
 
     chunk_size: int = Field(default=500, ge=1, le=10_000)
     worker_concurrency: int = Field(default=4, ge=1)
-    send_concurrency: int = Field(default=64, ge=1)
+    #: ``dispatcher serve``: worker processes, itself included; unset: one per CPU.
+    worker_processes: int | None = Field(default=None, ge=1)
+    send_concurrency: int = Field(default=512, ge=1)
     queue_visibility_timeout: float = Field(default=30.0, gt=0)
     queue_max_receives: int = Field(default=5, ge=1)
     queue_poll_interval: float = Field(default=0.2, gt=0)
@@ -116,6 +119,9 @@ class Settings(BaseSettings):
                 raise ConfigurationError(f"DISPATCHER_API_KEYS: {pair!r} is not 'service:key'")
             keys[key] = service
         return keys
+
+    def process_count(self) -> int:
+        return self.worker_processes or os.cpu_count() or 1
 
     def critical(self) -> frozenset[str]:
         return frozenset(c.strip() for c in self.critical_categories.split(",") if c.strip())

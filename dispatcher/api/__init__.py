@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -21,7 +22,8 @@ from dispatcher.runtime import Runtime
 __all__ = ["create_app"]
 
 
-def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False) -> FastAPI:
+def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False,
+               children: Sequence[subprocess.Popen[bytes]] = ()) -> FastAPI:
     """``workers``: worker loops to run inside this process (0: API only). ``owns_runtime``:
     close the runtime at shutdown (the server's signal handling may not return to the caller)."""
 
@@ -33,7 +35,11 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
             yield
         finally:
             stop.set()
+            for child in children:  # worker processes of `dispatcher serve`
+                child.terminate()
             await asyncio.gather(*loops, return_exceptions=True)
+            for child in children:
+                await asyncio.to_thread(child.wait)
             if owns_runtime:
                 await runtime.close()
 
