@@ -1,10 +1,16 @@
-"""``python -m bench``: measure the dispatcher.
+"""``python -m bench``: measure the dispatcher, and its peers side by side.
 
 Workloads:
-  smoke   the embedded default in one process (SQLite, log providers): seed N users with
-          email, phone and a device, send one bulk of the app-install template to all of them
-          (one request per 10,000 recipients), deliver it; prints the accept time, the delivery
-          time and ledger rows per second.
+  run     the whole table, one command: the dispatcher (embedded: SQLite, `serve` with 2
+          processes; production: PostgreSQL + Redis + SQS on moto_server with 1 and 2 worker
+          processes) and its peers (Celery 5 + boto3 + pyfcm; Apprise) on the same provider
+          stand-ins (SES, SNS, FCM wire protocols); the mixed workload (N recipients, all four
+          channels, a few percent opted out or invalid), the update workload (v2, in-app
+          only), the gateway workload (single-recipient requests, and one 10,000-recipient
+          request), the in-app fan-out, the ceiling of the stand-ins with a minimal client.
+          Writes docs/bench-results.json, the table into docs/BENCHMARKS.md and the chart
+          docs/deliveries.png.
+  smoke   the embedded default in one process with the log providers: one bulk of N.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from bench.smoke import main as smoke
 
@@ -23,14 +30,67 @@ def cli(argv: list[str] | None = None) -> int:
     s = sub.add_parser("smoke", help="embedded default, one bulk, in one process")
     s.add_argument("--recipients", type=int, default=10_000)
     s.add_argument("--workers", type=int, default=4, help="chunks in progress at once")
+    s.add_argument("--channels", help="comma-separated (default: all the template has)")
+    r = sub.add_parser("run", help="the whole table, peers included, side by side")
+    r.add_argument("--recipients", type=int, default=10_000, help="mixed workload size (10,000; "
+                   "100,000 and 1,000,000 as options)")
+    r.add_argument("--runs", type=int, default=3, help="rounds; figures are medians")
+    r.add_argument("--apprise-recipients", type=int, default=2_000)
+    r.add_argument("--inapp-recipients", type=int, default=100_000)
+    r.add_argument("--big-recipients", type=int, default=0,
+                   help="also a run of this size for the memory figure (e.g. 1000000)")
+    r.add_argument("--sizes", default="2000", help="extra bulk sizes for the chart, comma-separated")
+    r.add_argument("--no-production", action="store_true")
+    r.add_argument("--no-peers", action="store_true")
+    r.add_argument("--out", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
-    result = smoke(args.recipients, args.workers)
+    if args.workload == "smoke":
+        return _smoke(args)
+    return _run(args)
+
+
+def _smoke(args: argparse.Namespace) -> int:
+    channels = args.channels.split(",") if args.channels else None
+    result = smoke(args.recipients, args.workers, channels)
     print(json.dumps({"recipients": result.recipients, "rows": result.rows,
                       "final_rows": result.final_rows,
                       "accept_seconds": round(result.accept_seconds, 3),
                       "deliver_seconds": round(result.deliver_seconds, 3),
                       "rows_per_second": round(result.rows_per_second)}))
-    return 0 if result.final_rows == result.rows == 4 * result.recipients else 1
+    per_recipient = len(channels) if channels else 4
+    return 0 if result.final_rows == result.rows == per_recipient * result.recipients else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bench.harness import Options, run, write_json
+    from bench.report import chart, rounds_table, splice, table
+
+    opts = Options(recipients=args.recipients, runs=args.runs,
+                   apprise_recipients=args.apprise_recipients,
+                   inapp_recipients=args.inapp_recipients, big_recipients=args.big_recipients,
+                   sizes=[int(x) for x in args.sizes.split(",") if x], out=args.out,
+                   production=not args.no_production, peers=not args.no_peers)
+    report = run(opts)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(report, args.out / "bench-results.json")
+    chart(report, args.out / "deliveries.png")
+    command = "python -m bench run " + " ".join(sys.argv[2:] if argv_is_cli() else [])
+    generated = (f"Command: `{command.strip()}` — {report['machine']['date']}, "
+                 f"{report['machine']['cpus']} CPUs, {report['machine']['memory_gb']} GiB, "
+                 f"Python {report['machine']['python']}.\n\n{table(report)}\n\n"
+                 f"Email+SMS+push deliveries/s per round (mixed, {opts.recipients:,} recipients; "
+                 f"Apprise {opts.apprise_recipients:,}):\n\n{rounds_table(report)}\n\n"
+                 f"Ceiling of the stand-ins with a minimal client (req/s): "
+                 + ", ".join(f"{k} {v:,.0f}" for k, v in report["ceiling"].items()) + "\n\n"
+                 "![deliveries per second](deliveries.png)")
+    path = args.out / "BENCHMARKS.md"
+    path.write_text(splice(path.read_text() if path.exists() else "# Benchmarks\n", generated))
+    print(table(report))
+    return 0
+
+
+def argv_is_cli() -> bool:
+    return len(sys.argv) > 1 and sys.argv[1] == "run"
 
 
 sys.exit(cli())

@@ -41,7 +41,8 @@ class SmokeResult:
         return self.rows / self.deliver_seconds if self.deliver_seconds else 0.0
 
 
-async def run_smoke(recipients: int, *, workers: int = 4, folder: Path | None = None) -> SmokeResult:
+async def run_smoke(recipients: int, *, workers: int = 4, folder: Path | None = None,
+                    channels: list[str] | None = None) -> SmokeResult:
     with tempfile.TemporaryDirectory() as tmp:
         base = folder or Path(tmp)
         settings = Settings(database_url=f"sqlite:///{base / 'bench.db'}", api_keys="app:bench",
@@ -50,7 +51,7 @@ async def run_smoke(recipients: int, *, workers: int = 4, folder: Path | None = 
         runtime = await Runtime.open(settings)
         try:
             await _seed(runtime, recipients)
-            return await _send_and_deliver(runtime, recipients)
+            return await _send_and_deliver(runtime, recipients, channels)
         finally:
             await runtime.close()
 
@@ -68,7 +69,7 @@ async def _seed(runtime: Runtime, n: int) -> None:
              "created_at": now, "updated_at": now} for i in range(n)])
 
 
-async def _send_and_deliver(runtime: Runtime, n: int) -> SmokeResult:
+async def _send_and_deliver(runtime: Runtime, n: int, channels: list[str] | None) -> SmokeResult:
     transport = httpx.ASGITransport(app=create_app(runtime))
     nid = f"app#{uuid.uuid4()}"
     started = time.perf_counter()
@@ -77,7 +78,8 @@ async def _send_and_deliver(runtime: Runtime, n: int) -> SmokeResult:
         for start in range(0, n, MAX_PER_REQUEST):
             r = await client.post("/v1/notifications", json={
                 "id": nid, "recipients": [f"u{i}" for i in range(start, min(n, start + MAX_PER_REQUEST))],
-                "template": "app-install", "data": {"app_name": "Bench"}, "state": "installing"})
+                "template": "app-install", "data": {"app_name": "Bench"}, "state": "installing",
+                "channels": channels})
             r.raise_for_status()
     accepted = time.perf_counter()
     await runtime.worker().drain()
@@ -90,5 +92,5 @@ async def _send_and_deliver(runtime: Runtime, n: int) -> SmokeResult:
     return SmokeResult(n, sum(rows.values()), final, accepted - started, done - accepted)
 
 
-def main(recipients: int, workers: int) -> SmokeResult:
-    return asyncio.run(run_smoke(recipients, workers=workers))
+def main(recipients: int, workers: int, channels: list[str] | None = None) -> SmokeResult:
+    return asyncio.run(run_smoke(recipients, workers=workers, channels=channels))

@@ -14,6 +14,7 @@ SigV4 signing over one aiohttp session), the SQS JSON protocol.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -39,13 +40,16 @@ class SqsQueue:
         self._dlq_url = dead_letter_url
 
     async def send_batch(self, bodies: Sequence[str]) -> None:
-        for batch in _batches(bodies):
-            entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(batch)]
-            answer = await self._call("SendMessageBatch", {"QueueUrl": self._url, "Entries": entries})
-            failed = answer.get("Failed") or []
-            if failed:
-                raise RuntimeError(f"SQS refused {len(failed)} of {len(entries)} messages: "
-                                   f"{failed[0].get('Code')}: {failed[0].get('Message')}")
+        """All of ``bodies``, in calls of up to 10 made concurrently; raises if any failed."""
+        await asyncio.gather(*(self._send_entries(batch) for batch in _batches(bodies)))
+
+    async def _send_entries(self, batch: list[str]) -> None:
+        entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(batch)]
+        answer = await self._call("SendMessageBatch", {"QueueUrl": self._url, "Entries": entries})
+        failed = answer.get("Failed") or []
+        if failed:
+            raise RuntimeError(f"SQS refused {len(failed)} of {len(entries)} messages: "
+                               f"{failed[0].get('Code')}: {failed[0].get('Message')}")
 
     async def receive(self, max_messages: int, wait_seconds: float) -> list[QueuedMessage]:
         answer = await self._call("ReceiveMessage", {
