@@ -106,7 +106,7 @@ class ResourceMonitor:
     """Samples the RSS of some processes (peak per process) and their CPU time."""
 
     pids: dict[str, int]
-    interval: float = 0.1
+    interval: float = 0.25
     peak_rss: dict[str, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _cpu0: dict[str, float] = field(default_factory=dict)

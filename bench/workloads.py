@@ -127,6 +127,7 @@ def _admin(admin_url: str, sql: str) -> None:
 
 
 def stop_stack(stack: Stack, postgres_admin_url: str) -> None:
+    forget_engine(stack.database_url)
     stop_all(stack.processes)
     if stack.name == "production" and stack.database_url:
         name = stack.database_url.rpartition("/")[2]
@@ -167,17 +168,28 @@ def seed(database_url: str, people: list[dict[str, Any]]) -> None:
     engine.dispose()
 
 
+_ENGINES: dict[str, sa.Engine] = {}
+
+
 def ledger_progress(database_url: str, nid: str, version: int = 1) -> dict[tuple[str, str], int]:
-    """(channel, status) -> rows at this version or later, read straight from the store."""
-    engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text(
-                "SELECT channel, status, count(*) FROM deliveries WHERE notification_id = :n "
-                "AND version >= :v GROUP BY channel, status"), {"n": nid, "v": version}).all()
-    finally:
-        engine.dispose()
+    """(channel, status) -> rows at this version or later, read straight from the store
+    (one engine per database for the whole run: polling must cost the machine little)."""
+    engine = _ENGINES.get(database_url)
+    if engine is None:
+        engine = _ENGINES[database_url] = sa.create_engine(
+            database_url.replace("postgresql://", "postgresql+psycopg://"), poolclass=sa.pool.NullPool
+            if database_url.startswith("sqlite") else sa.pool.QueuePool)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT channel, status, count(*) FROM deliveries WHERE notification_id = :n "
+            "AND version >= :v GROUP BY channel, status"), {"n": nid, "v": version}).all()
     return {(c, s): int(n) for c, s, n in rows}
+
+
+def forget_engine(database_url: str) -> None:
+    engine = _ENGINES.pop(database_url, None)
+    if engine is not None:
+        engine.dispose()
 
 
 # --- mixed and update -----------------------------------------------------------------------
@@ -226,7 +238,7 @@ def _post_bulk(gateway: str, nid: str, recipients: list[str], version: int, stat
 def _wait_final(database_url: str, nid: str, expected: int, version: int, channels: set[str],
                 timeout: float) -> dict[tuple[str, str], int]:
     deadline = time.monotonic() + timeout
-    interval = 0.05 if expected < 50_000 else 0.5
+    interval = 0.1 if expected < 50_000 else 0.5
     while True:
         progress = ledger_progress(database_url, nid, version)
         final = sum(n for (c, s), n in progress.items()

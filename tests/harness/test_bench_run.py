@@ -1,0 +1,35 @@
+"""``python -m bench run`` at a tiny size, every contender included, so the harness cannot rot.
+
+It asserts what the harness must get right, not speed: every contender delivered, the
+stand-ins received exactly what the dispatcher's ledger says it sent, and the report, table
+and chart were written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_the_whole_harness_runs_at_a_small_size(tmp_path: Path) -> None:
+    out = tmp_path / "docs"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--recipients", "150", "--runs", "1",
+         "--apprise-recipients", "15", "--inapp-recipients", "300", "--sizes", "",
+         "--out", str(out)],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "bench-results.json").read_text())
+    [round_] = report["rounds"]
+    for contender in ("embedded", "production_1", "production_2"):
+        result = round_[contender]
+        assert result["failed"] == 0, contender
+        assert result["sent"]["in_app"] == 150, contender
+        for channel in ("email", "sms", "push"):
+            assert result["arrived"][channel] == result["sent"][channel] > 0, (contender, channel)
+    assert round_["celery"]["deliveries"] > 0 and round_["celery"]["errors"] == 0
+    assert round_["apprise"]["deliveries"] == 45
+    assert report["inapp"]["sent"]["in_app"] == 300
+    assert (out / "deliveries.png").stat().st_size > 0
+    assert "| figure | bar |" in (out / "BENCHMARKS.md").read_text()
