@@ -103,12 +103,25 @@ def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
         # Let SQLAlchemy's "begin" event, not the driver, decide how transactions start.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA busy_timeout=60000")
+        _switch_to_wal(cursor)
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         immediate = conn.get_execution_options().get(_WRITE, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _switch_to_wal(cursor: Any, attempts: int = 100) -> None:
+    """``PRAGMA journal_mode=WAL`` answers "database is locked" at once, without the busy
+    handler, while another process opens the same new file: retry for a few seconds."""
+    for attempt in range(attempts):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # sqlite3.OperationalError, from the driver's thread
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
