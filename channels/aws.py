@@ -46,10 +46,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 from typing import Any, Final
 from urllib.parse import urlencode, urlsplit
 
@@ -60,6 +58,8 @@ import botocore.exceptions  # type: ignore[import-untyped]
 from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
 from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
 from yarl import URL
+
+from channels.base import parse_retry_after
 
 __all__ = ["AwsClient", "AwsConfigurationError", "AwsError", "AwsTransportError"]
 
@@ -305,15 +305,4 @@ def _snippet(data: bytes) -> str:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """``Retry-After`` as seconds (a number of seconds or an HTTP date), when present."""
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+    return parse_retry_after(headers.get("Retry-After"))

@@ -53,7 +53,6 @@ dict literal behind a credentialed client object, and its error classes carry no
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import json
 import logging
@@ -70,6 +69,7 @@ import google.auth.transport.requests
 from google.oauth2 import service_account
 
 from channels.base import (
+    parse_retry_after,
     ChannelError, Message, PermanentError, Receipt, TransientError, UnregisteredDevice,
 )
 
@@ -320,23 +320,6 @@ def _concerns_token(error: Mapping[str, Any]) -> bool:
 def _details(error: Mapping[str, Any]) -> list[dict[str, Any]]:
     details = error.get("details")
     return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date (RFC 9110)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _parse_json(raw: bytes) -> dict[str, Any]:

@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import quote
@@ -47,6 +46,7 @@ from apprise.plugins.ses import NotifySES
 from apprise.plugins.sns import NotifySNS
 
 from dispatcher.rendering import TemplateRegistry
+from bench.peers import PeerResult
 
 if TYPE_CHECKING:
     from bench.standins import StandIns
@@ -61,19 +61,6 @@ AWS_KEY, AWS_SECRET, AWS_REGION = "AKIDBENCHEXAMPLE", "benchsecret", "us-east-1"
 CHANNELS: Final = ("email", "sms", "push")
 #: Seconds a worker may take to start, or to send its share, before the run is abandoned.
 TIMEOUT: Final = 900.0
-
-
-@dataclass
-class PeerResult:
-    name: str
-    recipients: int
-    deliveries: int
-    seconds: float
-    errors: int
-
-    @property
-    def per_second(self) -> float:
-        return self.deliveries / self.seconds if self.seconds > 0 else 0.0
 
 
 # -- Apprise, pointed at the stand-ins ----------------------------------------------------------

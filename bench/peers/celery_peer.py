@@ -73,6 +73,7 @@ from pyfcm.errors import FCMError, FCMNotRegisteredError  # type: ignore[import-
 from requests import RequestException
 
 from dispatcher.rendering import TemplateError, TemplateRegistry
+from bench.peers import PeerResult
 
 __all__ = ["PeerResult", "app", "notify_recipient", "run_celery"]
 
@@ -275,19 +276,6 @@ def _record(db: psycopg.Connection[tuple[Any, ...]], notification_id: str, user_
 
 
 # --- the harness's driver -----------------------------------------------------------------
-
-@dataclass
-class PeerResult:
-    name: str
-    recipients: int
-    deliveries: int
-    seconds: float
-    errors: int
-
-    @property
-    def per_second(self) -> float:
-        return self.deliveries / self.seconds if self.seconds > 0 else 0.0
-
 
 SCHEMA = """
 CREATE TABLE celery_users (
