@@ -11,6 +11,7 @@ Workloads:
           Writes docs/bench-results.json, the table into docs/BENCHMARKS.md and the chart
           docs/deliveries.png.
   smoke   the embedded default in one process with the log providers: one bulk of N.
+  memory  peak RSS of each dispatcher process on one big bulk (1,000,000 in-app by default).
 """
 
 from __future__ import annotations
@@ -43,10 +44,29 @@ def cli(argv: list[str] | None = None) -> int:
     r.add_argument("--no-production", action="store_true")
     r.add_argument("--no-peers", action="store_true")
     r.add_argument("--out", type=Path, default=Path("docs"))
+    m = sub.add_parser("memory", help="peak RSS of each dispatcher process on one big bulk")
+    m.add_argument("--recipients", type=int, default=1_000_000)
+    m.add_argument("--channels", default="in_app", help="comma-separated (default in_app)")
     args = parser.parse_args(argv)
     if args.workload == "smoke":
         return _smoke(args)
+    if args.workload == "memory":
+        return _memory(args)
     return _run(args)
+
+
+def _memory(args: argparse.Namespace) -> int:
+    """The embedded stack (serve + a worker process per extra CPU) on one bulk of N."""
+    from bench.harness import Options, _mixed
+    from bench.standins import StandIns
+
+    with StandIns() as standins:
+        result = _mixed("embedded", standins, Options(), args.recipients, 2, update=False,
+                        only=args.channels.split(","))
+    print(json.dumps({"recipients": result.recipients, "seconds": round(result.seconds, 1),
+                      "sent": result.sent,
+                      "peak_rss_mb": {k: round(v) for k, v in result.peak_rss_mb.items()}}))
+    return 0
 
 
 def _smoke(args: argparse.Namespace) -> int:
