@@ -23,19 +23,11 @@ import pytest
 from dispatcher.api import create_app
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
-from support import API_KEYS, POSTGRES_ADMIN_URL, USER_SECRET
+from support import API_KEYS, POSTGRES_ADMIN_URL, USER_SECRET, require_server
 
 MOTO_URL = os.environ.get("DISPATCHER_TEST_MOTO_URL")
 REDIS_URL = os.environ.get("DISPATCHER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
-IN_CI = os.environ.get("CI") == "true"
-
-
-def require_server(name: str, error: Exception) -> None:
-    message = f"{name} is not reachable ({error})"
-    if IN_CI:
-        pytest.fail(f"{message}; CI=true, so this is a failure, not a skip")
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

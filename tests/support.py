@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import jwt
 
-__all__ = ["API_KEYS", "POSTGRES_ADMIN_URL", "USER_SECRET", "new_id", "path_id", "sent_lines", "user_token"]
+__all__ = ["require_server", "API_KEYS", "POSTGRES_ADMIN_URL", "USER_SECRET", "new_id", "path_id", "sent_lines", "user_token"]
 
 API_KEYS = "app:app-key,billing:billing-key"
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -59,3 +59,13 @@ def verify_sender(address: str) -> None:
     import boto3
 
     boto3.client("sesv2").create_email_identity(EmailIdentity=address)
+
+
+def require_server(name: str, error: Exception) -> None:
+    """A server a test needs is unreachable: skip on a developer's machine, fail in CI."""
+    import pytest
+
+    message = f"{name} is not reachable ({error})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}; CI=true, so this is a failure, not a skip")
+    pytest.skip(message)

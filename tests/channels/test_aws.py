@@ -22,18 +22,6 @@ SECRET = "local-secret"
 CREDENTIALS = Credentials("AKIDLOCAL", SECRET, "session-token")
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[AwsProtocolServer]:
-    async with AwsProtocolServer() as s:
-        yield s
-
-
 def local_client(http: aiohttp.ClientSession, url: str, *, service: str = "sns",
                  timeout: float = 5.0, credentials: Credentials = CREDENTIALS) -> AwsClient:
     return AwsClient(http, service=service, endpoint_url=url, region="eu-west-1",

@@ -23,18 +23,6 @@ SENDER = "no-reply@example.com"
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[AwsProtocolServer]:
-    async with AwsProtocolServer() as s:
-        yield s
-
-
-@pytest.fixture
 def verified_sender(aws: str) -> str:
     boto3.client("sesv2").create_email_identity(EmailIdentity=SENDER)
     return SENDER

@@ -21,18 +21,6 @@ from servers.aws_errors import (AwsProtocolServer, MotoDump, Reply, query_error,
 PHONE = "+15555550100"
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[AwsProtocolServer]:
-    async with AwsProtocolServer() as s:
-        yield s
-
-
 def sms(text: str = "Foo is installed.", *, to: str = PHONE,
         category: str = "app-install") -> Message:
     return Message(channel="sms", to=to, parts={"text": text}, notification_id="app#1",

@@ -17,17 +17,10 @@ import redis
 
 from bench.peers.celery_peer import DEFAULT_BROKER_URL, run_celery
 from bench.standins import StandIns
-from support import POSTGRES_ADMIN_URL
+from support import POSTGRES_ADMIN_URL, require_server
 
 BROKER_URL = os.environ.get("CELERY_PEER_BROKER_URL", DEFAULT_BROKER_URL)
 DELIVERABLE, OPTED_OUT = 20, 2
-
-
-def _require(name: str, error: Exception) -> None:
-    message = f"{name} is not reachable ({error})"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message}; CI=true, so this is a failure, not a skip")
-    pytest.skip(message)
 
 
 @pytest.fixture
@@ -37,13 +30,13 @@ def servers() -> None:
     try:
         client.ping()
     except redis.RedisError as exc:
-        _require("Redis", exc)
+        require_server("Redis", exc)
     finally:
         client.close()
     try:
         psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3).close()
     except psycopg.OperationalError as exc:
-        _require("PostgreSQL", exc)
+        require_server("PostgreSQL", exc)
 
 
 def _users() -> list[dict[str, Any]]:
