@@ -18,7 +18,7 @@ import email.utils
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 __all__ = [
     "ChannelError", "InvalidRecipient", "Message", "PermanentError", "Provider", "Receipt",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import threading
-from collections.abc import AsyncIterator
 from email.utils import format_datetime
 from pathlib import Path
 

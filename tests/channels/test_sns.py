@@ -3,7 +3,6 @@ them), the body limit, and how SNS's errors become channel errors."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp

@@ -49,17 +49,10 @@ def production(aws: str, postgres_url: str, fcm: FcmServer, tmp_path: Path) -> S
 
 @pytest.fixture
 async def runtime(production: Settings) -> AsyncIterator[Runtime]:
+    """Overrides the shared ``runtime``; the shared ``client`` then talks to this one."""
     rt = await Runtime.open(production)
     yield rt
     await rt.close()
-
-
-@pytest.fixture
-async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(runtime))
-    async with httpx.AsyncClient(transport=transport, base_url="https://notify.example.com",
-                                 headers={"Authorization": "Bearer app-key"}) as c:
-        yield c
 
 
 async def register(client: httpx.AsyncClient, n: int) -> None:

@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-import httpx
 import pytest
 
 from servers.fcm import FcmServer
