@@ -1,4 +1,4 @@
-"""``python -m bench.aws_transport``: boto3 against :class:`channels.aws.AwsClient`, side by side.
+"""``python -m bench.aws_transport``: boto3 against :class:`transport.aws.AwsClient`, side by side.
 
 One run measures SES v2 ``SendEmail`` and SNS ``Publish`` against a minimal local aiohttp server
 that answers both with their success responses. The server runs in another process, so
@@ -45,7 +45,7 @@ from aiohttp import web
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.credentials import Credentials  # type: ignore[import-untyped]
 
-from channels.aws import AwsClient
+from transport.aws import AwsClient
 from channels.base import Message
 from channels.ses import SesProvider
 from channels.sns import SnsProvider

@@ -147,7 +147,7 @@ def users(n: int) -> list[dict[str, Any]]:
 
 def seed(database_url: str, people: list[dict[str, Any]]) -> None:
     """Write the users straight into the store (a bulk import, not the API under test)."""
-    from dispatcher.store.database import now_us
+    from dispatcher.model import now_us
     from dispatcher.store.schema import devices, metadata
     from dispatcher.store.schema import users as users_table
 

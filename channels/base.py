@@ -14,15 +14,13 @@ the adapter's business: the worker's retry policy decides (``dispatcher.retry``)
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 __all__ = [
     "ChannelError", "InvalidRecipient", "Message", "PermanentError", "Provider", "Receipt",
-    "TransientError", "UnregisteredDevice", "parse_retry_after",
+    "TransientError", "UnregisteredDevice",
 ]
 
 
@@ -78,20 +76,3 @@ class Provider(Protocol):
     async def send(self, message: Message) -> Receipt: ...
 
     async def aclose(self) -> None: ...
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date (RFC 9110)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())

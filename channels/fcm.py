@@ -58,7 +58,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, ClassVar
@@ -69,9 +69,14 @@ import google.auth.transport.requests
 from google.oauth2 import service_account
 
 from channels.base import (
-    parse_retry_after,
-    ChannelError, Message, PermanentError, Receipt, TransientError, UnregisteredDevice,
+    ChannelError,
+    Message,
+    PermanentError,
+    Receipt,
+    TransientError,
+    UnregisteredDevice,
 )
+from transport.http import parse_retry_after
 
 __all__ = ["FCM_SCOPE", "AccessTokenSource", "FcmProvider", "build_request", "error_for"]
 
@@ -182,7 +187,7 @@ class AccessTokenSource:
         expiry: datetime | None = self._credentials.expiry  # naive UTC, google-auth's habit
         if expiry is None:
             return token, 2 * self._margin
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        now = datetime.now(UTC).replace(tzinfo=None)
         return token, max(0.0, (expiry - now).total_seconds())
 
 

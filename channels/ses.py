@@ -1,4 +1,4 @@
-"""Email through Amazon SES v2 ``SendEmail`` (REST+JSON, over :class:`channels.aws.AwsClient`).
+"""Email through Amazon SES v2 ``SendEmail`` (REST+JSON, over :class:`transport.aws.AwsClient`).
 
 One call per message: subject, text and HTML parts (UTF-8), the configured sender, an optional
 configuration set (for SES event publishing), and, when the message has an unsubscribe URL,
@@ -35,8 +35,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Final
 
-from channels.aws import AwsClient, AwsError
 from channels.base import InvalidRecipient, Message, PermanentError, Receipt, TransientError
+from transport.aws import AwsClient, AwsError
 
 __all__ = ["SesProvider", "SEND_EMAIL_PATH"]
 

@@ -1,5 +1,5 @@
 """SMS through Amazon SNS ``Publish`` to a ``PhoneNumber`` (query protocol, over
-:class:`channels.aws.AwsClient`).
+:class:`transport.aws.AwsClient`).
 
 * The number must be E.164 (``+`` and 7 to 15 digits); anything else is refused as
   :class:`~channels.base.InvalidRecipient` without calling SNS (a local check, not a
@@ -34,8 +34,8 @@ import re
 from collections.abc import Iterable
 from typing import ClassVar, Final
 
-from channels.aws import AwsClient, AwsError
 from channels.base import InvalidRecipient, Message, PermanentError, Receipt, TransientError
+from transport.aws import AwsClient, AwsError
 
 __all__ = ["SnsProvider", "SNS_VERSION", "MAX_SMS_CHARS", "fit_sms"]
 

@@ -9,18 +9,27 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from dispatcher.errors import ConfigurationError
 
 __all__ = ["ConfigurationError", "Settings", "SHIPPED_TEMPLATES"]
 
 SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
-class ConfigurationError(ValueError):
-    """Settings that can't work (together); the message says which and why."""
+def _comma_separated(value: Any) -> Any:
+    """``"a, b,,c"`` -> ``{"a", "b", "c"}``; a set or list given in code passes as it is."""
+    if isinstance(value, str):
+        return frozenset(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+#: A set of names, written in the environment as ``a,b,c``.
+Names = Annotated[frozenset[str], NoDecode, BeforeValidator(_comma_separated)]
 
 
 class Settings(BaseSettings):
@@ -41,7 +50,7 @@ class Settings(BaseSettings):
     #: SNS ``AWS.SNS.SMS.SenderID`` (alphanumeric sender, where the country allows it).
     sms_sender_id: str | None = None
     #: Categories sent as ``Promotional`` SMS; every other category is ``Transactional``.
-    sms_promotional_categories: str = "marketing"
+    sms_promotional_categories: Names = frozenset({"marketing"})
     fcm_project_id: str | None = None
     fcm_endpoint: str = "https://fcm.googleapis.com"
     #: The FCM service-account file (read from ``GOOGLE_APPLICATION_CREDENTIALS``, no prefix).
@@ -85,7 +94,7 @@ class Settings(BaseSettings):
     provider_timeout: float = Field(default=10.0, gt=0)
 
     #: Categories that bypass opt-outs, comma-separated.
-    critical_categories: str = "security"
+    critical_categories: Names = frozenset({"security"})
     #: Region used to read phone numbers written without a ``+country`` prefix (e.g. ``KR``).
     default_phone_region: str | None = None
 
@@ -122,9 +131,6 @@ class Settings(BaseSettings):
 
     def process_count(self) -> int:
         return self.worker_processes or os.cpu_count() or 1
-
-    def critical(self) -> frozenset[str]:
-        return frozenset(c.strip() for c in self.critical_categories.split(",") if c.strip())
 
     def with_dev_credentials(self) -> tuple[Settings, list[str]]:
         """Fill unset credentials with development values; return the lines to print."""

@@ -9,16 +9,9 @@ from __future__ import annotations
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
+from dispatcher.errors import InvalidContact
+
 __all__ = ["InvalidContact", "normalize_email", "normalize_phone"]
-
-
-class InvalidContact(ValueError):
-    """Contact data that can't be used; ``field`` names it (``email`` or ``phone``)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 def normalize_email(value: str) -> str:

@@ -13,16 +13,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from dispatcher.model import CHANNELS, InvalidNotificationId, parse_notification_id
+from dispatcher.errors import InvalidNotificationId, PoisonMessage
+from dispatcher.model import CHANNELS, parse_notification_id
 
 __all__ = ["ChunkMessage", "PoisonMessage", "decode_chunk", "encode_chunk", "MAX_RECIPIENTS"]
 
 MAX_RECIPIENTS = 10_000
 FORMAT_VERSION = 1
-
-
-class PoisonMessage(ValueError):
-    """A queue message the worker can never process; ``str()`` is the reason."""
 
 
 class ChunkMessage(BaseModel):

@@ -1,21 +1,38 @@
-"""The dispatcher's vocabulary: notification ids, channels, delivery statuses and reasons.
+"""The dispatcher's vocabulary: ids, channels, statuses, reasons, and the nouns the core works with.
 
-Everything here is plain data with no I/O, shared by the gateway, the worker and the store.
+Everything here is plain data with no I/O, shared by the gateway, the worker and the store
+(which maps these nouns to rows and back; the core never sees a row).
 """
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, NamedTuple
+
+from dispatcher.errors import ForeignNotification, InvalidNotificationId
+from dispatcher.preferences import Preferences
 
 __all__ = [
     "CHANNELS",
     "Channel",
+    "ChunkRows",
     "DeliveryStatus",
+    "Device",
     "FINAL_STATUSES",
-    "InvalidNotificationId",
+    "FeedEntry",
+    "HeaderUpdate",
+    "NotificationHeader",
     "Reason",
+    "RowKey",
+    "RowState",
+    "Unfinished",
+    "UserRecord",
+    "now_us",
     "parse_notification_id",
 ]
 
@@ -60,17 +77,14 @@ class Reason(StrEnum):
     OUTCOME_UNKNOWN = "outcome_unknown"
 
 
-class InvalidNotificationId(ValueError):
-    """A notification id that does not follow ``<service>#<uuid>``."""
-
-
 _ID_RE = re.compile(r"^(?P<service>[A-Za-z0-9_.-]{1,64})#(?P<uuid>[0-9A-Fa-f-]{32,36})$")
 
 
 def parse_notification_id(notification_id: str, service: str | None = None) -> str:
     """Check ``notification_id`` against the id policy and return its service part.
 
-    With ``service`` given, the id must also belong to that service.
+    With ``service`` given, the id must also belong to that service
+    (:class:`~dispatcher.errors.ForeignNotification` otherwise).
     """
     match = _ID_RE.match(notification_id)
     if match is None:
@@ -84,8 +98,116 @@ def parse_notification_id(notification_id: str, service: str | None = None) -> s
             f"notification id {notification_id!r}: {match['uuid']!r} is not a UUID"
         ) from None
     if service is not None and match["service"] != service:
-        raise InvalidNotificationId(
+        raise ForeignNotification(
             f"notification id {notification_id!r} belongs to service {match['service']!r}, "
             f"not to the calling service {service!r}: ids must start with '{service}#'"
         )
     return match["service"]
+
+
+def now_us() -> int:
+    """Now, in microseconds since the epoch: the unit of every timestamp the store keeps."""
+    return time.time_ns() // 1000
+
+
+class RowKey(NamedTuple):
+    """One ledger row: (notification, user, channel)."""
+
+    notification_id: str
+    user_id: str
+    channel: str
+
+
+@dataclass(frozen=True)
+class RowState:
+    """What a ledger row should become: planned when a chunk opens it, or the outcome of a send."""
+
+    key: RowKey
+    status: DeliveryStatus
+    reason: Reason | None = None
+    detail: str | None = None
+    provider_message_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ChunkRows:
+    """What one chunk message asks of the ledger when it opens its rows.
+
+    ``rows``: the planned state of each (user, channel) of the chunk. ``insert``: channels
+    whose missing rows are created. ``reset``: channels whose rows at an older version this
+    version takes over (sends again). ``feed``: the in-app entry per user, written with the
+    in-app rows this chunk wins."""
+
+    notification_id: str
+    version: int
+    rows: Sequence[RowState]
+    insert: frozenset[str]
+    reset: frozenset[str]
+    feed: Mapping[str, FeedEntry]
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A row not final yet, as the settle step sees it."""
+
+    key: RowKey
+    status: DeliveryStatus
+    version: int
+    claimed_at: int | None
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    """A user's in-app entry for one notification, at one version."""
+
+    user_id: str
+    notification_id: str
+    version: int
+    title: str
+    body: str
+    state: str | None
+    category: str
+
+
+@dataclass(frozen=True)
+class HeaderUpdate:
+    """What one message (or one accepted request) says about its notification."""
+
+    id: str
+    service: str
+    version: int
+    template: str
+    data: dict[str, Any]
+    state: str | None
+    category: str
+    locale: str | None
+    channels: tuple[str, ...]
+    recipients: int
+
+
+@dataclass(frozen=True)
+class NotificationHeader(HeaderUpdate):
+    """The stored header: the highest version's fields, all channels, the most recipients."""
+
+    created_at: int
+    updated_at: int
+
+
+@dataclass(frozen=True)
+class Device:
+    token: str
+    platform: str
+    active: bool
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: str
+    email: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+    preferences: Preferences = field(default_factory=Preferences)
+    devices: tuple[Device, ...] = ()
+    created_at: int = 0
+    updated_at: int = 0

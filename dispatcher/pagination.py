@@ -7,11 +7,9 @@ import binascii
 import json
 from typing import Any
 
+from dispatcher.errors import InvalidCursor
+
 __all__ = ["InvalidCursor", "decode_cursor", "encode_cursor"]
-
-
-class InvalidCursor(ValueError):
-    pass
 
 
 def encode_cursor(*key: Any) -> str:

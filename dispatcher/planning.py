@@ -14,20 +14,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from channels.base import Message
-from channels.in_app import InAppChannel
-from dispatcher.contacts import InvalidContact, normalize_email, normalize_phone
+from dispatcher.contacts import normalize_email, normalize_phone
+from dispatcher.errors import ChannelNotInTemplate, InvalidContact, TemplateError
+from dispatcher.feed import Feed
 from dispatcher.messages import ChunkMessage
-from dispatcher.model import Channel, DeliveryStatus, Reason
-from dispatcher.preferences import wants
-from dispatcher.rendering import TemplateError, TemplateInfo, TemplateRegistry
-from dispatcher.store import FeedEntry, HeaderUpdate, Planned, UserRecord
+from dispatcher.model import (
+    Channel,
+    ChunkRows,
+    DeliveryStatus,
+    FeedEntry,
+    HeaderUpdate,
+    Reason,
+    RowKey,
+    RowState,
+    UserRecord,
+)
+from dispatcher.rendering import TemplateInfo, TemplateRegistry
 from dispatcher.unsubscribe import UnsubscribeLinks
 
 __all__ = ["ChunkPlan", "ChannelSets", "Planner", "category_of", "channel_sets", "header_update",
            "render_context"]
 
-Key = tuple[str, str]
-_SKIPPED, _FAILED = DeliveryStatus.SKIPPED.value, DeliveryStatus.FAILED.value
+_SKIPPED, _FAILED = DeliveryStatus.SKIPPED, DeliveryStatus.FAILED
 
 
 @dataclass(frozen=True)
@@ -46,11 +54,11 @@ class ChannelSets:
 def channel_sets(requested: tuple[str, ...] | None, template: TemplateInfo) -> ChannelSets:
     """Channels omitted: every channel of the template for new rows, and only the in-app
     entry for rows an older version made. Named: exactly those, plus a refresh of in-app
-    entries that exist. Raises ValueError for a channel the template has no parts for."""
+    entries that exist. Raises ChannelNotInTemplate for a channel the template lacks."""
     if requested is not None:
         missing = sorted(set(requested) - template.channels)
         if missing:
-            raise ValueError(f"template {template.name!r} has no parts for channel(s) {missing}; "
+            raise ChannelNotInTemplate(f"template {template.name!r} has no parts for channel(s) {missing}; "
                              f"it has {sorted(template.channels)}")
     in_app = frozenset({Channel.IN_APP.value}) & template.channels
     if requested is None:
@@ -81,18 +89,30 @@ def render_context(message: ChunkMessage, category: str, locale: str | None) -> 
 
 @dataclass
 class ChunkPlan:
-    planned: list[Planned] = field(default_factory=list)
+    """One chunk's plan: the state of each row, the feed entries, the provider messages."""
+
+    message: ChunkMessage
+    sets: ChannelSets
+    rows: list[RowState] = field(default_factory=list)
     feed: dict[str, FeedEntry] = field(default_factory=dict)
-    sends: dict[Key, list[Message]] = field(default_factory=dict)
+    sends: dict[RowKey, list[Message]] = field(default_factory=dict)
+
+    @property
+    def users(self) -> list[str]:
+        return list(dict.fromkeys(self.message.recipients))
+
+    def chunk_rows(self, rows: list[RowState] | None = None) -> ChunkRows:
+        """What the ledger needs to open ``rows`` (default: all of them)."""
+        return ChunkRows(self.message.id, self.message.version,
+                         self.rows if rows is None else rows,
+                         insert=self.sets.insert, reset=self.sets.reset, feed=self.feed)
 
 
 class Planner:
-    def __init__(self, templates: TemplateRegistry, in_app: InAppChannel, *,
-                 critical: frozenset[str], phone_region: str | None,
-                 links: UnsubscribeLinks | None = None) -> None:
+    def __init__(self, templates: TemplateRegistry, *, critical: frozenset[str],
+                 phone_region: str | None, links: UnsubscribeLinks | None = None) -> None:
         self._templates = templates
         self._links = links
-        self._in_app = in_app
         self._critical = critical
         self._phone_region = phone_region
 
@@ -100,38 +120,40 @@ class Planner:
              users: Mapping[str, UserRecord]) -> ChunkPlan:
         category = category_of(message, template)
         renders = _Renders(self._templates, message, category, sorted(sets.all))
-        plan = ChunkPlan()
-        for user_id in dict.fromkeys(message.recipients):
+        plan = ChunkPlan(message, sets)
+        for user_id in plan.users:
             user = users.get(user_id) or UserRecord(id=user_id)
             parts = renders.for_locale(user.locale or message.locale)
             for channel in sorted(sets.all):
-                self._plan_one(plan, message, category, user, channel, parts)
+                self._plan_one(plan, category, user, channel, parts)
         return plan
 
-    def _plan_one(self, plan: ChunkPlan, message: ChunkMessage, category: str, user: UserRecord,
-                  channel: str, parts: dict[str, dict[str, str]] | TemplateError) -> None:
+    def _plan_one(self, plan: ChunkPlan, category: str, user: UserRecord, channel: str,
+                  parts: dict[str, dict[str, str]] | TemplateError) -> None:
+        message = plan.message
+        key = RowKey(message.id, user.id, channel)
         if isinstance(parts, TemplateError):
-            plan.planned.append(Planned(user.id, channel, _FAILED, Reason.TEMPLATE_ERROR, str(parts)))
+            plan.rows.append(RowState(key, _FAILED, Reason.TEMPLATE_ERROR, str(parts)))
             return
         if channel == Channel.IN_APP:
-            plan.planned.append(Planned(user.id, channel, DeliveryStatus.SENT.value))
-            plan.feed[user.id] = self._in_app.entry(
+            plan.rows.append(RowState(key, DeliveryStatus.SENT))
+            plan.feed[user.id] = Feed.entry(
                 user.id, message.id, message.version, parts[channel], message.state, category)
             return
-        if not wants(user.preferences, channel, category, self._critical):
-            plan.planned.append(Planned(user.id, channel, _SKIPPED, Reason.OPTED_OUT))
+        if not user.preferences.wants(channel, category, self._critical):
+            plan.rows.append(RowState(key, _SKIPPED, Reason.OPTED_OUT))
             return
         try:
             addresses = self._addresses(user, channel)
         except InvalidContact as exc:
-            plan.planned.append(Planned(user.id, channel, _SKIPPED, Reason.INVALID_CONTACT, str(exc)))
+            plan.rows.append(RowState(key, _SKIPPED, Reason.INVALID_CONTACT, str(exc)))
             return
         if not addresses:
-            plan.planned.append(Planned(user.id, channel, _SKIPPED, Reason.NO_CONTACT))
+            plan.rows.append(RowState(key, _SKIPPED, Reason.NO_CONTACT))
             return
-        plan.planned.append(Planned(user.id, channel, DeliveryStatus.PENDING.value))
+        plan.rows.append(RowState(key, DeliveryStatus.PENDING))
         unsubscribe = self._unsubscribe_url(user.id, channel, category)
-        plan.sends[(user.id, channel)] = [
+        plan.sends[key] = [
             Message(channel, to, parts[channel], message.id, user.id, category,
                     _push_data(message), unsubscribe)
             for to in addresses

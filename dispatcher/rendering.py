@@ -20,11 +20,11 @@ Parts are Jinja2 in a sandbox with ``StrictUndefined``; only ``.html`` parts are
 once when the registry is built, so rendering never touches the filesystem. Parts are self-contained: there is no
 loader, so ``{% include %}`` and ``{% extends %}`` fail at render time.
 
-Errors:
+Errors (from ``dispatcher.errors``):
 
-    TemplateError   a part that fails to load, compile or render (names template, locale folder and part file)
-    UnknownTemplate no template of that name (a LookupError)
-    ValueError      a requested channel the template has no parts for
+    TemplateError         a part that fails to load, compile or render (names template, locale folder and part file)
+    UnknownTemplate       no template of that name (a LookupError)
+    ChannelNotInTemplate  a requested channel the template has no parts for
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from pathlib import Path
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
+
+from dispatcher.errors import ChannelNotInTemplate, TemplateError, UnknownTemplate
 
 __all__ = [
     "CHANNEL_PARTS",
@@ -55,18 +57,6 @@ CHANNEL_PARTS: dict[str, tuple[str, ...]] = {
 
 _DEFAULT_LOCALE = "default"
 _METADATA_FILE = "template.json"
-
-
-class TemplateError(Exception):
-    """A template part that cannot be loaded, compiled or rendered."""
-
-
-class UnknownTemplate(LookupError):
-    """No template of that name in the registry."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"unknown template {name!r}")
-        self.name = name
 
 
 @dataclass(frozen=True)
@@ -199,14 +189,14 @@ class TemplateRegistry:
     ) -> dict[str, dict[str, str]]:
         """Render the requested channels' parts: ``{channel: {part: text}}``.
 
-        Raises ``UnknownTemplate``, ``ValueError`` for a channel the template lacks, ``TemplateError``.
+        Raises ``UnknownTemplate``, ``ChannelNotInTemplate``, ``TemplateError``.
         """
         template = self._get(name)
         wanted = list(dict.fromkeys(channels))
         missing = [channel for channel in wanted if channel not in template.info.channels]
         if missing:
             have = ", ".join(sorted(template.info.channels)) or "none"
-            raise ValueError(f"template {name!r} has no channel {', '.join(missing)} (it has: {have})")
+            raise ChannelNotInTemplate(f"template {name!r} has no channel {', '.join(missing)} (it has: {have})")
         chain = _locale_chain(locale)
         return {
             channel: {

@@ -11,15 +11,17 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from channels.base import Provider
-from channels.in_app import InAppChannel
 from channels.log import LogProvider
 from dispatcher.bus import Bus
 from dispatcher.bus.local import LocalBus
-from dispatcher.config import ConfigurationError, Settings
+from dispatcher.config import Settings
 from dispatcher.delivery import Deliverer, SettleTimes
+from dispatcher.errors import ConfigurationError
 from dispatcher.fan_out import FanOut
+from dispatcher.feed import Feed
 from dispatcher.planning import Planner
 from dispatcher.queue import Queue
+from dispatcher.queue.enqueue import Enqueuer, HeadersThenMessages, InOneTransaction
 from dispatcher.queue.local import LocalQueue
 from dispatcher.rendering import TemplateRegistry
 from dispatcher.retry import RetryPolicy
@@ -37,6 +39,7 @@ class Runtime:
     store: Store
     queue: Queue
     bus: Bus
+    feed: Feed
     templates: TemplateRegistry
     providers: dict[str, Provider]
     fan_out: FanOut
@@ -56,25 +59,27 @@ class Runtime:
         http = _aws_session(settings)
         owned = [http] if http else []
         try:
-            queue = _queue(settings, db, http)
+            queue, enqueue = _queue(settings, store, http)
             built = {**await _providers(settings, http), **(providers or {})}
         except BaseException:
             await _close_sessions(owned)
             await db.close()
             raise
         bus = _bus(settings)
-        in_app = InAppChannel(bus)
-        planner = Planner(templates, in_app, critical=settings.critical(),
+        feed = Feed(bus)
+        planner = Planner(templates, critical=settings.critical_categories,
                           phone_region=settings.default_phone_region, links=links)
         sender = Sender(built, store.ledger, RetryPolicy(
             settings.retry_max_attempts, settings.retry_base_delay, settings.retry_max_delay),
             window=max(settings.send_concurrency // settings.worker_concurrency, 8),
             deactivate=store.users.deactivate_devices)
-        deliverer = Deliverer(store, templates, planner, sender, in_app,
+        deliverer = Deliverer(store, templates, planner, sender, feed,
                               SettleTimes(lease_seconds=settings.send_lease_seconds),
                               resend_stale=settings.recovery == "resend")
-        fan_out = FanOut(store, queue, templates, settings.chunk_size)
-        return cls(settings, store, queue, bus, templates, built, fan_out, deliverer, links, owned)
+        fan_out = FanOut(enqueue, templates, settings.chunk_size,
+                         queue.max_message_bytes)
+        return cls(settings, store, queue, bus, feed, templates, built, fan_out, deliverer, links,
+                   owned)
 
     def worker(self) -> Worker:
         return Worker(self.queue, self.deliverer, concurrency=self.settings.worker_concurrency,
@@ -116,18 +121,23 @@ def _aws_session(settings: Settings) -> aiohttp.ClientSession | None:
     return aiohttp.ClientSession(connector=connector)
 
 
-def _queue(settings: Settings, db: Database, http: aiohttp.ClientSession | None) -> Queue:
+def _queue(settings: Settings, store: Store,
+           http: aiohttp.ClientSession | None) -> tuple[Queue, Enqueuer]:
+    """The queue, and how the gateway commits to it: in one transaction with the headers when
+    the queue lives in the store's database; headers first otherwise."""
     if not settings.uses_sqs():
-        return LocalQueue(db, visibility_timeout=settings.queue_visibility_timeout,
-                          max_receives=settings.queue_max_receives,
-                          poll_interval=settings.queue_poll_interval)
-    from channels.aws import AwsClient
+        local = LocalQueue(store.db, visibility_timeout=settings.queue_visibility_timeout,
+                           max_receives=settings.queue_max_receives,
+                           poll_interval=settings.queue_poll_interval)
+        return local, InOneTransaction(store, local)
     from dispatcher.queue.sqs import SqsQueue
+    from transport.aws import AwsClient
 
     assert http is not None
     client = AwsClient.from_environment(http, "sqs", timeout=settings.queue_wait_seconds + 10)
-    return SqsQueue(client, settings.queue_url, visibility_timeout=settings.queue_visibility_timeout,
-                    dead_letter_url=settings.dead_letter_queue_url)
+    sqs = SqsQueue(client, settings.queue_url, visibility_timeout=settings.queue_visibility_timeout,
+                   dead_letter_url=settings.dead_letter_queue_url)
+    return sqs, HeadersThenMessages(store, sqs)
 
 
 def _bus(settings: Settings) -> Bus:
@@ -152,8 +162,8 @@ async def _providers(settings: Settings, http: aiohttp.ClientSession | None) -> 
 
 
 def _ses(settings: Settings, http: aiohttp.ClientSession | None) -> Provider:
-    from channels.aws import AwsClient
     from channels.ses import SesProvider
+    from transport.aws import AwsClient
 
     if not settings.email_from:
         raise ConfigurationError("DISPATCHER_EMAIL_PROVIDER=ses needs DISPATCHER_EMAIL_FROM")
@@ -164,15 +174,13 @@ def _ses(settings: Settings, http: aiohttp.ClientSession | None) -> Provider:
 
 
 def _sns(settings: Settings, http: aiohttp.ClientSession | None) -> Provider:
-    from channels.aws import AwsClient
     from channels.sns import SnsProvider
+    from transport.aws import AwsClient
 
     assert http is not None
     client = AwsClient.from_environment(http, "sns", timeout=settings.provider_timeout)
-    promotional = frozenset(c.strip() for c in settings.sms_promotional_categories.split(",")
-                            if c.strip())
     return SnsProvider(client, sender_id=settings.sms_sender_id,
-                       promotional_categories=promotional)
+                       promotional_categories=settings.sms_promotional_categories)
 
 
 async def _fcm(settings: Settings) -> Provider:

@@ -1,88 +1,56 @@
-"""Sending a chunk's deliverable rows, with retries, recording each outcome.
+"""Sending deliverable rows, with retries, recording each outcome.
 
 Rows arrive ``pending``. They are claimed (``sending``) in batches only as room opens in a
 window of ``window`` rows, and a row leaves the window only once its outcome is committed.
-So at any moment at most ``window`` rows of a chunk are claimed without a recorded outcome:
+So at any moment at most ``window`` rows of a call are claimed without a recorded outcome:
 that is all a crash can leave as ``outcome_unknown`` (see ``dispatcher.store.ledger``).
-Claims are made when the window is half empty, so that they are batched too.
+Claims are made when the window is half empty, so that they are batched too. The rows of one
+call may belong to many notifications.
 
-Outcomes are written by a :class:`Recorder` that commits whatever has finished as soon as its
-previous commit is done (group commit): batched writes, and a short wait for each row.
+Outcomes are group-committed (``dispatcher.group_commit``) across every call in progress in
+the process: batched writes, and a short wait for each row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from channels.base import (
-    Message, PermanentError, Provider, Receipt, TransientError, UnregisteredDevice,
+    Message,
+    PermanentError,
+    Provider,
+    Receipt,
+    TransientError,
+    UnregisteredDevice,
 )
-from dispatcher.model import DeliveryStatus, Reason
+from dispatcher.group_commit import GroupCommit
+from dispatcher.model import DeliveryStatus, Reason, RowKey, RowState
 from dispatcher.retry import RetryPolicy
-from dispatcher.store.ledger import LedgerStore, Outcome
+from dispatcher.store.ledger import LedgerStore
 
-__all__ = ["Recorder", "Sender"]
+__all__ = ["Outbound", "Sender"]
 
 log = logging.getLogger("dispatcher.sending")
-Key = tuple[str, str]
 
 
-class Recorder:
-    """Group-commits outcomes; :meth:`write` returns once its outcome is committed."""
+@dataclass(frozen=True)
+class Outbound:
+    """A row to send: its key, the version that may claim it, its provider messages."""
 
-    def __init__(self, ledger: LedgerStore, notification_id: str, token: str) -> None:
-        self._ledger = ledger
-        self._nid = notification_id
-        self._token = token
-        self._buffer: list[tuple[Outcome, asyncio.Future[None]]] = []
-        self._ready = asyncio.Event()
-        self._closing = False
-        self._task = asyncio.create_task(self._run())
-
-    async def write(self, outcome: Outcome) -> None:
-        if self._task.done():
-            self._task.result()  # the writer failed: raise its error here too
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._buffer.append((outcome, done))
-        self._ready.set()
-        await done
-
-    async def close(self) -> None:
-        self._closing = True
-        self._ready.set()
-        await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            batch, self._buffer = self._buffer, []
-            if batch:
-                await self._commit(batch)
-            if self._closing and not self._buffer:
-                return
-
-    async def _commit(self, batch: list[tuple[Outcome, asyncio.Future[None]]]) -> None:
-        try:
-            await self._ledger.record(self._nid, [o for o, _ in batch], self._token)
-        except BaseException as exc:
-            for _, done in batch:
-                if not done.done():
-                    done.set_exception(exc)
-            raise
-        for _, done in batch:
-            if not done.done():
-                done.set_result(None)
+    key: RowKey
+    version: int
+    messages: Sequence[Message]
 
 
 @dataclass(frozen=True)
 class _Attempt:
     """What one attempt at a (user, channel) came to."""
 
-    outcome: Outcome | None        # final, or None: retry the messages in ``retry``
+    outcome: RowState | None       # final, or None: retry the messages in ``retry``
     retry: list[Message]
     retry_after: float | None
     unregistered: list[str]
@@ -97,25 +65,23 @@ class Sender:
         self._policy = policy
         self._window = max(window, 1)
         self._deactivate = deactivate
+        self._outcomes: GroupCommit[tuple[RowState, str]] = GroupCommit(ledger.record)
 
-    async def send(self, notification_id: str, version: int, token: str,
-                   sends: Mapping[Key, Sequence[Message]]) -> set[Key]:
-        """Claim, send and record the ``pending`` rows in ``sends`` (others may take some);
+    async def send(self, sends: Sequence[Outbound]) -> set[RowKey]:
+        """Claim, send and record the ``pending`` rows of ``sends`` (others may take some);
         return the keys whose final outcome this call recorded."""
-        finished: set[Key] = set()
-        if not sends:
-            return finished
-        recorder = Recorder(self._ledger, notification_id, token)
+        finished: set[RowKey] = set()
+        token = uuid.uuid4().hex
         waiting = list(sends)
-        active: set[asyncio.Task[Key | None]] = set()
+        active: set[asyncio.Task[RowKey | None]] = set()
         try:
             while waiting or active:
                 if waiting and len(active) <= self._window // 2:
                     room = self._window - len(active)
                     batch, waiting = waiting[:room], waiting[room:]
-                    for key in await self._ledger.claim(notification_id, version, batch, token):
-                        active.add(asyncio.create_task(self._deliver(
-                            notification_id, version, token, key, list(sends[key]), recorder)))
+                    won = await self._ledger.claim([(o.key, o.version) for o in batch], token)
+                    active |= {asyncio.create_task(self._deliver(o, token))
+                               for o in batch if o.key in won}
                     continue
                 done, active = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
                 finished |= {k for k in (t.result() for t in done) if k is not None}
@@ -123,50 +89,50 @@ class Sender:
             for task in active:
                 task.cancel()
             await asyncio.gather(*active, return_exceptions=True)
-            await recorder.close()
         return finished
 
-    async def _deliver(self, nid: str, version: int, token: str, key: Key,
-                       messages: list[Message], recorder: Recorder) -> Key | None:
+    async def _record(self, outcome: RowState, token: str) -> None:
+        await self._outcomes.submit([(outcome, token)])
+
+    async def _deliver(self, row: Outbound, token: str) -> RowKey | None:
         """Send one row until it is final (return its key) or another worker took it (None)."""
-        attempts = 1
+        key, attempts, messages = row.key, 1, list(row.messages)
         while True:
             result = await self._attempt(key, messages)
             if result.unregistered:
                 await self._deactivate(result.unregistered)
             if result.outcome is not None:
-                await recorder.write(result.outcome)
+                await self._record(result.outcome, token)
                 return key
             if self._policy.exhausted(attempts):
-                await recorder.write(Outcome(*key, DeliveryStatus.FAILED.value,
-                                             Reason.RETRIES_EXHAUSTED,
-                                             f"{attempts} attempts; last: {result.retry[0].to}"))
+                await self._record(RowState(key, DeliveryStatus.FAILED, Reason.RETRIES_EXHAUSTED,
+                                            f"{attempts} attempts; last: {result.retry[0].to}"),
+                                   token)
                 return key
             # Release the row while waiting, so a crash now means "send again", not "unknown".
-            await recorder.write(Outcome(*key, DeliveryStatus.PENDING.value,
-                                         detail=f"attempt {attempts} failed; retrying"))
+            await self._record(RowState(key, DeliveryStatus.PENDING,
+                                        detail=f"attempt {attempts} failed; retrying"), token)
             await asyncio.sleep(self._policy.delay(attempts, result.retry_after))
-            if not await self._ledger.claim(nid, version, [key], token):
+            if not await self._ledger.claim([(key, row.version)], token):
                 return None  # another worker took it over meanwhile
             attempts, messages = attempts + 1, result.retry
 
-    async def _attempt(self, key: Key, messages: list[Message]) -> _Attempt:
+    async def _attempt(self, key: RowKey, messages: list[Message]) -> _Attempt:
         results = await asyncio.gather(*(self._send_one(m) for m in messages))
         receipts = [r for r in results if isinstance(r, Receipt)]
-        transient = [(m, r) for m, r in zip(messages, results) if isinstance(r, TransientError)]
-        permanent = [(m, r) for m, r in zip(messages, results) if isinstance(r, PermanentError)]
+        transient = [(m, r) for m, r in zip(messages, results, strict=True) if isinstance(r, TransientError)]
+        permanent = [(m, r) for m, r in zip(messages, results, strict=True) if isinstance(r, PermanentError)]
         unregistered = [m.to for m, r in permanent if isinstance(r, UnregisteredDevice)]
         errors = "; ".join(f"{m.to}: {r}" for m, r in transient + permanent) or None
         if receipts:
             ids = ",".join(r.provider_message_id for r in receipts)
-            return _Attempt(Outcome(*key, DeliveryStatus.SENT.value, None, errors, ids), [], None,
+            return _Attempt(RowState(key, DeliveryStatus.SENT, None, errors, ids), [], None,
                             unregistered)
         if transient:
             after = max((r.retry_after or 0.0 for _, r in transient), default=0.0) or None
             return _Attempt(None, [m for m, _ in transient], after, unregistered)
-        reason = permanent[0][1].reason
-        return _Attempt(Outcome(*key, DeliveryStatus.FAILED.value, reason, errors), [], None,
-                        unregistered)
+        return _Attempt(RowState(key, DeliveryStatus.FAILED, _reason(permanent[0][1]), errors),
+                        [], None, unregistered)
 
     async def _send_one(self, message: Message) -> Receipt | TransientError | PermanentError:
         provider = self._providers[message.channel]
@@ -177,3 +143,11 @@ class Sender:
         except Exception as exc:  # an adapter bug must not lose the row: retry, then fail
             log.exception("provider %s raised an unmapped error", provider.name)
             return TransientError(f"unexpected {type(exc).__name__}: {exc}")
+
+
+def _reason(error: PermanentError) -> Reason:
+    """The adapter's reason as the ledger's; an adapter's unknown reason is a rejection."""
+    try:
+        return Reason(error.reason)
+    except ValueError:
+        return Reason.PROVIDER_REJECTED

@@ -14,11 +14,9 @@ import hashlib
 import hmac
 import json
 
+from dispatcher.errors import InvalidLink
+
 __all__ = ["InvalidLink", "UnsubscribeLinks"]
-
-
-class InvalidLink(ValueError):
-    pass
 
 
 class UnsubscribeLinks:
@@ -38,11 +36,11 @@ class UnsubscribeLinks:
         """The (user id, category) the token was made for; raises :class:`InvalidLink`."""
         payload, _, signature = token.partition(".")
         if not hmac.compare_digest(signature, self._sign(payload)):
-            raise InvalidLink("this unsubscribe link is not valid")
+            raise InvalidLink()
         try:
             user_id, category = json.loads(_unb64(payload))
         except (ValueError, TypeError, binascii.Error):
-            raise InvalidLink("this unsubscribe link is not valid") from None
+            raise InvalidLink() from None
         return str(user_id), str(category)
 
     def _sign(self, payload: str) -> str:

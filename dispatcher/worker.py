@@ -17,7 +17,8 @@ import contextlib
 import logging
 
 from dispatcher.delivery import Deliverer
-from dispatcher.messages import PoisonMessage, decode_chunk
+from dispatcher.errors import PoisonMessage
+from dispatcher.messages import decode_chunk
 from dispatcher.queue import Queue, QueuedMessage
 
 __all__ = ["Worker"]

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import httpx
 import psycopg
 import pytest
@@ -23,6 +24,7 @@ import pytest
 from dispatcher.api import create_app
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
+from servers.aws_errors import AwsProtocolServer
 from support import API_KEYS, POSTGRES_ADMIN_URL, USER_SECRET, require_server
 
 MOTO_URL = os.environ.get("DISPATCHER_TEST_MOTO_URL")
@@ -170,3 +172,17 @@ def redis_url() -> str:
     finally:
         client.close()
     return REDIS_URL
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """One aiohttp session, as the adapters get in production."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[AwsProtocolServer]:
+    """A local server speaking the AWS query/JSON protocols, scripted per test."""
+    async with AwsProtocolServer() as s:
+        yield s

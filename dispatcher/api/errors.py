@@ -1,24 +1,57 @@
-"""Errors as ``{"error": {"code": ..., "message": ...}}``, for every failure the API answers."""
+"""Errors as ``{"error": {"code": ..., "message": ...}}``, for every failure the API answers.
+
+The one place where the core's error tree (``dispatcher.errors``) meets HTTP: :data:`STATUS`
+maps each kind to a status and a code, most specific first. Routers raise the core's errors
+(or :class:`ApiError` for what only HTTP knows: credentials, a missing user) and never pick a
+status by reading a message.
+"""
 
 from __future__ import annotations
 
 import logging
 
 from fastapi import FastAPI, Request
-from sqlalchemy.exc import DBAPIError
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-__all__ = ["ApiError", "install_error_handlers"]
+from dispatcher.errors import (
+    DispatcherError,
+    ForeignNotification,
+    InvalidContact,
+    InvalidCursor,
+    InvalidLink,
+    InvalidNotificationId,
+    InvalidRequest,
+    NotFound,
+    TemplateError,
+)
+from dispatcher.store import STORE_UNAVAILABLE
+
+__all__ = ["ApiError", "STATUS", "install_error_handlers"]
 
 log = logging.getLogger("dispatcher.api")
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-          405: "method_not_allowed", 409: "conflict", 422: "invalid", 503: "unavailable"}
+          405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 422: "invalid",
+          503: "unavailable"}
+
+#: The core's errors as (status, code), most specific first.
+STATUS: tuple[tuple[type[DispatcherError], int, str], ...] = (
+    (ForeignNotification, 403, "forbidden"),
+    (InvalidNotificationId, 400, "invalid_id"),
+    (InvalidCursor, 400, "invalid_cursor"),
+    (InvalidLink, 404, "invalid_link"),
+    (InvalidContact, 422, "invalid_contact"),
+    (TemplateError, 422, "template_error"),
+    (InvalidRequest, 422, "invalid"),
+    (NotFound, 404, "not_found"),
+)
 
 
 class ApiError(Exception):
+    """An error only HTTP knows about (credentials, a missing resource): status and message."""
+
     def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -31,10 +64,29 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
 
 
+def status_of(exc: DispatcherError) -> tuple[int, str, str]:
+    """(status, code, message) for one of the core's errors."""
+    for kind, status, code in STATUS:
+        if isinstance(exc, kind):
+            message = str(exc)
+            if isinstance(exc, InvalidRequest) and not isinstance(exc, InvalidContact | InvalidLink):
+                message = f"{exc.field}: {exc.message}"
+            return status, code, message
+    return 500, "internal", "internal error; the server log has the details"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(DispatcherError)
+    async def _core_error(request: Request, exc: DispatcherError) -> JSONResponse:
+        status, code, message = status_of(exc)
+        if status >= 500:
+            log.error("unmapped %s on %s %s: %s", type(exc).__name__, request.method,
+                      request.url.path, exc)
+        return error_response(status, code, message)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -44,10 +96,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, _CODES.get(exc.status_code, "error"), str(exc.detail))
 
-    @app.exception_handler(DBAPIError)
-    async def _store_down(request: Request, exc: DBAPIError) -> JSONResponse:
-        log.error("store error on %s %s: %s", request.method, request.url.path, exc.orig)
-        return error_response(503, "unavailable", "the store is unavailable; retry later")
+    for kind in STORE_UNAVAILABLE:
+        @app.exception_handler(kind)
+        async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+            log.error("store error on %s %s: %s", request.method, request.url.path, exc)
+            return error_response(503, "unavailable", "the store is unavailable; retry later")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -10,12 +10,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
-from channels.in_app import feed_topic
 from dispatcher.api.auth import Authenticator, Caller
 from dispatcher.api.errors import ApiError
 from dispatcher.api.timefmt import iso
 from dispatcher.bus import Bus
-from dispatcher.pagination import InvalidCursor
+from dispatcher.feed import feed_topic
 from dispatcher.runtime import Runtime
 
 __all__ = ["router"]
@@ -35,11 +34,8 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
     ) -> dict[str, Any]:
         caller.require_user(user_id)
-        try:
-            rows, next_cursor = await feed.list(user_id, limit=limit, cursor=cursor,
-                                                unread_only=unread)
-        except InvalidCursor as exc:
-            raise ApiError(400, str(exc), "invalid_cursor") from None
+        rows, next_cursor = await feed.list(user_id, limit=limit, cursor=cursor,
+                                            unread_only=unread)
         return {"items": [_entry_json(r) for r in rows], "next_cursor": next_cursor,
                 "unread_count": await feed.unread_count(user_id)}
 
@@ -47,7 +43,7 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     async def read_all(user_id: str, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
         marked = await feed.mark_all_read(user_id)
-        await _tell(runtime.bus, user_id, {"type": "read_all"})
+        await runtime.feed.tell(user_id, {"type": "read_all"})
         return {"marked": marked, "unread_count": 0}
 
     @api.post("/{notification_id}/read")
@@ -55,7 +51,7 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
         caller.require_user(user_id)
         if not await feed.mark_read(user_id, notification_id):
             raise ApiError(404, f"user {user_id!r} has no notification {notification_id!r}")
-        await _tell(runtime.bus, user_id, {"type": "read", "id": notification_id})
+        await runtime.feed.tell(user_id, {"type": "read", "id": notification_id})
         return {"id": notification_id, "read": True,
                 "unread_count": await feed.unread_count(user_id)}
 
@@ -68,14 +64,6 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return api
-
-
-async def _tell(bus: Bus, user_id: str, event: dict[str, Any]) -> None:
-    """Live listeners are told on a best-effort basis: the read mark is already stored."""
-    try:
-        await bus.publish(feed_topic(user_id), event)
-    except Exception:
-        log.exception("live event for %s was not published", user_id)
 
 
 async def _events(bus: Bus, topic: str) -> AsyncIterator[str]:

@@ -10,11 +10,9 @@ from dispatcher.api.auth import Authenticator, Caller
 from dispatcher.api.errors import ApiError
 from dispatcher.api.schemas import NotificationIn
 from dispatcher.api.timefmt import iso
-from dispatcher.fan_out import Rejected
-from dispatcher.model import DeliveryStatus, InvalidNotificationId, parse_notification_id
-from dispatcher.pagination import InvalidCursor
+from dispatcher.errors import InvalidNotificationId
+from dispatcher.model import DeliveryStatus, NotificationHeader, parse_notification_id
 from dispatcher.runtime import Runtime
-from dispatcher.store import NotificationHeader
 
 __all__ = ["router"]
 
@@ -28,12 +26,9 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
         service = caller.require_service()
         try:
             parse_notification_id(body.id, service)
-        except InvalidNotificationId as exc:
+        except InvalidNotificationId as exc:  # another service's id too: it can't be sent
             raise ApiError(400, str(exc), "invalid_id") from None
-        try:
-            accepted = await runtime.fan_out.accept(service, body.model_dump())
-        except Rejected as exc:
-            raise ApiError(422, f"{exc.field}: {exc}") from None
+        accepted = await runtime.fan_out.accept(service, body.model_dump())
         return JSONResponse({"id": accepted.id, "accepted": accepted.recipients}, 202)
 
     @api.get("/{notification_id}")
@@ -48,22 +43,15 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100, status: DeliveryStatus | None = None,
     ) -> dict[str, Any]:
         await _owned(runtime, notification_id, caller.require_service())
-        try:
-            rows, next_cursor = await runtime.store.notifications.deliveries(
-                notification_id, limit=limit, cursor=cursor,
-                status=status.value if status else None)
-        except InvalidCursor as exc:
-            raise ApiError(400, str(exc), "invalid_cursor") from None
+        rows, next_cursor = await runtime.store.notifications.deliveries(
+            notification_id, limit=limit, cursor=cursor, status=status.value if status else None)
         return {"items": [_delivery_json(r) for r in rows], "next_cursor": next_cursor}
 
     return api
 
 
 async def _owned(runtime: Runtime, notification_id: str, service: str) -> NotificationHeader:
-    try:
-        parse_notification_id(notification_id, service)
-    except InvalidNotificationId as exc:
-        raise ApiError(403 if "belongs to service" in str(exc) else 404, str(exc)) from None
+    parse_notification_id(notification_id, service)  # ForeignNotification: 403
     header = await runtime.store.notifications.get(notification_id)
     if header is None:
         raise ApiError(404, f"no notification {notification_id!r}")

@@ -6,9 +6,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 
 from dispatcher.api.auth import Authenticator, Caller
-from dispatcher.api.errors import ApiError
 from dispatcher.api.schemas import PreviewIn
-from dispatcher.rendering import TemplateError, TemplateInfo, UnknownTemplate
+from dispatcher.rendering import TemplateInfo
 from dispatcher.runtime import Runtime
 
 __all__ = ["router"]
@@ -27,16 +26,11 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     @api.post("/{name}/preview")
     async def preview(name: str, body: PreviewIn, caller: Auth) -> dict[str, Any]:
         caller.require_service()
-        try:
-            info = templates.info(name)
-            channels = body.channels or sorted(info.channels)
-            context = {**body.data, "state": body.state, "category": info.category or "default",
-                       "notification_id": "preview", "locale": body.locale}
-            rendered = templates.render(name, channels, context, body.locale)
-        except UnknownTemplate as exc:
-            raise ApiError(404, str(exc)) from None
-        except (TemplateError, ValueError) as exc:
-            raise ApiError(422, str(exc), "template_error") from None
+        info = templates.info(name)  # UnknownTemplate: 404
+        channels = body.channels or sorted(info.channels)
+        context = {**body.data, "state": body.state, "category": info.category or "default",
+                   "notification_id": "preview", "locale": body.locale}
+        rendered = templates.render(name, channels, context, body.locale)  # 422s
         return {"template": name, "locale": body.locale, "channels": rendered}
 
     return api

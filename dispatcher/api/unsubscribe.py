@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from fastapi.responses import HTMLResponse
 
-from dispatcher.api.errors import ApiError
+from dispatcher.preferences import Preferences
 from dispatcher.runtime import Runtime
-from dispatcher.unsubscribe import InvalidLink, UnsubscribeLinks
+from dispatcher.unsubscribe import UnsubscribeLinks
 
 __all__ = ["router"]
 
@@ -21,7 +21,7 @@ def router(runtime: Runtime, links: UnsubscribeLinks) -> APIRouter:
 
     @api.get("/{token}", response_class=HTMLResponse)
     async def confirm(token: Token) -> HTMLResponse:
-        _, category = _verify(links, token)
+        _, category = links.verify(token)  # InvalidLink: 404
         return HTMLResponse(
             "<!doctype html><meta charset=utf-8><title>Unsubscribe</title>"
             f"<p>Stop emails about <b>{html.escape(category)}</b>?</p>"
@@ -30,17 +30,10 @@ def router(runtime: Runtime, links: UnsubscribeLinks) -> APIRouter:
 
     @api.post("/{token}", response_class=HTMLResponse)
     async def unsubscribe(token: Token) -> HTMLResponse:
-        user_id, category = _verify(links, token)
+        user_id, category = links.verify(token)
         await runtime.store.users.merge_preferences(
-            user_id, {"categories": {category: {"email": False}}})
+            user_id, Preferences(categories={category: {"email": False}}))
         return HTMLResponse("<!doctype html><meta charset=utf-8><title>Unsubscribed</title>"
                             f"<p>You will no longer get emails about <b>{html.escape(category)}</b>.</p>")
 
     return api
-
-
-def _verify(links: UnsubscribeLinks, token: str) -> tuple[str, str]:
-    try:
-        return links.verify(token)
-    except InvalidLink as exc:
-        raise ApiError(404, str(exc), "invalid_link") from None

@@ -9,10 +9,10 @@ from dispatcher.api.auth import Authenticator, Caller
 from dispatcher.api.errors import ApiError
 from dispatcher.api.schemas import DeviceIn, PreferencesIn, UserIn
 from dispatcher.api.timefmt import iso
-from dispatcher.contacts import InvalidContact, normalize_email, normalize_phone
+from dispatcher.contacts import normalize_email, normalize_phone
+from dispatcher.model import UserRecord
+from dispatcher.preferences import Preferences
 from dispatcher.runtime import Runtime
-from dispatcher.store import UserRecord
-from dispatcher.store.users import empty_preferences
 
 __all__ = ["router"]
 
@@ -53,12 +53,13 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     async def get_preferences(user_id: str, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
         user = await users.get(user_id)
-        return dict(user.preferences) if user else empty_preferences()
+        return (user.preferences if user else Preferences()).to_json()
 
     @api.put("/preferences")
     async def put_preferences(user_id: str, body: PreferencesIn, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
-        return await users.merge_preferences(_checked_id(user_id), body.model_dump())
+        patch = Preferences.from_json(body.model_dump())
+        return (await users.merge_preferences(_checked_id(user_id), patch)).to_json()
 
     return api
 
@@ -70,20 +71,18 @@ def _checked_id(user_id: str) -> str:
 
 
 def _normalised(body: UserIn, region: str | None) -> dict[str, Any]:
+    """The fields given, contact data normalised (InvalidContact names the field: 422)."""
     fields = body.model_dump(exclude_unset=True)
-    try:
-        if fields.get("email") is not None:
-            fields["email"] = normalize_email(fields["email"])
-        if fields.get("phone") is not None:
-            fields["phone"] = normalize_phone(fields["phone"], region)
-    except InvalidContact as exc:
-        raise ApiError(422, f"{exc.field}: {exc.message}", "invalid_contact") from None
+    if fields.get("email") is not None:
+        fields["email"] = normalize_email(fields["email"])
+    if fields.get("phone") is not None:
+        fields["phone"] = normalize_phone(fields["phone"], region)
     return fields
 
 
 def _user_json(user: UserRecord) -> dict[str, Any]:
     return {"id": user.id, "email": user.email, "phone": user.phone, "locale": user.locale,
-            "timezone": user.timezone, "preferences": dict(user.preferences),
+            "timezone": user.timezone, "preferences": user.preferences.to_json(),
             "devices": [{"token": d.token, "platform": d.platform, "active": d.active}
                         for d in user.devices],
             "created_at": iso(user.created_at), "updated_at": iso(user.updated_at)}

@@ -14,11 +14,11 @@ import secrets
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from dispatcher.model import now_us
 from dispatcher.queue import DeadLetter, QueuedMessage
-from dispatcher.store.database import Database, now_us
+from dispatcher.store.database import Database
 from dispatcher.store.schema import dead_letters, queue_messages
 
 __all__ = ["LocalQueue"]

@@ -8,7 +8,7 @@
   (set by the operator's redrive policy). Poison messages are moved by the worker at once:
   sent to the DLQ with the reason as a message attribute, then deleted.
 
-The calls go through :class:`channels.aws.AwsClient` (botocore's credentials, endpoints and
+The calls go through :class:`transport.aws.AwsClient` (botocore's credentials, endpoints and
 SigV4 signing over one aiohttp session), the SQS JSON protocol.
 """
 
@@ -19,8 +19,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from channels.aws import AwsClient
 from dispatcher.queue import DeadLetter, QueuedMessage
+from transport.aws import AwsClient
 
 __all__ = ["SqsQueue", "MAX_BATCH_BYTES"]
 

@@ -1,21 +1,28 @@
 """The store port: users, notifications, the delivery ledger and the in-app feed.
 
 One implementation (SQLAlchemy Core) serves both engines: SQLite for the embedded default and
-PostgreSQL in production, chosen by ``DISPATCHER_DATABASE_URL``.
+PostgreSQL in production, chosen by ``DISPATCHER_DATABASE_URL``. The core asks for units of
+work in its own nouns (``dispatcher.model``); connections and SQL never leave this package
+(and ``dispatcher.queue``, whose embedded queue lives in the same database).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dispatcher.store.database import Database
-from dispatcher.store.feed import FeedEntry, FeedStore
-from dispatcher.store.ledger import LedgerStore, Outcome, Planned
-from dispatcher.store.notifications import HeaderUpdate, NotificationHeader, NotificationStore
-from dispatcher.store.users import Device, UserRecord, UserStore
+from sqlalchemy.exc import DBAPIError
 
-__all__ = ["Database", "Device", "FeedEntry", "HeaderUpdate", "NotificationHeader", "Outcome",
-           "Planned", "Store", "UserRecord"]
+from dispatcher.store.database import Database
+from dispatcher.store.feed import FeedStore
+from dispatcher.store.ledger import LedgerStore
+from dispatcher.store.notifications import NotificationStore
+from dispatcher.store.users import UserStore
+
+__all__ = ["STORE_UNAVAILABLE", "Database", "Store"]
+
+#: What the store raises when its database does not answer (an outage, not a bug): the API
+#: answers 503 for these. The driver's errors are the store's own business.
+STORE_UNAVAILABLE: tuple[type[Exception], ...] = (DBAPIError,)
 
 
 @dataclass(frozen=True)
@@ -28,5 +35,5 @@ class Store:
 
     @classmethod
     def from_database(cls, db: Database) -> Store:
-        feed = FeedStore(db)
-        return cls(db, UserStore(db), NotificationStore(db), LedgerStore(db, feed), feed)
+        feed, notifications = FeedStore(db), NotificationStore(db)
+        return cls(db, UserStore(db), notifications, LedgerStore(db, notifications, feed), feed)

@@ -20,14 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from dispatcher.store.schema import metadata
 
-__all__ = ["Database", "now_us"]
+__all__ = ["Database"]
 
 _WRITE = "dispatcher_write"
 _SCHEMA_LOCK = 0x6E6F7469  # any constant shared by every dispatcher process
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def _async_url(url: str) -> str:

@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from dispatcher.model import FeedEntry, now_us
 from dispatcher.pagination import decode_cursor, encode_cursor
-from dispatcher.store.database import Database, now_us
+from dispatcher.store.database import Database
 from dispatcher.store.schema import inbox
 
-__all__ = ["FeedEntry", "FeedStore"]
-
-
-@dataclass(frozen=True)
-class FeedEntry:
-    user_id: str
-    notification_id: str
-    version: int
-    title: str
-    body: str
-    state: str | None
-    category: str
+__all__ = ["FeedStore"]
 
 
 class FeedStore:

@@ -3,43 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from dispatcher.model import CHANNELS, DeliveryStatus
+from dispatcher.model import CHANNELS, DeliveryStatus, HeaderUpdate, NotificationHeader, now_us
 from dispatcher.pagination import decode_cursor, encode_cursor
-from dispatcher.store.database import Database, now_us
+from dispatcher.store.database import Database
 from dispatcher.store.schema import deliveries, notifications
 
-__all__ = ["NotificationHeader", "NotificationStore", "HeaderUpdate"]
-
-
-@dataclass(frozen=True)
-class HeaderUpdate:
-    """What one message (or one accepted request) says about its notification."""
-
-    id: str
-    service: str
-    version: int
-    template: str
-    data: dict[str, Any]
-    state: str | None
-    category: str
-    locale: str | None
-    channels: tuple[str, ...]
-    recipients: int
-
-
-@dataclass(frozen=True)
-class NotificationHeader(HeaderUpdate):
-    """The stored header: the highest version's fields, all channels, the most recipients."""
-
-    created_at: int
-    updated_at: int
+__all__ = ["NotificationStore"]
 
 
 class NotificationStore:
@@ -60,6 +34,8 @@ class NotificationStore:
 
     async def upsert_many_in(self, conn: AsyncConnection, updates: Sequence[HeaderUpdate]) -> None:
         """:meth:`upsert_many` inside the caller's write transaction."""
+        if not updates:
+            return
         now = now_us()
         await conn.execute(self._db.insert(notifications).on_conflict_do_nothing(
             index_elements=[notifications.c.id]), [_insert_values(u, now) for u in updates])

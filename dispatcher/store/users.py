@@ -3,49 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
-from dispatcher.store.database import Database, now_us
+from dispatcher.model import Device, UserRecord, now_us
+from dispatcher.preferences import Preferences
+from dispatcher.store.database import Database
 from dispatcher.store.schema import devices, users
 
-__all__ = ["Device", "UserRecord", "UserStore", "merge_preferences", "empty_preferences"]
-
-
-@dataclass(frozen=True)
-class Device:
-    token: str
-    platform: str
-    active: bool
-
-
-@dataclass(frozen=True)
-class UserRecord:
-    id: str
-    email: str | None = None
-    phone: str | None = None
-    locale: str | None = None
-    timezone: str | None = None
-    preferences: Mapping[str, Any] = field(default_factory=lambda: empty_preferences())
-    devices: tuple[Device, ...] = ()
-    created_at: int = 0
-    updated_at: int = 0
-
-
-def empty_preferences() -> dict[str, Any]:
-    return {"channels": {}, "categories": {}}
-
-
-def merge_preferences(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """``PUT`` semantics: keys in ``patch`` replace those in ``current``; others stay."""
-    merged = {"channels": dict(current.get("channels", {})),
-              "categories": {k: dict(v) for k, v in current.get("categories", {}).items()}}
-    merged["channels"].update(patch.get("channels") or {})
-    for category, switches in (patch.get("categories") or {}).items():
-        merged["categories"].setdefault(category, {}).update(switches)
-    return merged
+__all__ = ["UserStore"]
 
 
 class UserStore:
@@ -86,24 +53,24 @@ class UserStore:
         return {
             row.id: UserRecord(
                 id=row.id, email=row.email, phone=row.phone, locale=row.locale,
-                timezone=row.timezone, preferences=row.preferences or empty_preferences(),
+                timezone=row.timezone, preferences=Preferences.from_json(row.preferences),
                 devices=tuple(by_user.get(row.id, ())), created_at=row.created_at,
                 updated_at=row.updated_at,
             )
             for row in user_rows
         }
 
-    async def merge_preferences(self, user_id: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+    async def merge_preferences(self, user_id: str, patch: Preferences) -> Preferences:
+        """Apply ``patch`` (PUT semantics) in one transaction; return the merged switches."""
         now = now_us()
         async with self._db.write() as conn:
             await self._ensure(conn, user_id, now)
             current = (await conn.execute(
                 sa.select(users.c.preferences).where(users.c.id == user_id)
             )).scalar_one()
-            merged = merge_preferences(current or {}, patch)
-            await conn.execute(
-                users.update().where(users.c.id == user_id).values(preferences=merged, updated_at=now)
-            )
+            merged = Preferences.from_json(current).merged(patch)
+            await conn.execute(users.update().where(users.c.id == user_id)
+                               .values(preferences=merged.to_json(), updated_at=now))
         return merged
 
     async def add_device(self, user_id: str, token: str, platform: str) -> Device:
@@ -141,6 +108,6 @@ class UserStore:
 
     async def _ensure(self, conn: Any, user_id: str, now: int) -> None:
         stmt = self._db.insert(users).values(
-            id=user_id, preferences=empty_preferences(), created_at=now, updated_at=now
+            id=user_id, preferences=Preferences().to_json(), created_at=now, updated_at=now
         )
         await conn.execute(stmt.on_conflict_do_nothing(index_elements=[users.c.id]))

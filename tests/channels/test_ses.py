@@ -12,7 +12,7 @@ import pytest
 from botocore.credentials import Credentials
 from botocore.validate import ParamValidator
 
-from channels.aws import AwsClient, AwsError
+from transport.aws import AwsClient, AwsError
 from channels.base import InvalidRecipient, Message, PermanentError, TransientError
 from channels.ses import SesProvider
 from servers.aws_errors import (AwsProtocolServer, MotoDump, Reply, rest_json_error,

@@ -11,7 +11,7 @@ import pytest
 from botocore.credentials import Credentials
 from botocore.serialize import create_serializer
 
-from channels.aws import AwsClient, AwsError
+from transport.aws import AwsClient, AwsError
 from channels.base import InvalidRecipient, Message, PermanentError, TransientError
 from channels.sns import SnsProvider, fit_sms
 from servers.aws_errors import (AwsProtocolServer, MotoDump, Reply, query_error,

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from channels.base import InvalidRecipient, Message, Receipt, TransientError, UnregisteredDevice
 from dispatcher.config import Settings
 from dispatcher.messages import ChunkMessage, encode_chunk
+from dispatcher.preferences import Preferences
 from dispatcher.runtime import Runtime
 from dispatcher.store.schema import users
 from support import new_id
@@ -85,8 +86,8 @@ async def add_user(runtime: Runtime, user_id: str, *, device: str | None = None,
 async def test_opt_outs_skip_a_channel_but_critical_categories_bypass_them(
         runtime: Runtime, providers: dict[str, ScriptedProvider]) -> None:
     await add_user(runtime, "u1", email="u1@example.com", phone="+821012345678")
-    await runtime.store.users.merge_preferences("u1", {"channels": {"email": False},
-                                                       "categories": {"app": {"sms": False}}})
+    await runtime.store.users.merge_preferences("u1", Preferences.from_json({"channels": {"email": False},
+                                                       "categories": {"app": {"sms": False}}}))
     app, security = chunk(["u1"]), chunk(["u1"], category="security")
     await run(runtime, app, security)
     assert (await ledger(runtime, app.id))[("u1", "email")] == ("skipped", "opted_out")
@@ -97,8 +98,8 @@ async def test_opt_outs_skip_a_channel_but_critical_categories_bypass_them(
 
 async def test_a_category_switch_overrides_the_channel_switch(runtime: Runtime) -> None:
     await add_user(runtime, "u1", email="u1@example.com")
-    await runtime.store.users.merge_preferences("u1", {"channels": {"email": False},
-                                                       "categories": {"app": {"email": True}}})
+    await runtime.store.users.merge_preferences("u1", Preferences.from_json({"channels": {"email": False},
+                                                       "categories": {"app": {"email": True}}}))
     message = chunk(["u1"])
     await run(runtime, message)
     assert (await ledger(runtime, message.id))[("u1", "email")] == ("sent", None)

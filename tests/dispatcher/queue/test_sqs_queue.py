@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from channels.aws import AwsClient
+from transport.aws import AwsClient
 from dispatcher.queue.sqs import MAX_BATCH_BYTES, SqsQueue, _batches
 from support import create_queues
 

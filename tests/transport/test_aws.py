@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from botocore.credentials import Credentials, RefreshableCredentials
 
-from channels.aws import AwsClient, AwsConfigurationError, AwsError, AwsTransportError
+from transport.aws import AwsClient, AwsConfigurationError, AwsError, AwsTransportError
 from servers.aws_errors import (AwsProtocolServer, Reply, json10_error, query_error,
                                 rest_json_error, signature_matches, unused_port_url)
 

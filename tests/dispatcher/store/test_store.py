@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dispatcher.runtime import Runtime
-from dispatcher.store import FeedEntry, HeaderUpdate, Outcome, Planned
+from dispatcher.model import ChunkRows, DeliveryStatus, FeedEntry, HeaderUpdate, Reason, RowKey, RowState
+from dispatcher.preferences import Preferences
 from support import new_id
 
 
@@ -23,11 +24,10 @@ async def test_user_upsert_keeps_fields_not_given(runtime: Runtime) -> None:
 
 async def test_preferences_put_merges_channels_and_categories(runtime: Runtime) -> None:
     users = runtime.store.users
-    await users.merge_preferences("u1", {"channels": {"email": False},
-                                         "categories": {"marketing": {"sms": False}}})
-    merged = await users.merge_preferences("u1", {"channels": {"push": False},
-                                                  "categories": {"marketing": {"push": True}}})
-    assert merged == {"channels": {"email": False, "push": False},
+    await users.merge_preferences("u1", Preferences({"email": False}, {"marketing": {"sms": False}}))
+    merged = await users.merge_preferences("u1", Preferences({"push": False},
+                                                             {"marketing": {"push": True}}))
+    assert merged.to_json() == {"channels": {"email": False, "push": False},
                       "categories": {"marketing": {"sms": False, "push": True}}}
 
 
@@ -59,58 +59,80 @@ async def test_header_keeps_the_highest_version_whatever_the_arrival_order(runti
     assert stored.channels == ("in_app", "email") and stored.recipients == 3
 
 
+PENDING, SENT, FAILED, SKIPPED = (DeliveryStatus.PENDING, DeliveryStatus.SENT,
+                                   DeliveryStatus.FAILED, DeliveryStatus.SKIPPED)
+
+
+def rows_of(nid: str, *planned: tuple[str, str, DeliveryStatus] | tuple[str, str, DeliveryStatus, Reason]) -> list[RowState]:
+    return [RowState(RowKey(nid, p[0], p[1]), *p[2:]) for p in planned]  # type: ignore[arg-type]
+
+
+async def open_rows(runtime: Runtime, nid: str, version: int, rows: list[RowState], *,
+                    insert: set[str], reset: set[str] = set()) -> set[RowKey]:
+    [won] = await runtime.store.ledger.open(
+        [], [ChunkRows(nid, version, rows, frozenset(insert), frozenset(reset), {})])
+    return won
+
+
 async def test_a_chunk_opened_twice_wins_its_rows_once(runtime: Runtime) -> None:
     ledger, nid = runtime.store.ledger, new_id()
-    planned = [Planned("u1", "email", "pending"), Planned("u2", "email", "skipped", "no_contact")]
-    args = dict(insert=frozenset({"email"}), reset=frozenset(), feed={})
-    first = await ledger.open_chunk(nid, 1, planned, **args)
-    assert first == {("u1", "email"), ("u2", "email")}
-    assert await ledger.claim(nid, 1, [("u1", "email")], "t1") == {("u1", "email")}
-    assert await ledger.open_chunk(nid, 1, planned, **args) == set()
+    planned = rows_of(nid, ("u1", "email", PENDING), ("u2", "email", SKIPPED, Reason.NO_CONTACT))
+    first = await open_rows(runtime, nid, 1, planned, insert={"email"})
+    assert first == {RowKey(nid, "u1", "email"), RowKey(nid, "u2", "email")}
+    key = RowKey(nid, "u1", "email")
+    assert await ledger.claim([(key, 1)], "t1") == {key}
+    assert await open_rows(runtime, nid, 1, planned, insert={"email"}) == set()
+
+
+async def test_one_unit_of_work_opens_chunks_of_several_notifications(runtime: Runtime) -> None:
+    a, b = new_id(), new_id()
+    won = await runtime.store.ledger.open(
+        [header(a, 1, "installing"), header(b, 1, "installing")],
+        [ChunkRows(a, 1, rows_of(a, ("u1", "sms", PENDING)), frozenset({"sms"}), frozenset(), {}),
+         ChunkRows(b, 1, rows_of(b, ("u1", "sms", PENDING)), frozenset({"sms"}), frozenset(), {})])
+    assert won == [{RowKey(a, "u1", "sms")}, {RowKey(b, "u1", "sms")}]
+    assert (await runtime.store.notifications.get(a)) is not None
+    assert (await runtime.store.notifications.get(b)) is not None
 
 
 async def test_a_pending_row_is_claimed_by_one_sender_only(runtime: Runtime) -> None:
     ledger, nid = runtime.store.ledger, new_id()
-    await ledger.open_chunk(nid, 1, [Planned("u1", "sms", "pending")], insert=frozenset({"sms"}),
-                            reset=frozenset(), feed={})
-    assert await ledger.claim(nid, 1, [("u1", "sms")], "first") == {("u1", "sms")}
-    assert await ledger.claim(nid, 1, [("u1", "sms")], "second") == set()
+    await open_rows(runtime, nid, 1, rows_of(nid, ("u1", "sms", PENDING)), insert={"sms"})
+    key = RowKey(nid, "u1", "sms")
+    assert await ledger.claim([(key, 1)], "first") == {key}
+    assert await ledger.claim([(key, 1)], "second") == set()
 
 
 async def test_only_the_claim_holder_records_an_outcome(runtime: Runtime) -> None:
     ledger, nid = runtime.store.ledger, new_id()
-    await ledger.open_chunk(nid, 1, [Planned("u1", "sms", "pending")], insert=frozenset({"sms"}),
-                            reset=frozenset(), feed={})
-    await ledger.claim(nid, 1, [("u1", "sms")], "mine")
-    await ledger.record(nid, [Outcome("u1", "sms", "failed", "provider_rejected")], "not-mine")
+    await open_rows(runtime, nid, 1, rows_of(nid, ("u1", "sms", PENDING)), insert={"sms"})
+    key = RowKey(nid, "u1", "sms")
+    await ledger.claim([(key, 1)], "mine")
+    await ledger.record([(RowState(key, FAILED, Reason.PROVIDER_REJECTED), "not-mine")])
     assert [r.status for r in await ledger.unfinished(nid, ["u1"])] == ["sending"]
-    await ledger.record(nid, [Outcome("u1", "sms", "sent", provider_message_id="m-1")], "mine")
+    await ledger.record([(RowState(key, SENT, provider_message_id="m-1"), "mine")])
     assert await ledger.unfinished(nid, ["u1"]) == []
 
 
 async def test_a_newer_version_takes_over_rows_of_reset_channels_only(runtime: Runtime) -> None:
     ledger, nid = runtime.store.ledger, new_id()
-    rows = [Planned("u1", "email", "pending"), Planned("u1", "sms", "pending")]
-    await ledger.open_chunk(nid, 1, rows, insert=frozenset({"email", "sms"}), reset=frozenset(),
-                            feed={})
-    await ledger.claim(nid, 1, [("u1", "email"), ("u1", "sms")], "v1")
-    await ledger.record(nid, [Outcome("u1", "email", "sent"), Outcome("u1", "sms", "sent")], "v1")
-    won = await ledger.open_chunk(nid, 2, rows, insert=frozenset(), reset=frozenset({"email"}),
-                                  feed={})
-    assert won == {("u1", "email")}
-    stale = await ledger.open_chunk(nid, 1, rows, insert=frozenset(), reset=frozenset({"email"}),
-                                    feed={})
-    assert stale == set()
+    rows = rows_of(nid, ("u1", "email", PENDING), ("u1", "sms", PENDING))
+    await open_rows(runtime, nid, 1, rows, insert={"email", "sms"})
+    email, sms = RowKey(nid, "u1", "email"), RowKey(nid, "u1", "sms")
+    await ledger.claim([(email, 1), (sms, 1)], "v1")
+    await ledger.record([(RowState(email, SENT), "v1"), (RowState(sms, SENT), "v1")])
+    assert await open_rows(runtime, nid, 2, rows, insert=set(), reset={"email"}) == {email}
+    assert await open_rows(runtime, nid, 1, rows, insert=set(), reset={"email"}) == set()
 
 
 async def test_stale_claims_settle_as_outcome_unknown(runtime: Runtime) -> None:
     ledger, nid = runtime.store.ledger, new_id()
-    await ledger.open_chunk(nid, 1, [Planned("u1", "push", "pending")], insert=frozenset({"push"}),
-                            reset=frozenset(), feed={})
-    await ledger.claim(nid, 1, [("u1", "push")], "dead-worker")
+    await open_rows(runtime, nid, 1, rows_of(nid, ("u1", "push", PENDING)), insert={"push"})
+    key = RowKey(nid, "u1", "push")
+    await ledger.claim([(key, 1)], "dead-worker")
     [row] = await ledger.unfinished(nid, ["u1"])
-    assert await ledger.resolve_stale(nid, [("u1", "push")], older_than=row.claimed_at, resend=False) == 0
-    assert await ledger.resolve_stale(nid, [("u1", "push")], older_than=row.claimed_at + 1, resend=False) == 1
+    assert await ledger.resolve_stale([key], older_than=row.claimed_at, resend=False) == 0
+    assert await ledger.resolve_stale([key], older_than=row.claimed_at + 1, resend=False) == 1
     rows, _ = await runtime.store.notifications.deliveries(nid, limit=10)
     assert [(r["status"], r["reason"]) for r in rows] == [("failed", "outcome_unknown")]
 

@@ -59,7 +59,7 @@ from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
 from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
 from yarl import URL
 
-from channels.base import parse_retry_after
+from transport.http import parse_retry_after
 
 __all__ = ["AwsClient", "AwsConfigurationError", "AwsError", "AwsTransportError"]
 
@@ -209,7 +209,7 @@ class AwsClient:
             async with self._session.request(method, URL(url, encoded=True), data=body,
                                              headers=signed, timeout=self._timeout) as response:
                 return response.status, response.headers, await response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise AwsTransportError(type(exc).__name__, str(exc) or repr(exc)) from exc
 
     def _sign(self, method: str, url: str, body: bytes, headers: dict[str, str],
