@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=4, ge=1)
     #: ``dispatcher serve``: worker processes, itself included; unset: one per CPU.
     worker_processes: int | None = Field(default=None, ge=1)
+    #: Small messages gathered into one unit of work: at most this many messages (and at most
+    #: ``chunk_size`` recipients), waiting at most ``worker_batch_linger`` seconds for more.
+    worker_batch_messages: int = Field(default=64, ge=1, le=1000)
+    worker_batch_linger: float = Field(default=0.005, ge=0, le=1)
     send_concurrency: int = Field(default=512, ge=1)
     queue_visibility_timeout: float = Field(default=30.0, gt=0)
     queue_max_receives: int = Field(default=5, ge=1)

@@ -1,29 +1,31 @@
-"""Delivering one chunk message: header, recipients, plan, ledger, sends, settle.
+"""Delivering chunk messages: plan, open, send, settle; many messages in one unit of work.
 
-The steps, each batched per chunk (never per recipient):
+The steps, each batched per unit of work (never per recipient, never per notification):
 
-1. validate against the template (unknown template or channel: poison, to the DLQ);
-2. load the chunk's users and devices in one go, and plan every (user, channel);
-3. open: in one unit of work, upsert the notification header (version-guarded, order of
-   arrival doesn't matter), write the ledger rows and in-app entries, winning the rows to
-   send; then send the won rows (``dispatcher.sending``) and record the outcomes;
-4. settle: until every row of the chunk is final, check which rows are still open, take
-   over ``pending`` ones, settle the stale claims of crashed workers, and wait for live
-   ones. Only then is the message acked.
+1. validate each message against its template (unknown template or channel: poison, to the
+   DLQ; the other messages of the batch go on);
+2. load every recipient's user and devices in one go, and plan every (user, channel);
+3. open: in one transaction, upsert the notifications' headers (version-guarded, order of
+   arrival doesn't matter), write every chunk's ledger rows and in-app entries, winning the
+   rows to send; then send the won rows of all the chunks together (``dispatcher.sending``)
+   and record the outcomes;
+4. settle, per chunk, only where the first round left something open: check which rows are
+   still open, take over ``pending`` ones, settle the stale claims of crashed workers, and
+   wait for live ones. Only then is the message acked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from channels.base import Message
 from dispatcher.errors import ChannelNotInTemplate, ChunkNotSettled, PoisonMessage, UnknownTemplate
 from dispatcher.feed import Feed
 from dispatcher.messages import ChunkMessage
-from dispatcher.model import DeliveryStatus, HeaderUpdate, RowKey, RowState, Unfinished, now_us
+from dispatcher.model import DeliveryStatus, HeaderUpdate, RowKey, RowState, Unfinished, UserRecord, now_us
 from dispatcher.planning import ChunkPlan, Planner, channel_sets, header_update
 from dispatcher.rendering import TemplateRegistry
 from dispatcher.sending import Outbound, Sender
@@ -41,6 +43,13 @@ class SettleTimes:
     give_up_seconds: float = 120.0
 
 
+@dataclass(frozen=True)
+class _Round:
+    """What one open-and-send round came to for one chunk."""
+
+    complete: bool  # every row it opened was won and is final now
+
+
 class Deliverer:
     def __init__(self, store: Store, templates: TemplateRegistry, planner: Planner,
                  sender: Sender, feed: Feed, times: SettleTimes, *,
@@ -54,48 +63,82 @@ class Deliverer:
         self._resend_stale = resend_stale
 
     async def deliver(self, message: ChunkMessage) -> None:
-        plan, header = await self._plan(message)
-        await self._settle(plan, header)
+        """Deliver one message (raises what :meth:`deliver_many` would return for it)."""
+        [result] = await self.deliver_many([message])
+        if result is not None:
+            raise result
 
-    async def _plan(self, message: ChunkMessage) -> tuple[ChunkPlan, HeaderUpdate]:
+    async def deliver_many(self, messages: Sequence[ChunkMessage]) -> list[Exception | None]:
+        """Deliver ``messages`` as one unit of work; per message, None when every row is final,
+        or the error that stopped it (:class:`PoisonMessage`: to the DLQ; anything else:
+        retry later). An error of the unit of work itself (the store unreachable) is raised."""
+        results: list[Exception | None] = [None] * len(messages)
+        planned: list[tuple[int, ChunkPlan, HeaderUpdate]] = []
+        users = await self._store.users.load_many(
+            dict.fromkeys(r for m in messages for r in m.recipients))
+        for i, message in enumerate(messages):
+            try:
+                planned.append((i, *self._plan(message, users)))
+            except PoisonMessage as exc:
+                results[i] = exc
+        if not planned:
+            return results
+        plans = [plan for _, plan, _ in planned]
+        won = await self._open(plans, [h for _, _, h in planned])
+        settled = await asyncio.gather(*(self._settle(p, w) for p, w in zip(plans, won, strict=True)),
+                                       return_exceptions=True)
+        for (i, _, _), outcome in zip(planned, settled, strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # cancellation: not a delivery error
+            results[i] = outcome
+        return results
+
+    def _plan(self, message: ChunkMessage,
+              users: Mapping[str, UserRecord]) -> tuple[ChunkPlan, HeaderUpdate]:
         try:
             template = self._templates.info(message.template)
             sets = channel_sets(message.channels, template)
         except (UnknownTemplate, ChannelNotInTemplate) as exc:
             raise PoisonMessage(str(exc)) from None
-        users = await self._store.users.load_many(message.recipients)
         plan = self._planner.plan(message, template, sets, users)
         return plan, header_update(message, template, sets)
 
-    async def _settle(self, plan: ChunkPlan, header: HeaderUpdate) -> None:
-        """open -> check -> resolve stale -> wait, until no row of the chunk is open."""
-        todo, headers = plan.rows, [header]  # the header is written with the first round's rows
+    async def _open(self, plans: Sequence[ChunkPlan], headers: list[HeaderUpdate],
+                    todo: Sequence[list[RowState]] | None = None) -> list[_Round]:
+        """Write (and take over) the rows (``todo``, default all) of every plan in one unit of
+        work, announce the in-app entries won, send the rows won; per plan, what was won and
+        whether it is all final now."""
+        rows = todo or [plan.rows for plan in plans]
+        won = await self._store.ledger.open(
+            headers, [plan.chunk_rows(r) for plan, r in zip(plans, rows, strict=True)])
+        await self._feed.announce(plan.feed[k.user_id] for plan, keys in zip(plans, won, strict=True)
+                                  for k in sorted(keys)
+                                  if k.channel == "in_app" and k.user_id in plan.feed)
+        sends = [_outbound(plan.message.version, plan.sends, keys)
+                 for plan, keys in zip(plans, won, strict=True)]
+        finished = await self._sender.send([o for per_plan in sends for o in per_plan])
+        return [_Round(len(keys) == len(r) and {o.key for o in s} <= finished)
+                for keys, r, s in zip(won, rows, sends, strict=True)]
+
+    async def _settle(self, plan: ChunkPlan, first: _Round) -> None:
+        """After the first round: check -> resolve stale -> wait -> open, until no row of the
+        chunk is open."""
+        if first.complete:
+            return  # every row won and made final in the first round: nothing to check
         older: set[RowKey] = set()  # rows an older version was still sending: take over when done
         deadline = asyncio.get_running_loop().time() + self._times.give_up_seconds
         while True:
-            if await self._open(plan, todo, headers):
-                return  # every row won and made final here: nothing to check
-            headers = []
             rows = await self._store.ledger.unfinished(plan.message.id, plan.users)
             todo, older = _still_open(plan, rows, older)
             if not todo:
                 return
-            if await self._resolve_stale(rows):
-                continue
-            if asyncio.get_running_loop().time() > deadline:
-                raise ChunkNotSettled(f"{len(todo)} rows of {plan.message.id} still claimed elsewhere")
-            await asyncio.sleep(self._times.poll_seconds)
-
-    async def _open(self, plan: ChunkPlan, todo: list[RowState],
-                    headers: list[HeaderUpdate]) -> bool:
-        """Write (and take over) the rows of ``todo``, send those won; True when every row of
-        ``todo`` was won and is final now."""
-        [won] = await self._store.ledger.open(headers, [plan.chunk_rows(todo)])
-        await self._feed.announce(plan.feed[k.user_id] for k in sorted(won)
-                                  if k.channel == "in_app" and k.user_id in plan.feed)
-        sends = _outbound(plan.message.version, plan.sends, won)
-        finished = await self._sender.send(sends)
-        return len(won) == len(todo) and finished == {o.key for o in sends}
+            if not await self._resolve_stale(rows):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise ChunkNotSettled(f"{len(todo)} rows of {plan.message.id} still claimed elsewhere")
+                await asyncio.sleep(self._times.poll_seconds)
+            [again] = await self._open([plan], [], [todo])
+            if again.complete:
+                return
 
     async def _resolve_stale(self, rows: list[Unfinished]) -> bool:
         cutoff = now_us() - int(self._times.lease_seconds * 1e6)

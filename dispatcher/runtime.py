@@ -28,7 +28,7 @@ from dispatcher.retry import RetryPolicy
 from dispatcher.sending import Sender
 from dispatcher.store import Database, Store
 from dispatcher.unsubscribe import UnsubscribeLinks
-from dispatcher.worker import Worker
+from dispatcher.worker import Batching, Worker
 
 __all__ = ["Runtime"]
 
@@ -85,7 +85,9 @@ class Runtime:
         return Worker(self.queue, self.deliverer, concurrency=self.settings.worker_concurrency,
                       visibility_timeout=self.settings.queue_visibility_timeout,
                       wait_seconds=self.settings.queue_wait_seconds,
-                      known_services=frozenset(self.settings.service_keys().values()))
+                      known_services=frozenset(self.settings.service_keys().values()),
+                      batching=Batching(self.settings.worker_batch_messages, self.settings.chunk_size,
+                                        self.settings.worker_batch_linger))
 
     async def ready(self) -> None:
         """Raise when the store, the queue or the bus is unreachable."""

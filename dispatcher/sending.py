@@ -72,7 +72,9 @@ class Sender:
         return the keys whose final outcome this call recorded."""
         finished: set[RowKey] = set()
         token = uuid.uuid4().hex
-        waiting = list(sends)
+        # The same row twice (a message and its redelivery in one batch): sent once. Other
+        # versions of a row stay: only the version the row holds can claim it.
+        waiting = list({(o.key, o.version): o for o in reversed(sends)}.values())[::-1]
         active: set[asyncio.Task[RowKey | None]] = set()
         try:
             while waiting or active:

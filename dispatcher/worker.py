@@ -1,13 +1,25 @@
-"""The worker loop: receive chunk messages, deliver them, acknowledge them.
+"""The worker loop: receive chunk messages, deliver them in batches, acknowledge them.
 
-Up to ``concurrency`` chunks are in progress at once per process. While a chunk is in
-progress its message's visibility is extended, so no other worker receives it. Outcomes:
+The unit of work is a *batch*: one or more chunk messages, of one or many notifications,
+planned together and opened in one transaction (``Deliverer.deliver_many``). A message of a
+bulk (hundreds of recipients) is a batch by itself, as before. Small messages (a notification
+to one user, its update) are gathered: when what was received holds fewer than
+``batch_recipients`` recipients, the worker waits ``batch_linger`` seconds and takes more from
+the queue, up to ``batch_messages`` messages. So a thousand single-recipient notifications cost
+a few dozen transactions, not five thousand, and a lone notification waits a few ms at most.
+Under load the batches grow by themselves: messages accumulate while the batches in progress
+run.
 
-* delivered: the message is acknowledged (deleted);
+Up to ``concurrency`` batches are in progress at once per process. While a batch is in
+progress its messages' visibility is extended, so no other worker receives them. Outcomes, per
+message:
+
+* delivered: acknowledged (deleted), the batch's messages in one call;
 * poison (malformed, bad id, unknown template or channel): moved to the DLQ with the reason,
   at once, without retries;
-* any other error (the store unreachable, …): left on the queue, visible again after a short
-  delay; after the queue's maximum receive count it goes to the DLQ.
+* any other error (the store unreachable, rows claimed elsewhere for too long, …): left on the
+  queue, visible again after a short delay; after the queue's maximum receive count it goes
+  to the DLQ.
 """
 
 from __future__ import annotations
@@ -15,21 +27,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from dispatcher.delivery import Deliverer
 from dispatcher.errors import PoisonMessage
-from dispatcher.messages import decode_chunk
+from dispatcher.messages import ChunkMessage, decode_chunk
 from dispatcher.queue import Queue, QueuedMessage
 
-__all__ = ["Worker"]
+__all__ = ["Batching", "Worker"]
 
 log = logging.getLogger("dispatcher.worker")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How small messages are gathered into one unit of work (see the module docstring)."""
+
+    messages: int = 64
+    recipients: int = 500
+    linger: float = 0.005
+
+
+@dataclass(frozen=True)
+class _Received:
+    message: QueuedMessage
+    chunk: ChunkMessage | PoisonMessage
 
 
 class Worker:
     def __init__(self, queue: Queue, deliverer: Deliverer, *, concurrency: int,
                  visibility_timeout: float, known_services: frozenset[str] | None,
-                 wait_seconds: float = 1.0, retry_delay: float = 5.0) -> None:
+                 wait_seconds: float = 1.0, retry_delay: float = 5.0,
+                 batching: Batching = Batching()) -> None:
         self._queue = queue
         self._deliverer = deliverer
         self._concurrency = concurrency
@@ -37,23 +67,24 @@ class Worker:
         self._services = known_services
         self._retry_delay = retry_delay
         self._wait = wait_seconds
+        self._batching = batching
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process messages until ``stop`` is set; then finish the chunks in progress."""
+        """Process messages until ``stop`` is set; then finish the batches in progress."""
         while not stop.is_set():
             free = self._concurrency - len(self._tasks)
             if free <= 0:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
-                messages = await self._queue.receive(free, wait_seconds=self._wait)
+                batches = await self._take(free, self._wait)
             except Exception:
                 log.exception("receiving from the queue failed; retrying")
                 await _sleep_or_stop(stop, 1.0)
                 continue
-            for message in messages:
-                task = asyncio.create_task(self._handle(message))
+            for batch in batches:
+                task = asyncio.create_task(self._handle(batch))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         if self._tasks:
@@ -63,50 +94,115 @@ class Worker:
         """Process messages until the queue has none visible; return how many were handled."""
         handled = 0
         while True:
-            messages = await self._queue.receive(self._concurrency, wait_seconds=0)
-            if not messages:
+            batches = await self._take(self._concurrency, 0)
+            if not batches:
                 return handled
-            await asyncio.gather(*(self._handle(m) for m in messages))
-            handled += len(messages)
+            await asyncio.gather(*(self._handle(b) for b in batches))
+            handled += sum(len(b) for b in batches)
 
-    async def _handle(self, message: QueuedMessage) -> None:
-        heartbeat = asyncio.create_task(self._keep_hidden(message))
+    async def _take(self, free: int, wait: float) -> list[list[_Received]]:
+        """Receive up to ``free`` messages, top small ones up into a batch, and split what was
+        received into batches of at most ``batching.recipients`` recipients each."""
+        received = [self._decode(m) for m in await self._queue.receive(free, wait_seconds=wait)]
+        if received and _recipients(received) < self._batching.recipients:
+            await asyncio.sleep(self._batching.linger)
+            received += await self._top_up(len(received), _recipients(received))
+        return _split(received, self._batching.recipients)
+
+    async def _top_up(self, count: int, recipients: int) -> list[_Received]:
+        more: list[_Received] = []
+        while count < self._batching.messages and recipients < self._batching.recipients:
+            got = await self._queue.receive(self._batching.messages - count, wait_seconds=0)
+            if not got:
+                break
+            decoded = [self._decode(m) for m in got]
+            more += decoded
+            count, recipients = count + len(got), recipients + _recipients(decoded)
+        return more
+
+    def _decode(self, message: QueuedMessage) -> _Received:
         try:
-            await self._process(message)
+            return _Received(message, decode_chunk(message.body, self._services))
+        except PoisonMessage as exc:
+            return _Received(message, exc)
+
+    async def _handle(self, batch: list[_Received]) -> None:
+        heartbeat = asyncio.create_task(self._keep_hidden([r.message for r in batch]))
+        try:
+            await self._process(batch)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-    async def _process(self, message: QueuedMessage) -> None:
+    async def _process(self, batch: list[_Received]) -> None:
+        poison = [(r.message, r.chunk) for r in batch if isinstance(r.chunk, PoisonMessage)]
+        valid = [(r.message, r.chunk) for r in batch if isinstance(r.chunk, ChunkMessage)]
         try:
-            chunk = decode_chunk(message.body, self._services)
-            await self._deliverer.deliver(chunk)
-        except PoisonMessage as exc:
-            log.error("message %s to the DLQ: %s", message.id, exc)
-            await self._queue.dead_letter(message, str(exc))
-            return
-        except Exception:
-            log.exception("message %s failed (receive %d); it will be retried",
-                          message.id, message.receive_count)
-            with contextlib.suppress(Exception):
-                await self._queue.extend(message, self._retry_delay)
-            return
-        try:
-            await self._queue.ack([message])
-        except Exception:  # delivered all the same: a redelivery will find every row final
-            log.exception("could not acknowledge message %s; it will come back", message.id)
-            return
-        log.info("delivered chunk %s of %s v%d (%d recipients)", message.id, chunk.id,
-                 chunk.version, len(chunk.recipients))
+            results = await self._deliverer.deliver_many([c for _, c in valid])
+        except Exception as exc:  # the whole unit of work failed (the store unreachable, …)
+            results = [exc] * len(valid)
+        done: list[QueuedMessage] = []
+        for (message, chunk), result in zip(valid, results, strict=True):
+            if isinstance(result, PoisonMessage):
+                poison.append((message, result))
+            elif isinstance(result, BaseException):
+                await self._retry_later(message, result)
+            else:
+                done.append(message)
+                log.debug("delivered %s v%d (%d recipients)", chunk.id, chunk.version,
+                          len(chunk.recipients))
+        for message, reason in poison:
+            await self._dead_letter(message, reason)
+        await self._ack(done)
 
-    async def _keep_hidden(self, message: QueuedMessage) -> None:
+    async def _dead_letter(self, message: QueuedMessage, reason: PoisonMessage) -> None:
+        log.error("message %s to the DLQ: %s", message.id, reason)
+        try:
+            await self._queue.dead_letter(message, str(reason))
+        except Exception:  # it comes back after the visibility timeout and is refused again
+            log.exception("could not move message %s to the DLQ", message.id)
+
+    async def _retry_later(self, message: QueuedMessage, error: BaseException) -> None:
+        log.error("message %s failed (receive %d); it will be retried: %s: %s", message.id,
+                  message.receive_count, type(error).__name__, error, exc_info=error)
+        with contextlib.suppress(Exception):
+            await self._queue.extend(message, self._retry_delay)
+
+    async def _ack(self, messages: list[QueuedMessage]) -> None:
+        if not messages:
+            return
+        try:
+            await self._queue.ack(messages)
+        except Exception:  # delivered all the same: a redelivery will find every row final
+            log.exception("could not acknowledge %d messages; they will come back", len(messages))
+
+    async def _keep_hidden(self, messages: Sequence[QueuedMessage]) -> None:
         while True:
             await asyncio.sleep(self._visibility / 3)
-            try:
-                await self._queue.extend(message, self._visibility)
-            except Exception:
-                log.exception("could not extend the visibility of message %s", message.id)
+            for message in messages:
+                try:
+                    await self._queue.extend(message, self._visibility)
+                except Exception:
+                    log.exception("could not extend the visibility of message %s", message.id)
+
+
+def _recipients(received: Sequence[_Received]) -> int:
+    return sum(len(r.chunk.recipients) for r in received if isinstance(r.chunk, ChunkMessage))
+
+
+def _split(received: list[_Received], max_recipients: int) -> list[list[_Received]]:
+    """Consecutive batches of at most ``max_recipients`` recipients (a bigger message alone)."""
+    batches: list[list[_Received]] = []
+    size = 0
+    for r in received:
+        n = len(r.chunk.recipients) if isinstance(r.chunk, ChunkMessage) else 0
+        if not batches or size + n > max_recipients:
+            batches.append([])
+            size = 0
+        batches[-1].append(r)
+        size += n
+    return batches
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

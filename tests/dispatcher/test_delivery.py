@@ -292,3 +292,28 @@ async def test_emails_carry_an_unsubscribe_link_except_critical_ones(
     assert app.unsubscribe_url is not None
     assert rt.links is not None and rt.links.verify(app.unsubscribe_url.rsplit("/", 1)[1]) == ("u1", "app")
     assert security.unsubscribe_url is None
+
+
+async def test_small_notifications_and_their_updates_share_one_unit_of_work(
+        runtime: Runtime, providers: dict[str, ScriptedProvider]) -> None:
+    """Many single-recipient notifications, an update of one of them, a chunk of an unknown
+    template and a duplicate, received together: each is delivered as if it were alone."""
+    for i in range(20):
+        await add_user(runtime, f"u{i}", email=f"u{i}@example.com", device=f"t{i}")
+    first = [chunk([f"u{i}"]) for i in range(20)]
+    update = first[0].model_copy(update={"version": 2, "state": "completed", "channels": ("push",)})
+    broken = chunk(["u1"], template="no-such-template")
+    await run(runtime, *first, update, broken, first[5])
+    for message in first[1:]:
+        rows = await ledger(runtime, message.id)
+        assert rows[(message.recipients[0], "email")] == ("sent", None)
+        assert rows[(message.recipients[0], "in_app")] == ("sent", None)
+    assert (await ledger(runtime, first[0].id))[("u0", "push")] == ("sent", None)
+    assert sorted(m.to for m in providers["email"].calls) == sorted(f"u{i}@example.com" for i in range(20))
+    assert providers["push"].sent_to().count("t0") == 2  # v1, then the update's push
+    assert providers["push"].sent_to().count("t5") == 1  # the duplicate sent nothing
+    [letter] = await runtime.queue.dead_letters()
+    assert "no-such-template" in letter.reason
+    assert await runtime.queue.depth() == 0
+    feed, _ = await runtime.store.feed.list("u0", limit=5)
+    assert [(e["state"], e["version"]) for e in feed] == [("completed", 2)]
