@@ -143,18 +143,19 @@ class Worker:
         except Exception as exc:  # the whole unit of work failed (the store unreachable, …)
             results = [exc] * len(valid)
         done: list[QueuedMessage] = []
-        for (message, chunk), result in zip(valid, results, strict=True):
+        for (message, _), result in zip(valid, results, strict=True):
             if isinstance(result, PoisonMessage):
                 poison.append((message, result))
             elif isinstance(result, BaseException):
                 await self._retry_later(message, result)
             else:
                 done.append(message)
-                log.debug("delivered %s v%d (%d recipients)", chunk.id, chunk.version,
-                          len(chunk.recipients))
         for message, reason in poison:
             await self._dead_letter(message, reason)
         await self._ack(done)
+        if done:
+            log.info("delivered %d chunk(s), %d recipients, in one batch", len(done),
+                     sum(len(c.recipients) for m, c in valid if m in done))
 
     async def _dead_letter(self, message: QueuedMessage, reason: PoisonMessage) -> None:
         log.error("message %s to the DLQ: %s", message.id, reason)
