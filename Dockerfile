@@ -4,6 +4,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY dispatcher ./dispatcher
 COPY channels ./channels
+COPY transport ./transport
 COPY templates ./templates
 RUN pip install --no-cache-dir -e .
 ENV DISPATCHER_DATABASE_URL=sqlite:////data/dispatcher.db \
