@@ -14,9 +14,13 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dispatcher.templates_path import shipped_templates
+
 __all__ = ["ConfigurationError", "Settings", "SHIPPED_TEMPLATES"]
 
-SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+#: The shipped ``templates/`` (package data ``dispatcher_templates`` in a wheel; the checkout's
+#: folder in an editable install): see :mod:`dispatcher.templates_path`.
+SHIPPED_TEMPLATES = shipped_templates()
 
 
 class ConfigurationError(ValueError):
