@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     user_token_secret: str | None = None
     templates_dir: Path = SHIPPED_TEMPLATES
 
+    #: Largest request body, in bytes: a larger one is a 413 before authentication or parsing.
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    #: Largest notification ``data``, as compact UTF-8 JSON, in bytes (else 422 naming ``data``).
+    max_data_bytes: int = Field(default=64 * 1024, ge=2)
+    #: Deepest nesting of notification ``data`` (``{"a": 1}`` is 1; else 422 naming ``data``).
+    max_data_depth: int = Field(default=16, ge=1)
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 

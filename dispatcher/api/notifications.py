@@ -8,7 +8,8 @@ from fastapi.responses import JSONResponse
 
 from dispatcher.api.auth import Authenticator, Caller
 from dispatcher.api.errors import ApiError
-from dispatcher.api.schemas import NotificationIn
+from dispatcher.api.data_bounds import DataBounds
+from dispatcher.api.schemas import NotificationIn, bounded_notification
 from dispatcher.api.timefmt import iso
 from dispatcher.fan_out import Rejected
 from dispatcher.model import DeliveryStatus, InvalidNotificationId, parse_notification_id
@@ -22,9 +23,13 @@ __all__ = ["router"]
 def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     api = APIRouter(prefix="/v1/notifications", tags=["notifications"])
     Auth = Annotated[Caller, Depends(auth)]
+    # A subclass per app: FastAPI validates with the annotation's class, and the bounds are settings.
+    Notification = bounded_notification(DataBounds(runtime.settings.max_data_bytes,
+                                                   runtime.settings.max_data_depth))
 
     @api.post("", status_code=202)
-    async def send(body: NotificationIn, caller: Auth) -> JSONResponse:
+    async def send(payload: Notification, caller: Auth) -> JSONResponse:  # type: ignore[valid-type]
+        body: NotificationIn = payload
         service = caller.require_service()
         try:
             parse_notification_id(body.id, service)
