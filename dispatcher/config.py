@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     api_keys: str | None = None
     #: HS256 secret for end-user JWTs. Unset: a random one per process (user tokens then can't be minted).
     user_token_secret: str | None = None
+    #: Longest user-token lifetime accepted, in seconds: a token whose ``exp`` is further ahead
+    #: (or not a number) is a 401.
+    user_token_max_lifetime: float = Field(default=30 * 86400, gt=0)
     templates_dir: Path = SHIPPED_TEMPLATES
 
     #: Largest request body, in bytes: a larger one is a 413 before authentication or parsing.

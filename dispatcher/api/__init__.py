@@ -46,7 +46,8 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
 
     app = FastAPI(title="Notification dispatcher", version="1", lifespan=lifespan)
     settings = runtime.settings
-    auth = Authenticator(settings.service_keys(), settings.user_token_secret or "")
+    auth = Authenticator(settings.service_keys(), settings.user_token_secret or "",
+                         max_lifetime=settings.user_token_max_lifetime)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ReadDeadline, seconds=settings.request_read_timeout)
