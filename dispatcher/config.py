@@ -108,6 +108,8 @@ class Settings(BaseSettings):
 
     #: Categories that bypass opt-outs, comma-separated.
     critical_categories: str = "security"
+    #: Services allowed to send those categories, comma-separated; others get 403. Empty: none.
+    critical_services: str = ""
     #: Region used to read phone numbers written without a ``+country`` prefix (e.g. ``KR``).
     default_phone_region: str | None = None
 
@@ -147,6 +149,9 @@ class Settings(BaseSettings):
 
     def critical(self) -> frozenset[str]:
         return frozenset(c.strip() for c in self.critical_categories.split(",") if c.strip())
+
+    def critical_senders(self) -> frozenset[str]:
+        return frozenset(s.strip() for s in self.critical_services.split(",") if s.strip())
 
     def with_dev_credentials(self) -> tuple[Settings, list[str]]:
         """Fill unset credentials with development values; return the lines to print."""

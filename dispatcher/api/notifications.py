@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
 from dispatcher.api.auth import Authenticator, Caller
+from dispatcher.api.critical import CriticalSenders
 from dispatcher.api.errors import ApiError
 from dispatcher.api.data_bounds import DataBounds
 from dispatcher.api.schemas import NotificationIn, bounded_notification
@@ -26,6 +27,8 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     # A subclass per app: FastAPI validates with the annotation's class, and the bounds are settings.
     Notification = bounded_notification(DataBounds(runtime.settings.max_data_bytes,
                                                    runtime.settings.max_data_depth))
+    critical = CriticalSenders(runtime.settings.critical(), runtime.settings.critical_senders(),
+                               runtime.templates)
 
     @api.post("", status_code=202)
     async def send(payload: Notification, caller: Auth) -> JSONResponse:  # type: ignore[valid-type]
@@ -35,6 +38,7 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
             parse_notification_id(body.id, service)
         except InvalidNotificationId as exc:
             raise ApiError(400, str(exc), "invalid_id") from None
+        critical.check(service, body.template, body.category)
         try:
             accepted = await runtime.fan_out.accept(service, body.model_dump())
         except Rejected as exc:
