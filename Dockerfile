@@ -6,9 +6,9 @@ COPY dispatcher ./dispatcher
 COPY channels ./channels
 COPY transport ./transport
 COPY templates ./templates
-RUN pip install --no-cache-dir -e .
+RUN pip install --no-cache-dir .
+# The shipped templates are in the wheel (package data); set DISPATCHER_TEMPLATES_DIR for others.
 ENV DISPATCHER_DATABASE_URL=sqlite:////data/dispatcher.db \
-    DISPATCHER_TEMPLATES_DIR=/app/templates \
     DISPATCHER_HOST=0.0.0.0
 VOLUME /data
 EXPOSE 8000

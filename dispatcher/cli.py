@@ -97,6 +97,7 @@ async def _serve(settings: Settings, *, workers: int = 1) -> int:
     import uvicorn
 
     from dispatcher.api import create_app
+    from dispatcher.api.connections import server_config
     from dispatcher.runtime import Runtime
 
     settings, notes = settings.with_dev_credentials()
@@ -105,8 +106,7 @@ async def _serve(settings: Settings, *, workers: int = 1) -> int:
     runtime = await Runtime.open(settings)
     children = _spawn_workers(settings, settings.process_count() - 1) if workers else []
     app = create_app(runtime, workers=workers, owns_runtime=True, children=children)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
-                                           log_config=None, access_log=False))
+    server = uvicorn.Server(server_config(app, settings))
     # Shutdown (workers finish their chunks, the runtime closes) runs in the app's lifespan:
     # on SIGTERM uvicorn re-raises the signal after it, so nothing after serve() would run.
     await server.serve()

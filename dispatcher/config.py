@@ -15,10 +15,13 @@ from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dispatcher.errors import ConfigurationError
+from dispatcher.templates_path import shipped_templates
 
 __all__ = ["ConfigurationError", "Settings", "SHIPPED_TEMPLATES"]
 
-SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+#: The shipped ``templates/`` (package data ``dispatcher_templates`` in a wheel; the checkout's
+#: folder in an editable install): see :mod:`dispatcher.templates_path`.
+SHIPPED_TEMPLATES = shipped_templates()
 
 
 def _comma_separated(value: Any) -> Any:
@@ -67,7 +70,25 @@ class Settings(BaseSettings):
     api_keys: str | None = None
     #: HS256 secret for end-user JWTs. Unset: a random one per process (user tokens then can't be minted).
     user_token_secret: str | None = None
+    #: Longest user-token lifetime accepted, in seconds: a token whose ``exp`` is further ahead
+    #: (or not a number) is a 401.
+    user_token_max_lifetime: float = Field(default=30 * 86400, gt=0)
     templates_dir: Path = SHIPPED_TEMPLATES
+
+    #: Largest request body, in bytes: a larger one is a 413 before authentication or parsing.
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    #: Largest notification ``data``, as compact UTF-8 JSON, in bytes (else 422 naming ``data``).
+    max_data_bytes: int = Field(default=64 * 1024, ge=2)
+    #: Deepest nesting of notification ``data`` (``{"a": 1}`` is 1; else 422 naming ``data``).
+    max_data_depth: int = Field(default=16, ge=1)
+
+    #: Seconds a client has to send a whole request (headers and body), from connecting or from
+    #: its first byte; later: 408 and the connection is closed. Also bounds a silent connection.
+    request_read_timeout: float = Field(default=10.0, gt=0)
+    #: Seconds an idle keep-alive connection stays open after a response.
+    keep_alive_timeout: int = Field(default=5, ge=1)
+    #: Connections (or requests in progress) the API serves at once; past that, 503.
+    max_connections: int = Field(default=1000, ge=1)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -99,6 +120,8 @@ class Settings(BaseSettings):
 
     #: Categories that bypass opt-outs, comma-separated.
     critical_categories: Names = frozenset({"security"})
+    #: Services allowed to send those categories, comma-separated; others get 403. Empty: none.
+    critical_services: Names = frozenset()
     #: Region used to read phone numbers written without a ``+country`` prefix (e.g. ``KR``).
     default_phone_region: str | None = None
 

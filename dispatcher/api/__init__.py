@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from dispatcher.api import feed, notifications, templates, unsubscribe, users
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.errors import ApiError, install_error_handlers
+from dispatcher.api.limits import BodyLimit, ReadDeadline
 from dispatcher.runtime import Runtime
 
 __all__ = ["create_app"]
@@ -45,8 +46,11 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
 
     app = FastAPI(title="Notification dispatcher", version="1", lifespan=lifespan)
     settings = runtime.settings
-    auth = Authenticator(settings.service_keys(), settings.user_token_secret or "")
+    auth = Authenticator(settings.service_keys(), settings.user_token_secret or "",
+                         max_lifetime=settings.user_token_max_lifetime)
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ReadDeadline, seconds=settings.request_read_timeout)
     for module in (notifications, users, feed, templates):
         app.include_router(module.router(runtime, auth))
     if runtime.links is not None:

@@ -3,12 +3,19 @@
 Service keys come from ``DISPATCHER_API_KEYS``; a service may act for any user. User tokens
 are HS256 JWTs signed with ``DISPATCHER_USER_TOKEN_SECRET``, ``sub`` = user id, ``exp``
 required; a user token only ever reaches its own user's data.
+
+``exp`` must be a JSON number (PyJWT alone also takes the string ``"9999999999"``) no further
+ahead than ``DISPATCHER_USER_TOKEN_MAX_LIFETIME`` seconds: a leaked token minted by a careless
+issuer for years (or for ever) is refused rather than honoured until the secret rotates.
 """
 
 from __future__ import annotations
 
 import hmac
+import math
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 from fastapi import Request
@@ -34,9 +41,11 @@ class Caller:
 
 
 class Authenticator:
-    def __init__(self, service_keys: dict[str, str], user_token_secret: str) -> None:
+    def __init__(self, service_keys: dict[str, str], user_token_secret: str,
+                 max_lifetime: float = 30 * 86400) -> None:
         self._keys = service_keys
         self._secret = user_token_secret
+        self._max_lifetime = max_lifetime
 
     async def __call__(self, request: Request) -> Caller:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -61,4 +70,12 @@ class Authenticator:
             raise ApiError(401, "the user token has expired") from None
         except jwt.InvalidTokenError as exc:
             raise ApiError(401, f"not a valid API key or user token ({exc})") from None
+        self._check_exp(claims["exp"])
         return str(claims["sub"])
+
+    def _check_exp(self, exp: Any) -> None:
+        if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
+            raise ApiError(401, "the user token's exp must be a number (seconds since the epoch)")
+        if exp > time.time() + self._max_lifetime:
+            raise ApiError(401, f"the user token expires more than {self._max_lifetime:g} s from now "
+                                "(DISPATCHER_USER_TOKEN_MAX_LIFETIME)")

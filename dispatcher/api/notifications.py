@@ -7,8 +7,10 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
 from dispatcher.api.auth import Authenticator, Caller
+from dispatcher.api.critical import CriticalSenders
+from dispatcher.api.data_bounds import DataBounds
 from dispatcher.api.errors import ApiError
-from dispatcher.api.schemas import NotificationIn
+from dispatcher.api.schemas import NotificationIn, bounded_notification
 from dispatcher.api.timefmt import iso
 from dispatcher.errors import InvalidNotificationId
 from dispatcher.model import DeliveryStatus, NotificationHeader, parse_notification_id
@@ -20,14 +22,21 @@ __all__ = ["router"]
 def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     api = APIRouter(prefix="/v1/notifications", tags=["notifications"])
     Auth = Annotated[Caller, Depends(auth)]
+    # A subclass per app: FastAPI validates with the annotation's class, and the bounds are settings.
+    Notification = bounded_notification(DataBounds(runtime.settings.max_data_bytes,
+                                                   runtime.settings.max_data_depth))
+    critical = CriticalSenders(runtime.settings.critical_categories, runtime.settings.critical_services,
+                               runtime.templates)
 
     @api.post("", status_code=202)
-    async def send(body: NotificationIn, caller: Auth) -> JSONResponse:
+    async def send(payload: Notification, caller: Auth) -> JSONResponse:  # type: ignore[valid-type]
+        body: NotificationIn = payload
         service = caller.require_service()
         try:
             parse_notification_id(body.id, service)
         except InvalidNotificationId as exc:  # another service's id too: it can't be sent
             raise ApiError(400, str(exc), "invalid_id") from None
+        critical.check(service, body.template, body.category)
         accepted = await runtime.fan_out.accept(service, body.model_dump())
         return JSONResponse({"id": accepted.id, "accepted": accepted.recipients}, 202)
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import zoneinfo
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dispatcher.api.data_bounds import DataBounds
 from dispatcher.messages import MAX_RECIPIENTS
 from dispatcher.model import CHANNELS
 
-__all__ = ["DeviceIn", "NotificationIn", "PreferencesIn", "PreviewIn", "UserIn"]
+__all__ = ["DeviceIn", "NotificationIn", "PreferencesIn", "PreviewIn", "UserIn", "bounded_notification"]
 
 LOCALE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$"
 
@@ -30,6 +31,15 @@ class NotificationIn(_Strict):
     version: int = Field(default=1, ge=1, le=2**31 - 1)
     locale: str | None = Field(default=None, max_length=35, pattern=LOCALE_PATTERN)
 
+    #: Replaced by the settings' bounds in :func:`bounded_notification`.
+    data_bounds: ClassVar[DataBounds] = DataBounds()
+
+    @field_validator("data")
+    @classmethod
+    def _bounded_data(cls, value: dict[str, Any]) -> dict[str, Any]:
+        cls.data_bounds.check(value)
+        return value
+
     @field_validator("recipients")
     @classmethod
     def _recipient_ids(cls, value: list[str]) -> list[str]:
@@ -46,6 +56,12 @@ class NotificationIn(_Strict):
             if unknown:
                 raise ValueError(f"unknown channel(s) {unknown}; known: {list(CHANNELS)}")
         return value
+
+
+def bounded_notification(bounds: DataBounds) -> type[NotificationIn]:
+    """``NotificationIn`` with ``data`` held to ``bounds`` (the settings are known per app)."""
+    return type("NotificationIn", (NotificationIn,), {"data_bounds": bounds,
+                                                      "__module__": __name__})
 
 
 class UserIn(_Strict):

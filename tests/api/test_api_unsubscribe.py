@@ -1,4 +1,5 @@
-"""One-click unsubscribe links: signed per user and category; POST switches email off."""
+"""One-click unsubscribe links: signed per user, category and issue time; POST switches email
+off, unless the link is for a critical category or older than a later choice (409)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from dispatcher.api import create_app
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
-from dispatcher.unsubscribe import InvalidLink, UnsubscribeLinks
+from dispatcher.unsubscribe import InvalidLink, UnsubscribeLinks, _b64
+from support import user_token
 
 
 @pytest.fixture
@@ -30,9 +32,10 @@ async def public(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
 
 def test_links_verify_and_cannot_be_altered() -> None:
     links = UnsubscribeLinks("https://n.example.com", "secret")
-    token = links.token("u1", "marketing")
+    token = links.token("u1", "marketing", issued_us=1_700_000_000_000_000)
+    assert links.read(token) == ("u1", "marketing", 1_700_000_000_000_000)
     assert links.verify(token) == ("u1", "marketing")
-    assert links.url("u1", "marketing") == f"https://n.example.com/v1/unsubscribe/{token}"
+    assert links.url("u1", "marketing", 5) == f"https://n.example.com/v1/unsubscribe/{links.token('u1', 'marketing', 5)}"
     forged = UnsubscribeLinks("https://n.example.com", "secret").token("u2", "marketing")
     with pytest.raises(InvalidLink):
         links.verify(token.split(".")[0] + "." + forged.split(".")[1])
@@ -55,3 +58,51 @@ async def test_one_click_post_turns_email_off_for_that_category_only(
 async def test_a_forged_link_is_a_404(public: httpx.AsyncClient) -> None:
     r = await public.post("/v1/unsubscribe/eyJ1In0.forged")
     assert r.status_code == 404 and r.json()["error"]["code"] == "invalid_link"
+
+
+@pytest.mark.parametrize("signature", ["%C3%A9", "%E2%9C%93%E2%9C%93", "%00"])
+async def test_a_non_ascii_signature_is_a_404_not_a_500(public: httpx.AsyncClient, signature: str) -> None:
+    payload = _b64(b'["u1","app",1]')
+    for method in ("GET", "POST"):
+        r = await public.request(method, f"/v1/unsubscribe/{payload}.{signature}")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "invalid_link"
+
+
+async def test_a_replayed_link_does_not_undo_a_later_choice(
+        runtime: Runtime, public: httpx.AsyncClient) -> None:
+    old = runtime.links.url("u1", "app")  # type: ignore[union-attr]
+    assert (await public.post(old)).status_code == 200  # unsubscribed
+    me = {"Authorization": f"Bearer {user_token('u1')}"}
+    r = await public.put("/v1/users/u1/preferences", headers=me,
+                         json={"categories": {"app": {"email": True}}})  # the user changes their mind
+    assert r.status_code == 200
+    for method in ("GET", "POST"):
+        again = await public.request(method, old)
+        assert again.status_code == 409 and "no effect" in again.text
+    prefs = (await runtime.store.users.get("u1")).preferences  # type: ignore[union-attr]
+    assert prefs.categories["app"] == {"email": True}
+    newer = runtime.links.url("u1", "app")  # type: ignore[union-attr]  # the next email's link
+    assert (await public.post(newer)).status_code == 200
+    prefs = (await runtime.store.users.get("u1")).preferences  # type: ignore[union-attr]
+    assert prefs.categories["app"] == {"email": False}
+
+
+async def test_an_older_link_still_works_when_nothing_switched_the_category_on(
+        runtime: Runtime, public: httpx.AsyncClient, client: httpx.AsyncClient) -> None:
+    link = runtime.links.url("u1", "app")  # type: ignore[union-attr]
+    await client.put("/v1/users/u1", json={"email": "new@example.com"})  # a later, unrelated change
+    assert (await public.post(link)).status_code == 200
+    legacy = UnsubscribeLinks("https://notify.example.com", runtime.settings.unsubscribe_key() or "")
+    payload = _b64(b'["u2","app"]')  # a link minted before links carried their issue time
+    assert (await public.post(f"/v1/unsubscribe/{payload}.{legacy._sign(payload)}")).status_code == 200
+    prefs = (await runtime.store.users.get("u2")).preferences  # type: ignore[union-attr]
+    assert prefs.categories["app"] == {"email": False}
+
+
+async def test_a_link_for_a_critical_category_says_it_has_no_effect(
+        runtime: Runtime, public: httpx.AsyncClient) -> None:
+    link = runtime.links.url("u1", "security")  # type: ignore[union-attr]  # never minted by us
+    for method in ("GET", "POST"):
+        r = await public.request(method, link)
+        assert r.status_code == 409 and "no effect" in r.text and "<form" not in r.text
+    assert (await runtime.store.users.get("u1")) is None

@@ -1,0 +1,132 @@
+"""Bounds on what a request may cost the gateway, as pure ASGI middleware around the whole app.
+
+* :class:`BodyLimit` (``DISPATCHER_MAX_BODY_BYTES``): a body larger than the limit is a 413
+  ``payload_too_large``, answered before authentication and before JSON parsing, without
+  reading past the limit: at once when ``Content-Length`` says so, or as soon as a streamed
+  (chunked) body crosses it. The app never sees such a body.
+* :class:`ReadDeadline` (``DISPATCHER_REQUEST_READ_TIMEOUT``): a body that has not fully
+  arrived within the bound, counted from the end of the headers, is a 408
+  ``request_timeout``. Slow or missing *headers* happen before any ASGI app runs; the server's
+  protocol bounds those (:mod:`dispatcher.api.connections`).
+
+Both answer with ``Connection: close``, so the server closes the connection after the answer
+instead of reading the rest of a body nobody wants. Once one of them has answered, the app
+is told the client disconnected and whatever it still sends is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["BodyLimit", "ReadDeadline"]
+
+
+class BodyLimit:
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        guard = _Guard(send)
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await guard.answer(413, "payload_too_large", self._message(f"{declared} bytes"))
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                await guard.answer(413, "payload_too_large", self._message(f"more than {self.max_bytes} bytes"))
+                return _DISCONNECT
+            return message
+
+        await self.app(scope, guard.wrap(counted), guard.send)
+
+    def _message(self, size: str) -> str:
+        return (f"the request body is {size}; the limit is {self.max_bytes} bytes "
+                "(DISPATCHER_MAX_BODY_BYTES)")
+
+
+class ReadDeadline:
+    def __init__(self, app: ASGIApp, *, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        guard = _Guard(send)
+        deadline = time.monotonic() + self.seconds
+        body_done = False
+
+        async def bounded() -> Message:
+            nonlocal body_done
+            if body_done:  # later receives wait for a disconnect (streaming responses): no bound
+                return await receive()
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                    message = await receive()
+            except TimeoutError:
+                await guard.answer(408, "request_timeout", (
+                    f"the request body did not arrive within {self.seconds:g} s "
+                    "(DISPATCHER_REQUEST_READ_TIMEOUT)"))
+                return _DISCONNECT
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, guard.wrap(bounded), guard.send)
+
+
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class _Guard:
+    """Lets a middleware answer in the app's place, once, if the app has not started to."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.answered = False
+        self.started = False
+
+    def wrap(self, receive: Receive) -> Receive:
+        async def guarded() -> Message:
+            return _DISCONNECT if self.answered else await receive()
+        return guarded
+
+    async def send(self, message: Message) -> None:
+        if self.answered:
+            return
+        self.started = True
+        await self._send(message)
+
+    async def answer(self, status: int, code: str, message: str) -> None:
+        if self.answered or self.started:  # too late for a status: just stop reading
+            self.answered = True
+            return
+        self.answered = True
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        await self._send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close")]})
+        await self._send({"type": "http.response.body", "body": body})
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the server refuses a malformed length before we run
+    return None
