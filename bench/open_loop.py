@@ -83,8 +83,9 @@ async def drive(offers: Sequence[Offer], submit: Submit,
                 on_send: Callable[[Offer], None] | None = None) -> tuple[float, list[Attempt]]:
     """Send each offer at its time (``on_send`` just before); return the epoch of the start
     and every attempt, once all are answered."""
+    # Not loop.time(): uvloop's clock has millisecond steps and is read once per loop turn.
     loop = asyncio.get_running_loop()
-    start, epoch = loop.time(), time.time()
+    start, epoch = time.perf_counter(), time.time()
     attempts: list[Attempt] = []
 
     async def one(offer: Offer) -> None:
@@ -93,12 +94,12 @@ async def drive(offers: Sequence[Offer], submit: Submit,
             await submit(offer)
         except Exception as exc:  # noqa: BLE001  every failure is a result, not a crash
             error = f"{type(exc).__name__}: {exc}"[:300]
-        now = loop.time()
+        now = time.perf_counter()
         attempts.append(Attempt(offer, now - (start + offer.at), epoch + (now - start), error))
 
     in_flight: set[asyncio.Task[None]] = set()
     for offer in offers:
-        delay = start + offer.at - loop.time()
+        delay = start + offer.at - time.perf_counter()
         if delay > SLEEP_GRANULARITY:
             await asyncio.sleep(delay)
         if on_send is not None:

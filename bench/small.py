@@ -161,6 +161,7 @@ class SmallResult:
     deliveries_per_second: float      # first send to the last row final
     settle_seconds: float | None      # last scheduled send to the last row final; None: not settled
     unsettled: int                    # notifications not done when the harness stopped waiting
+    rows: int                         # final rows seen: four per notification, its update's push
     sent: dict[str, int]              # email, sms, push (v1), update_push
     skipped: int
     failed: int
@@ -245,7 +246,8 @@ def _summarise(name: str, rate: float, plan: list[Offer], epoch: float, attempts
         update_p50_ms=_ms(percentile(updates, 0.5)), update_p99_ms=_ms(percentile(updates, 0.99)),
         deliveries=deliveries, deliveries_per_second=deliveries / max(end - epoch, 1e-9),
         settle_seconds=(last_final - (epoch + plan[-1].at)) if settled else None,
-        unsettled=len(tracked) - len(done), sent=sent, skipped=statuses["skipped"],
+        unsettled=len(tracked) - len(done), rows=sum(statuses.values()), sent=sent,
+        skipped=statuses["skipped"],
         failed=statuses["failed"], superseded_push=superseded,
         arrived={c: arrived.get(c, 0) for c in EXTERNAL},
         cpu_seconds=monitor.cpu_seconds,
