@@ -58,8 +58,11 @@ def cli(argv: list[str] | None = None) -> int:
     r.add_argument("--small-seconds", type=float, default=20.0,
                    help="small workload: seconds of the fixed offer (20)")
     r.add_argument("--small-budget", type=float, default=60.0,
-                   help="small workload: seconds per contender for the sustainable-rate search "
-                        "(60; 0 skips it)")
+                   help="small workload: seconds per contender for the sustainable-rate search, "
+                        "and for the gateway alone (60; 0 skips the search)")
+    r.add_argument("--small-step-seconds", type=float, default=10.0,
+                   help="small workload: seconds per step of the search (10; the gateway alone "
+                        "steps for half as long, at most 5)")
     r.add_argument("--no-small", action="store_true", help="skip the small workload")
     r.add_argument("--out", type=Path, default=Path("docs"))
     _small_parser(sub)
@@ -170,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
                    production=not args.no_production, peers=not args.no_peers,
                    small=not args.no_small, small_users=args.small_users,
                    small_rate=args.small_rate, small_seconds=args.small_seconds,
-                   small_budget=args.small_budget)
+                   small_budget=args.small_budget, small_step_seconds=args.small_step_seconds)
     report = run(opts)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(report, args.out / "bench-results.json")

@@ -45,6 +45,7 @@ class Options:
     small_rate: float = 100.0          # the fixed offer, notifications/s
     small_seconds: float = 20.0
     small_budget: float = 60.0         # per contender, for the sustainable-rate search
+    small_step_seconds: float = 10.0   # per step of the search
     postgres_admin_url: str = os.environ.get(
         "DISPATCHER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     redis_url: str = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/3")
@@ -145,8 +146,9 @@ def _small(standins: StandIns, opts: Options) -> dict[str, Any]:
     return measure_small(SmallOptions(
         contenders=contenders, users=opts.small_users, rates=[opts.small_rate],
         seconds=opts.small_seconds, find_rate=opts.small_budget > 0, budget=opts.small_budget,
-        gateway_alone=True, gateway_budget=60.0, postgres_admin_url=opts.postgres_admin_url,
-        redis_url=opts.redis_url), standins)
+        step_seconds=opts.small_step_seconds, gateway_alone=True,
+        gateway_seconds=min(5.0, opts.small_step_seconds / 2), gateway_budget=opts.small_budget,
+        postgres_admin_url=opts.postgres_admin_url, redis_url=opts.redis_url), standins)
 
 
 def _round(standins: StandIns, opts: Options) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 __all__ = ["PidLister", "Proc", "ResourceMonitor", "children_of", "free_port", "PostgresBackends",
            "redis_server_pid", "start_dispatcher", "start_moto", "stop_all"]
@@ -231,7 +231,7 @@ def redis_server_pid(url: str) -> int | None:
     port = f":{url.rpartition(':')[2].split('/')[0]}"
     for proc in psutil.process_iter(["name", "cmdline"]):
         if proc.info["name"] == "redis-server" and any(port in a for a in proc.info["cmdline"] or ()):
-            return proc.pid
+            return int(proc.pid)
     return None
 
 

@@ -57,7 +57,9 @@ WARM_UP_NOTIFICATIONS = 10
 class Target(Protocol):
     """What receives the small workload and where its outcomes are read."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The contender's name in the report."""
 
     def submitter(self) -> AbstractAsyncContextManager[Submit]:
         """A client for the whole offer (its connections opened once)."""

@@ -10,7 +10,9 @@
 Stacks: ``embedded`` (``dispatcher serve``: SQLite store and queue, in-process bus) and
 ``production`` (``dispatcher gateway`` + W ``dispatcher worker`` on PostgreSQL, Redis and SQS
 on moto_server). Both send email, SMS and push through the SES, SNS and FCM adapters to the
-stand-ins, so every delivery crosses HTTP with the real wire protocol.
+stand-ins, so every delivery crosses HTTP with the real wire protocol. ``gateway-alone``:
+``dispatcher gateway`` on the embedded store and queue with no worker (the queue just fills),
+for the gateway's own rate (:mod:`bench.sustainable`).
 """
 
 from __future__ import annotations
