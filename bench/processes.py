@@ -130,6 +130,7 @@ class ResourceMonitor:
         self._members = {name: _Members(time.time()) for name in self.groups}
         self._refresh_groups()
         self._machine0 = _machine_cpu()
+        self._began = time.monotonic()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -142,6 +143,7 @@ class ResourceMonitor:
         self.cpu_seconds = {n: _cpu(p) - self._cpu0[n] for n, p in self._procs.items()}
         self.cpu_seconds.update({n: m.cpu_seconds() for n, m in self._members.items()})
         self.machine_cpu_seconds = _machine_cpu() - self._machine0
+        self.seconds = time.monotonic() - self._began
         for lister in self.groups.values():
             close = getattr(lister, "close", None)
             if close is not None:

@@ -155,12 +155,13 @@ def _offers_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
 
 
 def _cpu_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
-    lines = ["| contender, offered/s | CPU ms per delivery, per process | whole machine |",
-             "|---|---|---|"]
+    lines = ["| contender, offered/s | CPU ms per delivery, per process | whole machine | "
+             "other load (cores) |", "|---|---|---|---|"]
     for name, r in runs:
         per = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["cpu_ms_per_delivery"].items(),
                                                            key=lambda kv: -kv[1]))
-        lines.append(f"| {name}, {_f(r['rate'])} | {per} | {_f(r['machine_cpu_ms_per_delivery'], 2)} |")
+        lines.append(f"| {name}, {_f(r['rate'])} | {per} | {_f(r['machine_cpu_ms_per_delivery'], 2)} "
+                     f"| {r['unattributed_cores']:.2f} |")
     return "\n".join(lines)
 
 

@@ -172,6 +172,9 @@ class SmallResult:
     cpu_seconds: dict[str, float]
     cpu_ms_per_delivery: dict[str, float]
     machine_cpu_ms_per_delivery: float | None
+    #: Cores' worth of CPU the machine spent outside the measured processes during the run:
+    #: other developers' work, the kernel, PostgreSQL's background. The noise, in one number.
+    unattributed_cores: float
     ledger_queries: int
     first_error: str | None = None
 
@@ -257,6 +260,8 @@ def _summarise(name: str, rate: float, plan: list[Offer], epoch: float, attempts
                              for n, s in monitor.cpu_seconds.items()},
         machine_cpu_ms_per_delivery=(1000 * monitor.machine_cpu_seconds / deliveries
                                      if deliveries else None),
+        unattributed_cores=(monitor.machine_cpu_seconds - sum(monitor.cpu_seconds.values()))
+        / max(monitor.seconds, 1e-9),
         ledger_queries=completion.queries, first_error=errors[0] if errors else None)
 
 
