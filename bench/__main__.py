@@ -10,6 +10,14 @@ Workloads:
           request), the in-app fan-out, the ceiling of the stand-ins with a minimal client.
           Writes docs/bench-results.json, the table into docs/BENCHMARKS.md and the chart
           docs/deliveries.png.
+  small   single-recipient notifications and their updates, offered open loop at fixed
+          rates: N users each get `installing` (app-install, all four channels) and 1-3 s
+          later its update (version 2, completed, push only). Accept latency, end to end
+          (ledger rows final), deliveries/s, time to settle, CPU per delivery per process; on
+          the embedded stack, the production stack (1 and 2 workers) and the Celery peer.
+          --find-rate steps the rate up to the highest sustainable one (accept p99 < 50 ms,
+          end-to-end p99 < 1 s, settled within 2 s); --gateway-alone measures the embedded
+          gateway with no worker.
   smoke   the embedded default in one process with the log providers: one bulk of N.
   memory  peak RSS of each dispatcher process on one big bulk (1,000,000 in-app by default).
 """
@@ -20,6 +28,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench.smoke import main as smoke
 
@@ -43,7 +52,20 @@ def cli(argv: list[str] | None = None) -> int:
     r.add_argument("--sizes", default="2000", help="extra bulk sizes for the chart, comma-separated")
     r.add_argument("--no-production", action="store_true")
     r.add_argument("--no-peers", action="store_true")
+    r.add_argument("--small-users", type=int, default=20_000, help="small workload: users")
+    r.add_argument("--small-rate", type=float, default=100.0,
+                   help="small workload: the fixed offered rate, notifications/s (100)")
+    r.add_argument("--small-seconds", type=float, default=20.0,
+                   help="small workload: seconds of the fixed offer (20)")
+    r.add_argument("--small-budget", type=float, default=60.0,
+                   help="small workload: seconds per contender for the sustainable-rate search, "
+                        "and for the gateway alone (60; 0 skips the search)")
+    r.add_argument("--small-step-seconds", type=float, default=10.0,
+                   help="small workload: seconds per step of the search (10; the gateway alone "
+                        "steps for half as long, at most 5)")
+    r.add_argument("--no-small", action="store_true", help="skip the small workload")
     r.add_argument("--out", type=Path, default=Path("docs"))
+    _small_parser(sub)
     m = sub.add_parser("memory", help="peak RSS of each dispatcher process on one big bulk")
     m.add_argument("--recipients", type=int, default=1_000_000)
     m.add_argument("--channels", default="in_app", help="comma-separated (default in_app)")
@@ -52,7 +74,66 @@ def cli(argv: list[str] | None = None) -> int:
         return _smoke(args)
     if args.workload == "memory":
         return _memory(args)
+    if args.workload == "small":
+        return _small(args)
     return _run(args)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _small_parser(sub: Any) -> None:
+    s = sub.add_parser("small", help="single-recipient notifications and updates, open loop",
+                       description="Offer the small workload open loop (see python -m bench "
+                                   "--help). Without --rate, --find-rate or --gateway-alone: "
+                                   "one offer at 200/s.")
+    s.add_argument("--contenders", default="embedded",
+                   help="comma-separated: embedded, production_1, production_2, celery "
+                        "(default embedded); each on a fresh stack, one after another")
+    s.add_argument("--users", type=int, default=20_000, help="users seeded (20,000)")
+    s.add_argument("--rate", type=_floats, help="offered notifications/s, comma-separated for "
+                   "several offers one after another on the same stack (updates come on top: "
+                   "about twice as many requests)")
+    s.add_argument("--seconds", type=float, help="seconds of each offer (default: every user "
+                   "once, i.e. users / rate)")
+    s.add_argument("--find-rate", action="store_true",
+                   help="step up the rate until a bar is missed; report the highest sustainable")
+    s.add_argument("--rates", type=_floats, default=[25.0, 50.0, 100.0, 200.0, 400.0, 800.0],
+                   help="the steps of --find-rate (25,50,100,200,400,800)")
+    s.add_argument("--step-seconds", type=float, default=10.0, help="offer per step (10)")
+    s.add_argument("--budget", type=float, default=120.0,
+                   help="seconds per contender for --find-rate (120)")
+    s.add_argument("--gateway-alone", action="store_true",
+                   help="also the embedded gateway with no worker: highest rate with p99 < 50 ms")
+    s.add_argument("--gateway-rates", type=_floats,
+                   default=[250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0],
+                   help="the steps of --gateway-alone (250,500,1000,1500,2000,3000,4000)")
+    s.add_argument("--gateway-seconds", type=float, default=5.0, help="offer per step (5)")
+    s.add_argument("--seed", type=int, default=1, help="seeds the users' order and update delays")
+    s.add_argument("--out", type=Path, help="write the JSON report here")
+
+
+def _small(args: argparse.Namespace) -> int:
+    from bench.report import small_tables
+    from bench.small_suite import SmallOptions, measure_small
+    from bench.standins import StandIns
+
+    rates = args.rate if args.rate is not None else (
+        [] if args.find_rate or args.gateway_alone else [200.0])
+    opts = SmallOptions(contenders=args.contenders.split(","), users=args.users, rates=rates,
+                        seconds=args.seconds, find_rate=args.find_rate, search_rates=args.rates,
+                        step_seconds=args.step_seconds, budget=args.budget,
+                        gateway_alone=args.gateway_alone, gateway_rates=args.gateway_rates,
+                        gateway_seconds=args.gateway_seconds, seed=args.seed)
+    with StandIns() as standins:
+        report = measure_small(opts, standins)
+    report["command"] = "python -m bench " + " ".join(sys.argv[1:])
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(small_tables(report))
+    return 0
 
 
 def _memory(args: argparse.Namespace) -> int:
@@ -83,13 +164,16 @@ def _smoke(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from bench.harness import Options, run, write_json
-    from bench.report import chart, rounds_table, splice, table
+    from bench.report import chart, rounds_table, small_tables, splice, table
 
     opts = Options(recipients=args.recipients, runs=args.runs,
                    apprise_recipients=args.apprise_recipients,
                    inapp_recipients=args.inapp_recipients, big_recipients=args.big_recipients,
                    sizes=[int(x) for x in args.sizes.split(",") if x], out=args.out,
-                   production=not args.no_production, peers=not args.no_peers)
+                   production=not args.no_production, peers=not args.no_peers,
+                   small=not args.no_small, small_users=args.small_users,
+                   small_rate=args.small_rate, small_seconds=args.small_seconds,
+                   small_budget=args.small_budget, small_step_seconds=args.small_step_seconds)
     report = run(opts)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(report, args.out / "bench-results.json")
@@ -102,7 +186,9 @@ def _run(args: argparse.Namespace) -> int:
                  f"Apprise {opts.apprise_recipients:,}):\n\n{rounds_table(report)}\n\n"
                  f"Ceiling of the stand-ins with a minimal client (req/s): "
                  + ", ".join(f"{k} {v:,.0f}" for k, v in report["ceiling"].items()) + "\n\n"
-                 "![deliveries per second](deliveries.png)")
+                 "![deliveries per second](deliveries.png)"
+                 + (f"\n\n### Small traffic\n\n{small_tables(report['small'])}"
+                    if "small" in report else ""))
     path = args.out / "BENCHMARKS.md"
     path.write_text(splice(path.read_text() if path.exists() else "# Benchmarks\n", generated))
     print(table(report))

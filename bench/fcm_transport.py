@@ -1,7 +1,7 @@
 """FCM transports side by side, in one run: our FcmProvider against pyfcm's own transports.
 
 ``python -m bench.fcm_transport`` starts the local FCM-compatible server
-(``tests/servers/fcm.py``: real OAuth2 JWT flow, real ``messages:send``) in a child process,
+(``bench/fcm_server.py``: real OAuth2 JWT flow, real ``messages:send``) in a child process,
 so the CPU measured here is the client's alone, and sends the same push message through:
 
   provider        ``channels.fcm.FcmProvider``: one shared aiohttp session, N coroutines
@@ -31,9 +31,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from bench.fcm_server import FcmServer
 from channels.base import Message
 from channels.fcm import FcmProvider
-from tests.servers.fcm import FcmServer
 
 __all__ = ["Figures", "main"]
 

@@ -3,7 +3,9 @@
 Order per round (rounds interleave contenders so the machine's noise spreads evenly):
 dispatcher embedded, dispatcher production with 1 and 2 worker processes, the Celery peer,
 the Apprise peer. Then, once: the ceiling, the gateway workload on both stacks, the in-app
-fan-out, and optionally a large run for memory. Every figure reported is the median of the
+fan-out, the small workload (:mod:`bench.small_suite`: a fixed open-loop offer and the
+sustainable-rate search per contender, the gateway alone), and optionally a large run for
+memory. Every figure reported is the median of the
 rounds; ratios are taken from medians measured in this same run.
 """
 
@@ -38,6 +40,12 @@ class Options:
     production: bool = True
     peers: bool = True
     out: Path = Path("docs")
+    small: bool = True                 # the small workload (bench.small_suite)
+    small_users: int = 20_000
+    small_rate: float = 100.0          # the fixed offer, notifications/s
+    small_seconds: float = 20.0
+    small_budget: float = 60.0         # per contender, for the sustainable-rate search
+    small_step_seconds: float = 10.0   # per step of the search
     postgres_admin_url: str = os.environ.get(
         "DISPATCHER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     redis_url: str = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/3")
@@ -119,11 +127,28 @@ def run(opts: Options) -> dict[str, Any]:
         report["gateway"] = {k: _gateway_json(_gateway(k, standins, opts))
                              for k in (["embedded", "production"] if opts.production else ["embedded"])}
         report["inapp"] = _mixed_json(_inapp(standins, opts))
+        if opts.small:
+            report["small"] = _small(standins, opts)
         if opts.big_recipients:
             report["big"] = _mixed_json(_mixed("embedded", standins, opts, opts.big_recipients, 2,
                                                update=False))
     report["summary"] = summarise(report)
     return report
+
+
+def _small(standins: StandIns, opts: Options) -> dict[str, Any]:
+    """The small workload on every contender: one fixed offer, the sustainable-rate search
+    within ``small_budget`` seconds each, and the gateway alone."""
+    from bench.small_suite import SmallOptions, measure_small
+
+    contenders = ["embedded"] + (["production_1", "production_2"] if opts.production else [])
+    contenders += ["celery"] if opts.peers else []
+    return measure_small(SmallOptions(
+        contenders=contenders, users=opts.small_users, rates=[opts.small_rate],
+        seconds=opts.small_seconds, find_rate=opts.small_budget > 0, budget=opts.small_budget,
+        step_seconds=opts.small_step_seconds, gateway_alone=True,
+        gateway_seconds=min(5.0, opts.small_step_seconds / 2), gateway_budget=opts.small_budget,
+        postgres_admin_url=opts.postgres_admin_url, redis_url=opts.redis_url), standins)
 
 
 def _round(standins: StandIns, opts: Options) -> dict[str, Any]:

@@ -12,13 +12,15 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
-__all__ = ["Proc", "ResourceMonitor", "free_port", "start_dispatcher", "start_moto", "stop_all"]
+__all__ = ["PidLister", "Proc", "ResourceMonitor", "children_of", "free_port", "PostgresBackends",
+           "redis_server_pid", "start_dispatcher", "start_moto", "stop_all"]
 
 
 def free_port() -> int:
@@ -101,12 +103,22 @@ def stop_all(procs: list[Proc]) -> None:
             proc.popen.wait(10)
 
 
+#: Where a group's processes are found at each sample: a process tree's children, the
+#: PostgreSQL backends of one database. Processes come and go (a pool opens a connection).
+PidLister = Callable[[], Iterable[int]]
+
+
 @dataclass
 class ResourceMonitor:
-    """Samples the RSS of some processes (peak per process) and their CPU time."""
+    """Samples the RSS of some processes (peak per process) and their CPU time.
+
+    ``pids``: fixed processes, by name. ``groups``: processes listed again at every sample, by
+    name, their CPU summed (a process born inside the window counts from zero; one that ends
+    between two samples loses at most its last ``interval``)."""
 
     pids: dict[str, int]
     interval: float = 0.25
+    groups: dict[str, PidLister] = field(default_factory=dict)
     peak_rss: dict[str, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _cpu0: dict[str, float] = field(default_factory=dict)
@@ -115,7 +127,10 @@ class ResourceMonitor:
     def __enter__(self) -> "ResourceMonitor":
         self._procs = {n: psutil.Process(p) for n, p in self.pids.items()}
         self._cpu0 = {n: _cpu(p) for n, p in self._procs.items()}
+        self._members = {name: _Members(time.time()) for name in self.groups}
+        self._refresh_groups()
         self._machine0 = _machine_cpu()
+        self._began = time.monotonic()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -124,8 +139,15 @@ class ResourceMonitor:
         self._stop.set()
         if self._thread:
             self._thread.join()
+        self._refresh_groups()
         self.cpu_seconds = {n: _cpu(p) - self._cpu0[n] for n, p in self._procs.items()}
+        self.cpu_seconds.update({n: m.cpu_seconds() for n, m in self._members.items()})
         self.machine_cpu_seconds = _machine_cpu() - self._machine0
+        self.seconds = time.monotonic() - self._began
+        for lister in self.groups.values():
+            close = getattr(lister, "close", None)
+            if close is not None:
+                close()
 
     def _sample(self) -> None:
         while not self._stop.is_set():
@@ -135,7 +157,84 @@ class ResourceMonitor:
                 except psutil.Error:
                     continue
                 self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
+            self._refresh_groups()
             self._stop.wait(self.interval)
+
+    def _refresh_groups(self) -> None:
+        for name, lister in self.groups.items():
+            try:
+                pids = list(lister())
+            except Exception:  # noqa: BLE001  a lister's server going away ends its sampling only
+                continue
+            self._members[name].sample(pids)
+
+
+@dataclass
+class _Members:
+    """One group's processes: CPU at first sight (0 if born after ``since``) and at last sight."""
+
+    since: float
+    first: dict[int, float] = field(default_factory=dict)
+    last: dict[int, float] = field(default_factory=dict)
+    procs: dict[int, psutil.Process] = field(default_factory=dict)
+
+    def sample(self, pids: Iterable[int]) -> None:
+        for pid in pids:
+            try:
+                proc = self.procs.get(pid) or psutil.Process(pid)
+                cpu = float(sum(proc.cpu_times()[:2]))
+                born = proc.create_time()
+            except psutil.Error:
+                continue
+            self.procs[pid] = proc
+            self.first.setdefault(pid, 0.0 if born >= self.since else cpu)
+            self.last[pid] = cpu
+
+    def cpu_seconds(self) -> float:
+        return sum(self.last[pid] - self.first[pid] for pid in self.last)
+
+
+def children_of(pid: int) -> PidLister:
+    """The processes a process started (``dispatcher serve``'s workers, Celery's pool)."""
+    def list_children() -> list[int]:
+        try:
+            return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            return []
+    return list_children
+
+
+class PostgresBackends:
+    """The PostgreSQL server processes serving connections to ``database`` (not the server's
+    other databases, which other developers' tests may be using at the same time). A
+    :data:`PidLister`; :class:`ResourceMonitor` closes its connection at the end."""
+
+    def __init__(self, admin_url: str, database: str) -> None:
+        self._admin_url = admin_url
+        self._database = database
+        self._conn: Any = None
+
+    def __call__(self) -> list[int]:
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._admin_url, autocommit=True, connect_timeout=5)
+        rows = self._conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s "
+                                  "AND pid <> pg_backend_pid()", (self._database,)).fetchall()
+        return [int(row[0]) for row in rows]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+def redis_server_pid(url: str) -> int | None:
+    """The local ``redis-server`` listening on ``url``'s port (its title names the port)."""
+    port = f":{url.rpartition(':')[2].split('/')[0]}"
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if proc.info["name"] == "redis-server" and any(port in a for a in proc.info["cmdline"] or ()):
+            return int(proc.pid)
+    return None
 
 
 def _cpu(proc: psutil.Process) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["chart", "table"]
+__all__ = ["chart", "small_tables", "table"]
 
 BEGIN, END = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
 
@@ -59,6 +59,7 @@ def bars(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if prod1 and prod2:
         rows.append(("2 worker processes vs 1 (production, mixed)", "≥ 1.7×",
                      f"{_ratio(prod2, prod1)} ({_f(prod2)} vs {_f(prod1)}/s)", _verdict(prod2 / prod1 >= 1.7)))
+    rows += _small_bars(report.get("small"))
     rss = [r["embedded"]["peak_rss_mb"] for r in report["rounds"]]
     big = report.get("big")
     if rss:
@@ -69,6 +70,26 @@ def bars(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             text += f"; {_f(max(big['peak_rss_mb'].values()))} MB at {big['recipients']:,}"
             ok = ok and max(big["peak_rss_mb"].values()) < 300
         rows.append(("peak RSS per process", "flat, < 300 MB", text, _verdict(ok)))
+    return rows
+
+
+def _small_bars(small: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    if not small:
+        return []
+    rows = []
+    rates = {name: c["search"]["sustainable_rate"] for name, c in small["contenders"].items()
+             if "search" in c}
+    if rates:
+        rows.append(("small traffic, sustainable notifications/s (accept p99 < 50 ms, "
+                     "end-to-end p99 < 1 s, settled ≤ 2 s)", "no bar",
+                     "; ".join(f"{k}: {_f(v)}" for k, v in rates.items()), "n/a"))
+    if "gateway_alone" in small:
+        best: dict[str, Any] | None = small["gateway_alone"]["best"]
+        text = (f"{_f(best['rate'])}/s, p99 {_f(best['p99_ms'], 1)} ms" if best is not None
+                else "no rate with p99 < 50 ms")
+        rows.append(("gateway alone (embedded, no worker), open loop, single-recipient",
+                     "≥ 2,000/s, p99 < 50 ms", text,
+                     _verdict(best is not None and best["rate"] >= 2000)))
     return rows
 
 
@@ -91,6 +112,76 @@ def rounds_table(report: dict[str, Any]) -> str:
             ordered = sorted(values)
             median = ordered[len(ordered) // 2] if len(ordered) % 2 else sum(ordered[len(ordered) // 2 - 1:len(ordered) // 2 + 1]) / 2
             lines.append(f"| {name} | " + " | ".join(_f(v) for v in values) + f" | **{_f(median)}** |")
+    return "\n".join(lines)
+
+
+def small_tables(small: dict[str, Any]) -> str:
+    """The small workload's tables: the fixed offers, CPU per process, the sustainable-rate
+    search, the gateway alone (whichever the report has)."""
+    parts = []
+    runs = [(name, r) for name, c in small["contenders"].items() for r in c.get("runs", [])]
+    if runs:
+        parts += [_offers_table(runs), _cpu_table(runs)]
+    searches = {name: c["search"] for name, c in small["contenders"].items() if "search" in c}
+    if searches:
+        parts.append(_search_table(searches))
+    if small.get("gateway_alone"):
+        parts.append(_gateway_alone_table(small["gateway_alone"]))
+    return "\n\n".join(parts)
+
+
+def _pair(r: dict[str, Any], key: str) -> str:
+    return f"{_f(r[f'{key}_p50_ms'], 1)} / {_f(r[f'{key}_p99_ms'], 1)}"
+
+
+def _settled(r: dict[str, Any]) -> str:
+    if r["settle_seconds"] is None:
+        return f"not ({r['unsettled']:,} open)"
+    return f"{r['settle_seconds']:.2f} s"
+
+
+def _offers_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
+    lines = ["| contender | offered notif./s (× notif.) | accepted req/s | accept p50 / p99 ms | "
+             "end-to-end p50 / p99 ms | update p50 / p99 ms | deliveries/s | settled after the "
+             "offer | CPU ms / delivery (measured processes) | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in runs:
+        cpu = sum(v for v in r["cpu_ms_per_delivery"].values() if v == v)  # NaN: no delivery
+        lines.append(f"| {name} | {_f(r['rate'])} (× {r['notifications']:,}) | "
+                     f"{_f(r['accepted_per_second'])} | {_pair(r, 'accept')} | {_pair(r, 'e2e')} | "
+                     f"{_pair(r, 'update')} | {_f(r['deliveries_per_second'])} | {_settled(r)} | "
+                     f"{cpu:.2f} | {r['errors']} |")
+    return "\n".join(lines)
+
+
+def _cpu_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
+    lines = ["| contender, offered/s | CPU ms per delivery, per process | whole machine | "
+             "other load (cores) |", "|---|---|---|---|"]
+    for name, r in runs:
+        per = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["cpu_ms_per_delivery"].items(),
+                                                           key=lambda kv: -kv[1]))
+        lines.append(f"| {name}, {_f(r['rate'])} | {per} | {_f(r['machine_cpu_ms_per_delivery'], 2)} "
+                     f"| {r['unattributed_cores']:.2f} |")
+    return "\n".join(lines)
+
+
+def _search_table(searches: dict[str, dict[str, Any]]) -> str:
+    lines = ["| contender | steps: offered/s → accept p99 ms, end-to-end p99 ms, update p99 ms, "
+             "settled | sustainable notifications/s |", "|---|---|---|"]
+    for name, s in searches.items():
+        steps = "; ".join(f"{_f(r['rate'])} → {_f(r['accept_p99_ms'])}, {_f(r['e2e_p99_ms'])}, "
+                          f"{_f(r['update_p99_ms'])}, {_settled(r)} {'✓' if r['sustainable'] else '✗'}"
+                          for r in s["steps"])
+        lines.append(f"| {name} | {steps} ({s['stopped']}) | **{_f(s['sustainable_rate'])}** |")
+    return "\n".join(lines)
+
+
+def _gateway_alone_table(g: dict[str, Any]) -> str:
+    lines = ["| gateway alone: offered/s | accepted/s | p50 ms | p99 ms | errors | |",
+             "|---|---|---|---|---|---|"]
+    for s in g["steps"]:
+        lines.append(f"| {_f(s['rate'])} | {_f(s['accepted_per_second'])} | {_f(s['p50_ms'], 1)} | "
+                     f"{_f(s['p99_ms'], 1)} | {s['errors']} | {'✓' if s['passed'] else '✗'} |")
     return "\n".join(lines)
 
 

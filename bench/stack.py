@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.servers.fcm import FcmServer
+from bench.fcm_server import FcmServer
 
 SENDER = "no-reply@example.com"
 

@@ -10,7 +10,9 @@
 Stacks: ``embedded`` (``dispatcher serve``: SQLite store and queue, in-process bus) and
 ``production`` (``dispatcher gateway`` + W ``dispatcher worker`` on PostgreSQL, Redis and SQS
 on moto_server). Both send email, SMS and push through the SES, SNS and FCM adapters to the
-stand-ins, so every delivery crosses HTTP with the real wire protocol.
+stand-ins, so every delivery crosses HTTP with the real wire protocol. ``gateway-alone``:
+``dispatcher gateway`` on the embedded store and queue with no worker (the queue just fills),
+for the gateway's own rate (:mod:`bench.sustainable`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from bench.standins import StandIns
 
-__all__ = ["MixedResult", "Stack", "GatewayResult", "run_gateway", "run_mixed"]
+__all__ = ["MixedResult", "Stack", "GatewayResult", "engine_for", "run_gateway", "run_mixed"]
 
 API_KEY = "bench-key"
 MAX_PER_REQUEST = 10_000
@@ -45,7 +47,7 @@ SENDER = "no-reply@example.com"
 
 @dataclass
 class Stack:
-    name: str                       # "embedded" or "production"
+    name: str                       # "embedded", "production" or "gateway-alone"
     workers: int = 1                # worker processes (production); chunks at once (embedded)
     database_url: str = ""
     processes: list[Proc] = field(default_factory=list)
@@ -83,7 +85,11 @@ def start_stack(kind: str, standins: StandIns, folder: Path, *, workers: int,
     env = _base_env(standins, folder)
     stack = Stack(kind, workers, env=env)
     try:
-        if kind == "embedded":
+        if kind == "gateway-alone":  # embedded gateway, no worker: its queue just fills
+            stack.database_url = f"sqlite:///{folder / 'dispatcher.db'}"
+            env.update(DISPATCHER_DATABASE_URL=stack.database_url)
+            stack.processes.append(start_dispatcher("gateway", env, folder, "gateway"))
+        elif kind == "embedded":
             stack.database_url = f"sqlite:///{folder / 'dispatcher.db'}"
             env.update(DISPATCHER_DATABASE_URL=stack.database_url)
             stack.processes.append(start_dispatcher("serve", env, folder, "serve"))
@@ -171,15 +177,20 @@ def seed(database_url: str, people: list[dict[str, Any]]) -> None:
 _ENGINES: dict[str, sa.Engine] = {}
 
 
-def ledger_progress(database_url: str, nid: str, version: int = 1) -> dict[tuple[str, str], int]:
-    """(channel, status) -> rows at this version or later, read straight from the store
-    (one engine per database for the whole run: polling must cost the machine little)."""
+def engine_for(database_url: str) -> sa.Engine:
+    """The harness's one engine per database for the whole run: polling must cost the machine
+    little (a new engine per poll cost CPU the contenders needed)."""
     engine = _ENGINES.get(database_url)
     if engine is None:
         engine = _ENGINES[database_url] = sa.create_engine(
             database_url.replace("postgresql://", "postgresql+psycopg://"), poolclass=sa.pool.NullPool
             if database_url.startswith("sqlite") else sa.pool.QueuePool)
-    with engine.connect() as conn:
+    return engine
+
+
+def ledger_progress(database_url: str, nid: str, version: int = 1) -> dict[tuple[str, str], int]:
+    """(channel, status) -> rows at this version or later, read straight from the store."""
+    with engine_for(database_url).connect() as conn:
         rows = conn.execute(sa.text(
             "SELECT channel, status, count(*) FROM deliveries WHERE notification_id = :n "
             "AND version >= :v GROUP BY channel, status"), {"n": nid, "v": version}).all()

@@ -75,7 +75,9 @@ from requests import RequestException
 from dispatcher.rendering import TemplateError, TemplateRegistry
 from bench.peers import PeerResult
 
-__all__ = ["PeerResult", "app", "notify_recipient", "run_celery"]
+__all__ = ["Clients", "PeerResult", "PeerRun", "Recipient", "Result", "app", "clients",
+           "delete_broker_keys", "load_users", "notify_recipient", "run_celery", "send_email",
+           "send_push", "send_sms", "start_worker", "stop_worker", "wait_until_ready"]
 
 ROOT = Path(__file__).resolve().parents[2]
 TASK_NAME = "celery_peer.notify_recipient"
@@ -88,7 +90,9 @@ SMS_TYPE = {"AWS.SNS.SMS.SMSType": {"DataType": "String", "StringValue": "Transa
 
 # --- the Celery app -----------------------------------------------------------------------
 
-app = Celery("celery_peer", broker=os.environ.get("CELERY_PEER_BROKER_URL", DEFAULT_BROKER_URL))
+# ``include``: the worker also registers the small workload's task (bench.peers.celery_small).
+app = Celery("celery_peer", broker=os.environ.get("CELERY_PEER_BROKER_URL", DEFAULT_BROKER_URL),
+             include=["bench.peers.celery_small"])
 app.conf.update(
     task_ignore_result=True,
     task_acks_late=True,
@@ -210,11 +214,11 @@ def _deliver(c: Clients, notification_id: str, r: Recipient) -> list[Result]:
         parts = c.templates.render(r.template, CHANNELS, r.context, locale=r.locale)
     except TemplateError:
         return [Result(channel, "failed", reason="template_error") for channel in CHANNELS]
-    return [_send_email(c, r.email, parts["email"]), _send_sms(c, r, parts["sms"]),
-            *_send_push(c, r.tokens, parts["push"])]
+    return [send_email(c, r.email, parts["email"]), send_sms(c, r, parts["sms"]),
+            *send_push(c, r.tokens, parts["push"])]
 
 
-def _send_email(c: Clients, to: str | None, parts: Mapping[str, str]) -> Result:
+def send_email(c: Clients, to: str | None, parts: Mapping[str, str]) -> Result:
     if not to:
         return Result("email", "skipped", reason="no_contact")
     try:
@@ -229,7 +233,7 @@ def _send_email(c: Clients, to: str | None, parts: Mapping[str, str]) -> Result:
     return Result("email", "sent", answer["MessageId"])
 
 
-def _send_sms(c: Clients, r: Recipient, parts: Mapping[str, str]) -> Result:
+def send_sms(c: Clients, r: Recipient, parts: Mapping[str, str]) -> Result:
     if r.sms_opt_out:
         return Result("sms", "skipped", reason="opted_out")
     if not r.phone:
@@ -242,7 +246,7 @@ def _send_sms(c: Clients, r: Recipient, parts: Mapping[str, str]) -> Result:
     return Result("sms", "sent", answer["MessageId"])
 
 
-def _send_push(c: Clients, tokens: Sequence[str], parts: Mapping[str, str]) -> list[Result]:
+def send_push(c: Clients, tokens: Sequence[str], parts: Mapping[str, str]) -> list[Result]:
     if not tokens:
         return [Result("push", "skipped", reason="no_contact")]
     return [_push_one(c, token, parts) for token in tokens]
@@ -296,7 +300,7 @@ CREATE INDEX celery_deliveries_notification ON celery_deliveries (notification_i
 
 
 @dataclass(frozen=True)
-class _Run:
+class PeerRun:
     """One run's names: its database, queue and worker, unique so runs never collide."""
 
     token: str
@@ -347,9 +351,9 @@ def run_celery(standins_url: str, service_account: Path, users: list[dict[str, A
     """
     admin_url = database_url or os.environ.get("DISPATCHER_TEST_POSTGRES_URL", DEFAULT_ADMIN_URL)
     with tempfile.TemporaryDirectory(prefix="celery-peer-") as tmp:
-        run = _Run(uuid.uuid4().hex[:12], admin_url,
-                   broker_url or os.environ.get("CELERY_PEER_BROKER_URL", DEFAULT_BROKER_URL),
-                   Path(tmp))
+        run = PeerRun(uuid.uuid4().hex[:12], admin_url,
+                      broker_url or os.environ.get("CELERY_PEER_BROKER_URL", DEFAULT_BROKER_URL),
+                      Path(tmp))
         run.ready_dir.mkdir()
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
             admin.execute(f'CREATE DATABASE "{run.database}"')
@@ -362,35 +366,37 @@ def run_celery(standins_url: str, service_account: Path, users: list[dict[str, A
         finally:
             with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{run.database}" WITH (FORCE)')
-            _delete_broker_keys(run)
+            delete_broker_keys(run)
 
 
-def _run(run: _Run, standins_url: str, service_account: Path, users: list[dict[str, Any]],
+def _run(run: PeerRun, standins_url: str, service_account: Path, users: list[dict[str, Any]],
          concurrency: int, timeout: float, on_start: Callable[[], None] | None) -> PeerResult:
     notification_id = f"app#{uuid.uuid4()}"
-    _load_users(run.database_url, notification_id, users)
+    load_users(run.database_url, users)
+    with psycopg.connect(run.database_url, autocommit=True) as db:
+        db.execute("INSERT INTO celery_notifications (id, template, data, state) "
+                   "VALUES (%s, %s, %s, %s)", (notification_id, TEMPLATE, json.dumps(DATA), STATE))
     expected = 3 * len(users)  # one row per channel: each user has at most one device
     producer = Celery("celery_peer_producer", broker=run.broker_url, set_as_current=False)
     producer.conf.update(task_serializer="json", task_ignore_result=True)
-    worker = _start_worker(run, standins_url, service_account, concurrency)
+    worker = start_worker(run, standins_url, service_account, concurrency)
     try:
-        _wait_until_ready(run, worker, producer, concurrency)
+        wait_until_ready(run, worker, producer, concurrency)
         if on_start is not None:
             on_start()
         started = time.time()
         _enqueue(producer, run.queue, notification_id, [str(u["id"]) for u in users])
         rows, sent, failed, last = _wait_for_rows(run, worker, expected, started + timeout)
     finally:
-        _stop_worker(worker)
+        stop_worker(worker)
         producer.close()
     return PeerResult("celery", len(users), sent, max(last - started, 1e-9), failed)
 
 
-def _load_users(database_url: str, notification_id: str, users: Sequence[dict[str, Any]]) -> None:
+def load_users(database_url: str, users: Sequence[dict[str, Any]]) -> None:
+    """The schema, then the users and their devices (COPY: a bulk import, not the workload)."""
     with psycopg.connect(database_url, autocommit=True) as db:
         db.execute(SCHEMA)
-        db.execute("INSERT INTO celery_notifications (id, template, data, state) "
-                   "VALUES (%s, %s, %s, %s)", (notification_id, TEMPLATE, json.dumps(DATA), STATE))
         with db.transaction():
             with db.cursor().copy("COPY celery_users (id, email, phone, locale, sms_opt_out) "
                                   "FROM STDIN") as copy:
@@ -404,7 +410,7 @@ def _load_users(database_url: str, notification_id: str, users: Sequence[dict[st
         db.execute("ANALYZE")
 
 
-def _worker_env(run: _Run, standins_url: str, service_account: Path) -> dict[str, str]:
+def _worker_env(run: PeerRun, standins_url: str, service_account: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AWS_", "CELERY_PEER_")) and k != "GOOGLE_APPLICATION_CREDENTIALS"}
     env.update({
@@ -422,8 +428,8 @@ def _worker_env(run: _Run, standins_url: str, service_account: Path) -> dict[str
     return env
 
 
-def _start_worker(run: _Run, standins_url: str, service_account: Path,
-                  concurrency: int) -> subprocess.Popen[bytes]:
+def start_worker(run: PeerRun, standins_url: str, service_account: Path,
+                 concurrency: int) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "celery", "-A", "bench.peers.celery_peer", "worker",
             "--pool=prefork", f"--concurrency={concurrency}", "--loglevel=warning",
             f"--queues={run.queue}", f"--hostname={run.hostname}",
@@ -434,17 +440,17 @@ def _start_worker(run: _Run, standins_url: str, service_account: Path,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _worker_log(run: _Run) -> str:
+def worker_log(run: PeerRun) -> str:
     return run.log.read_text(errors="replace")[-3000:] if run.log.exists() else ""
 
 
-def _wait_until_ready(run: _Run, worker: subprocess.Popen[bytes], producer: Celery,
-                      concurrency: int, timeout: float = 60) -> None:
+def wait_until_ready(run: PeerRun, worker: subprocess.Popen[bytes], producer: Celery,
+                     concurrency: int, timeout: float = 60) -> None:
     """Every pool process has built its clients and the worker answers a ping."""
     deadline = time.monotonic() + timeout
     while True:
         if worker.poll() is not None:
-            raise RuntimeError(f"celery worker exited ({worker.returncode}):\n{_worker_log(run)}")
+            raise RuntimeError(f"celery worker exited ({worker.returncode}):\n{worker_log(run)}")
         markers = list(run.ready_dir.iterdir())
         failures = [m.read_text() for m in markers if m.suffix == ".error"]
         if failures:
@@ -453,7 +459,7 @@ def _wait_until_ready(run: _Run, worker: subprocess.Popen[bytes], producer: Cele
                 and producer.control.ping(destination=[run.hostname], timeout=0.5)):
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"celery worker not ready after {timeout} s:\n{_worker_log(run)}")
+            raise TimeoutError(f"celery worker not ready after {timeout} s:\n{worker_log(run)}")
         time.sleep(0.1)
 
 
@@ -472,7 +478,7 @@ FROM celery_deliveries
 """
 
 
-def _wait_for_rows(run: _Run, worker: subprocess.Popen[bytes], expected: int,
+def _wait_for_rows(run: PeerRun, worker: subprocess.Popen[bytes], expected: int,
                    deadline: float) -> tuple[int, int, int, float]:
     """(rows, sent, failed, epoch of the last row) once ``expected`` rows exist."""
     with psycopg.connect(run.database_url, autocommit=True) as db:
@@ -484,14 +490,14 @@ def _wait_for_rows(run: _Run, worker: subprocess.Popen[bytes], expected: int,
                 return rows, sent, failed, float(last)
             if worker.poll() is not None:
                 raise RuntimeError(f"celery worker exited ({worker.returncode}) after {rows} of "
-                                   f"{expected} rows:\n{_worker_log(run)}")
+                                   f"{expected} rows:\n{worker_log(run)}")
             if time.time() > deadline:
                 raise TimeoutError(f"{rows} of {expected} result rows before the deadline:\n"
-                                   f"{_worker_log(run)}")
+                                   f"{worker_log(run)}")
             time.sleep(0.2)
 
 
-def _stop_worker(worker: subprocess.Popen[bytes], timeout: float = 15) -> None:
+def stop_worker(worker: subprocess.Popen[bytes], timeout: float = 15) -> None:
     """Warm shutdown (SIGTERM), then SIGKILL to the worker's process group if it lingers."""
     if worker.poll() is None:
         worker.send_signal(signal.SIGTERM)
@@ -506,7 +512,7 @@ def _stop_worker(worker: subprocess.Popen[bytes], timeout: float = 15) -> None:
     worker.wait(5)
 
 
-def _delete_broker_keys(run: _Run) -> None:
+def delete_broker_keys(run: PeerRun) -> None:
     """The run's queue, its bindings and its worker's control queue."""
     client = redis.Redis.from_url(run.broker_url, socket_connect_timeout=5)
     try:

@@ -18,10 +18,10 @@ import aiohttp
 import pytest
 from google.oauth2 import service_account as google_service_account
 
+from bench.fcm_server import FcmServer, Scripted, fcm_error, rpc_error
 from channels.base import Message, PermanentError, TransientError, UnregisteredDevice
 from transport.http import parse_retry_after
 from channels.fcm import FCM_SCOPE, AccessTokenSource, FcmProvider
-from servers.fcm import FcmServer, Scripted, fcm_error, rpc_error
 
 PROJECT = "test-project"
 

@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.fcm_server import FcmServer, fcm_error
 from dispatcher.api import create_app
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
 from servers.aws_errors import AwsProtocolServer
-from servers.fcm import FcmServer, fcm_error
 from support import API_KEYS, USER_SECRET, create_queues, new_id, path_id, verify_sender
 
 SENDER = "no-reply@example.com"

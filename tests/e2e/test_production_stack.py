@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pytest
 
-from servers.fcm import FcmServer
+from bench.fcm_server import FcmServer
 from support import create_queues, verify_sender
 
 USERS = 240

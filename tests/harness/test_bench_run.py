@@ -17,7 +17,8 @@ def test_the_whole_harness_runs_at_a_small_size(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench", "run", "--recipients", "150", "--runs", "1",
          "--apprise-recipients", "15", "--inapp-recipients", "300", "--sizes", "",
-         "--out", str(out)],
+         "--small-users", "40", "--small-rate", "20", "--small-seconds", "1",
+         "--small-budget", "1", "--small-step-seconds", "1", "--out", str(out)],
         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "bench-results.json").read_text())
@@ -31,5 +32,14 @@ def test_the_whole_harness_runs_at_a_small_size(tmp_path: Path) -> None:
     assert round_["celery"]["deliveries"] > 0 and round_["celery"]["errors"] == 0
     assert round_["apprise"]["deliveries"] == 45
     assert report["inapp"]["sent"]["in_app"] == 300
+    small = report["small"]
+    assert set(small["contenders"]) == {"embedded", "production_1", "production_2", "celery"}
+    for name, contender in small["contenders"].items():
+        [fixed] = contender["runs"]
+        assert (fixed["errors"], fixed["unsettled"]) == (0, 0), name
+        assert fixed["sent"]["update_push"] == fixed["notifications"] == 20, name
+        assert contender["search"]["steps"], name
+    assert small["gateway_alone"]["steps"]
     assert (out / "deliveries.png").stat().st_size > 0
-    assert "| figure | bar |" in (out / "BENCHMARKS.md").read_text()
+    written = (out / "BENCHMARKS.md").read_text()
+    assert "| figure | bar |" in written and "### Small traffic" in written

@@ -15,6 +15,10 @@ aiohttp posting messages) runs against it unchanged:
 Every error is in FCM v1's shape: ``{"error": {"code", "message", "status", "details"}}``.
 It runs in a background thread with its own event loop, so sync and async tests (and
 benchmarks) can use it alike; ``stop()`` then ``start()`` brings it back on the same port.
+
+It lives in ``bench/`` because both sides use it: ``bench.stack`` and ``bench.fcm_transport``
+run against it, and the tests (``tests/channels``, ``tests/e2e``) import it from here. Tests
+may import ``bench``; ``bench`` never imports ``tests`` (one module name for one server).
 """
 
 from __future__ import annotations

@@ -1,0 +1,153 @@
+"""Stepped rates: the highest rate a contender sustains, and the gateway alone.
+
+**The sustainable rate** (:func:`find_sustainable`): the small workload offered at rising
+rates (25, 50, 100, 200, 400, 800 notifications/s by default), each for a short window, on
+one stack. A step passes when every request was accepted, accept p99 < 50 ms, end-to-end p99
+< 1 s (the notification and its update alike) and the backlog did not grow: every row final
+within 2 s of the last scheduled send. The search stops at the first step that fails (a
+higher rate would fail too, and would leave a backlog the next step would inherit) or when
+the time budget would be exceeded; the answer is the highest step that passed.
+
+**The gateway alone** (:func:`gateway_alone`): ``dispatcher gateway`` on the embedded store
+and queue, with no worker (the queue just fills), offered single-recipient notifications
+(v1 only) open loop at rising rates: the highest rate with p99 < 50 ms, every request
+accepted, and the client keeping up (accepted/s at least 95 % of the offer). The client
+shares the machine's two cores with the gateway, so this is a floor for the gateway.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from bench.open_loop import Attempt, Offer, drive, run_async, small_plan
+from bench.small import SmallResult, Target, percentile, run_small
+
+if TYPE_CHECKING:
+    from bench.small import DispatcherTarget
+    from bench.standins import StandIns
+
+__all__ = ["GatewayAlone", "GatewayStep", "RateSearch", "find_sustainable", "gateway_alone",
+           "sustainable"]
+
+RATES = (25, 50, 100, 200, 400, 800)
+GATEWAY_RATES = (250, 500, 1000, 1500, 2000, 3000, 4000)
+ACCEPT_P99_MS = 50.0
+E2E_P99_MS = 1000.0
+SETTLE_SECONDS = 2.0
+#: How long a step waits for its backlog after the offer: past the bar, long enough to say by
+#: how much, short enough not to eat the budget.
+STEP_SETTLE_TIMEOUT = 15.0
+#: The update of the last notification comes up to 3 s after it; then a settle.
+STEP_TAIL_SECONDS = 3.0 + SETTLE_SECONDS + 1.0
+
+
+def sustainable(step: SmallResult) -> bool:
+    """Every request accepted, both p99 bars met, and no backlog left after the offer."""
+    return (step.errors == 0 and step.unsettled == 0 and step.settle_seconds is not None
+            and step.settle_seconds <= SETTLE_SECONDS
+            and _below(step.accept_p99_ms, ACCEPT_P99_MS)
+            and _below(step.e2e_p99_ms, E2E_P99_MS) and _below(step.update_p99_ms, E2E_P99_MS))
+
+
+def _below(value: float | None, bar: float) -> bool:
+    return value is not None and value < bar
+
+
+@dataclass
+class RateSearch:
+    contender: str
+    window_seconds: float
+    budget_seconds: float
+    steps: list[SmallResult] = field(default_factory=list)
+    stopped: str = ""                 # why the search ended
+
+    @property
+    def best(self) -> SmallResult | None:
+        """The highest step that passed (steps stop at the first failure)."""
+        passed = [s for s in self.steps if sustainable(s)]
+        return max(passed, key=lambda s: s.rate) if passed else None
+
+
+def find_sustainable(target: Target, standins: StandIns, user_ids: Sequence[str], *,
+                     rates: Sequence[float] = RATES, window: float = 10.0, budget: float = 120.0,
+                     seed: int = 1) -> RateSearch:
+    """Step up the offered rate on ``target`` until a step fails or the budget is spent."""
+    search = RateSearch(target.name, window, budget)
+    started = time.monotonic()
+    for i, rate in enumerate(rates):
+        if search.steps and time.monotonic() - started + window + STEP_TAIL_SECONDS > budget:
+            search.stopped = f"time budget ({budget:.0f} s) before {rate:g}/s"
+            break
+        step = run_small(target, standins, user_ids, rate=rate,
+                         count=max(1, round(rate * window)), seed=seed + i,
+                         settle_timeout=STEP_SETTLE_TIMEOUT)
+        search.steps.append(step)
+        if not sustainable(step):
+            search.stopped = f"{rate:g}/s missed a bar"
+            break
+    else:
+        search.stopped = "every rate passed"
+    return search
+
+
+# --- the gateway alone ----------------------------------------------------------------------
+
+@dataclass
+class GatewayStep:
+    rate: float
+    requests: int
+    accepted: int
+    errors: int
+    accepted_per_second: float
+    p50_ms: float | None
+    p99_ms: float | None
+
+    @property
+    def passed(self) -> bool:
+        return (self.errors == 0 and _below(self.p99_ms, ACCEPT_P99_MS)
+                and self.accepted_per_second >= 0.95 * self.rate)
+
+
+@dataclass
+class GatewayAlone:
+    window_seconds: float
+    steps: list[GatewayStep] = field(default_factory=list)
+
+    @property
+    def best(self) -> GatewayStep | None:
+        passed = [s for s in self.steps if s.passed]
+        return max(passed, key=lambda s: s.rate) if passed else None
+
+
+def gateway_alone(target: DispatcherTarget, *, rates: Sequence[float] = GATEWAY_RATES,
+                  window: float = 5.0, budget: float = 90.0) -> GatewayAlone:
+    """Rising rates of single-recipient v1 requests until p99 passes 50 ms (or the budget)."""
+    result = GatewayAlone(window)
+    users = [f"u{i}" for i in range(1_000)]  # the gateway reads no user: any ids will do
+    _gateway_step(target, small_plan(users, rate=200, count=200, seed=0, updates=False), 200)
+    started = time.monotonic()
+    for i, rate in enumerate(rates):
+        if result.steps and time.monotonic() - started + window + 1 > budget:
+            break
+        plan = small_plan(users, rate=rate, count=round(rate * window), seed=i + 1, updates=False)
+        step = _gateway_step(target, plan, rate)
+        result.steps.append(step)
+        if not step.passed:
+            break
+    return result
+
+
+def _gateway_step(target: DispatcherTarget, plan: list[Offer], rate: float) -> GatewayStep:
+    async def offer() -> tuple[float, list[Attempt]]:
+        async with target.submitter() as submit:
+            return await drive(plan, submit)
+
+    epoch, attempts = run_async(offer())
+    latencies = [a.latency * 1000 for a in attempts if a.accepted]
+    answered = max((a.answered_at for a in attempts), default=epoch)
+    return GatewayStep(rate, len(plan), len(latencies), len(attempts) - len(latencies),
+                       len(latencies) / max(answered - epoch, 1e-9),
+                       percentile(latencies, 0.5), percentile(latencies, 0.99))
