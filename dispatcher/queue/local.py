@@ -70,8 +70,19 @@ class LocalQueue:
             except TimeoutError:
                 pass
 
+    async def _any_visible(self, now: int) -> bool:
+        """A read, which never waits for SQLite's one writer: polling an empty queue (idle
+        workers, a batch topping up) takes no write lock from the gateway's commits."""
+        async with self._db.read() as conn:
+            return (await conn.execute(
+                sa.select(queue_messages.c.id)
+                .where(queue_messages.c.queue == self._name, queue_messages.c.visible_at <= now)
+                .limit(1))).first() is not None
+
     async def _take(self, max_messages: int) -> list[QueuedMessage]:
         now = now_us()
+        if not await self._any_visible(now):
+            return []
         async with self._db.write() as conn:
             rows = (await conn.execute(
                 sa.select(queue_messages.c.id, queue_messages.c.body, queue_messages.c.receive_count)
