@@ -107,8 +107,8 @@ def _small_parser(sub: Any) -> None:
     s.add_argument("--gateway-alone", action="store_true",
                    help="also the embedded gateway with no worker: highest rate with p99 < 50 ms")
     s.add_argument("--gateway-rates", type=_floats,
-                   default=[250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0],
-                   help="the steps of --gateway-alone (250,500,1000,1500,2000,3000,4000)")
+                   default=[100.0, 250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0],
+                   help="the steps of --gateway-alone (100,250,500,1000,1500,2000,3000,4000)")
     s.add_argument("--gateway-seconds", type=float, default=5.0, help="offer per step (5)")
     s.add_argument("--seed", type=int, default=1, help="seeds the users' order and update delays")
     s.add_argument("--out", type=Path, help="write the JSON report here")
