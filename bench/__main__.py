@@ -7,8 +7,9 @@ Workloads:
           stand-ins (SES, SNS, FCM wire protocols); the mixed workload (N recipients, all four
           channels, a few percent opted out or invalid), the update workload (v2, in-app
           only), the gateway workload (single-recipient requests, and one 10,000-recipient
-          request), the in-app fan-out, the ceiling of the stand-ins with a minimal client.
-          Writes docs/bench-results.json, the table into docs/BENCHMARKS.md and the chart
+          request), the in-app fan-out, the ceiling of the stand-ins with a minimal client,
+          and the small workload below (a fixed offer, the sustainable-rate search within a
+          time budget per contender, the gateway alone). Writes docs/bench-results.json, the table into docs/BENCHMARKS.md and the chart
           docs/deliveries.png.
   small   single-recipient notifications and their updates, offered open loop at fixed
           rates: N users each get `installing` (app-install, all four channels) and 1-3 s
@@ -52,9 +53,10 @@ def cli(argv: list[str] | None = None) -> int:
     r.add_argument("--sizes", default="2000", help="extra bulk sizes for the chart, comma-separated")
     r.add_argument("--no-production", action="store_true")
     r.add_argument("--no-peers", action="store_true")
-    r.add_argument("--small-users", type=int, default=20_000, help="small workload: users")
-    r.add_argument("--small-rate", type=float, default=100.0,
-                   help="small workload: the fixed offered rate, notifications/s (100)")
+    r.add_argument("--small-users", type=int, default=20_000,
+                   help="small workload: users seeded (20,000)")
+    r.add_argument("--small-rate", type=float, default=50.0,
+                   help="small workload: the fixed offered rate, notifications/s (50)")
     r.add_argument("--small-seconds", type=float, default=20.0,
                    help="small workload: seconds of the fixed offer (20)")
     r.add_argument("--small-budget", type=float, default=60.0,
@@ -107,8 +109,8 @@ def _small_parser(sub: Any) -> None:
     s.add_argument("--gateway-alone", action="store_true",
                    help="also the embedded gateway with no worker: highest rate with p99 < 50 ms")
     s.add_argument("--gateway-rates", type=_floats,
-                   default=[250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0],
-                   help="the steps of --gateway-alone (250,500,1000,1500,2000,3000,4000)")
+                   default=[100.0, 250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0],
+                   help="the steps of --gateway-alone (100,250,500,1000,1500,2000,3000,4000)")
     s.add_argument("--gateway-seconds", type=float, default=5.0, help="offer per step (5)")
     s.add_argument("--seed", type=int, default=1, help="seeds the users' order and update delays")
     s.add_argument("--out", type=Path, help="write the JSON report here")

@@ -42,7 +42,7 @@ class Options:
     out: Path = Path("docs")
     small: bool = True                 # the small workload (bench.small_suite)
     small_users: int = 20_000
-    small_rate: float = 100.0          # the fixed offer, notifications/s
+    small_rate: float = 50.0           # the fixed offer, notifications/s
     small_seconds: float = 20.0
     small_budget: float = 60.0         # per contender, for the sustainable-rate search
     small_step_seconds: float = 10.0   # per step of the search

@@ -177,11 +177,13 @@ def _search_table(searches: dict[str, dict[str, Any]]) -> str:
 
 
 def _gateway_alone_table(g: dict[str, Any]) -> str:
-    lines = ["| gateway alone: offered/s | accepted/s | p50 ms | p99 ms | errors | |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| gateway alone: offered/s | accepted/s | p50 ms | p99 ms | errors | CPU ms / request: "
+             "gateway, client | |", "|---|---|---|---|---|---|---|"]
     for s in g["steps"]:
+        cpu = s["cpu_ms_per_request"]
         lines.append(f"| {_f(s['rate'])} | {_f(s['accepted_per_second'])} | {_f(s['p50_ms'], 1)} | "
-                     f"{_f(s['p99_ms'], 1)} | {s['errors']} | {'✓' if s['passed'] else '✗'} |")
+                     f"{_f(s['p99_ms'], 1)} | {s['errors']} | {cpu['gateway']:.2f}, "
+                     f"{cpu['client']:.2f} | {'✓' if s['passed'] else '✗'} |")
     return "\n".join(lines)
 
 

@@ -65,7 +65,7 @@ def measure_small(opts: SmallOptions, standins: StandIns) -> dict[str, Any]:
     """Every contender in turn, then the gateway alone; a JSON-ready report."""
     report: dict[str, Any] = {"options": {k: v for k, v in asdict(opts).items()
                                           if not k.endswith("_url")}, "contenders": {}}
-    for contender in opts.contenders:
+    for contender in opts.contenders if opts.rates or opts.find_rate else []:
         report["contenders"][contender] = _contender(contender, standins, opts)
     if opts.gateway_alone:
         report["gateway_alone"] = _gateway_alone_json(_measure_gateway_alone(standins, opts))
@@ -132,7 +132,8 @@ def _measure_gateway_alone(standins: StandIns, opts: SmallOptions) -> GatewayAlo
             stop_stack(stack, opts.postgres_admin_url)
     for step in result.steps:
         _log(f"gateway alone {step.rate:g}/s: {step.accepted_per_second:,.0f}/s accepted, "
-             f"p50 {_f(step.p50_ms)} ms, p99 {_f(step.p99_ms)} ms, {step.errors} errors")
+             f"p50 {_f(step.p50_ms)} ms, p99 {_f(step.p99_ms)} ms, {step.errors} errors, "
+             f"gateway CPU {step.cpu_ms_per_request['gateway']:.2f} ms/request")
     return result
 
 

@@ -17,12 +17,14 @@ shares the machine's two cores with the gateway, so this is a floor for the gate
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bench.open_loop import Attempt, Offer, drive, run_async, small_plan
+from bench.processes import ResourceMonitor
 from bench.small import SmallResult, Target, percentile, run_small
 
 if TYPE_CHECKING:
@@ -33,7 +35,7 @@ __all__ = ["GatewayAlone", "GatewayStep", "RateSearch", "find_sustainable", "gat
            "sustainable"]
 
 RATES = (25, 50, 100, 200, 400, 800)
-GATEWAY_RATES = (250, 500, 1000, 1500, 2000, 3000, 4000)
+GATEWAY_RATES = (100, 250, 500, 1000, 1500, 2000, 3000, 4000)
 ACCEPT_P99_MS = 50.0
 E2E_P99_MS = 1000.0
 SETTLE_SECONDS = 2.0
@@ -104,6 +106,7 @@ class GatewayStep:
     accepted_per_second: float
     p50_ms: float | None
     p99_ms: float | None
+    cpu_ms_per_request: dict[str, float]      # the gateway, and the client beside it
 
     @property
     def passed(self) -> bool:
@@ -145,9 +148,11 @@ def _gateway_step(target: DispatcherTarget, plan: list[Offer], rate: float) -> G
         async with target.submitter() as submit:
             return await drive(plan, submit)
 
-    epoch, attempts = run_async(offer())
+    with ResourceMonitor({"gateway": target.stack.gateway.pid, "client": os.getpid()}) as monitor:
+        epoch, attempts = run_async(offer())
     latencies = [a.latency * 1000 for a in attempts if a.accepted]
     answered = max((a.answered_at for a in attempts), default=epoch)
     return GatewayStep(rate, len(plan), len(latencies), len(attempts) - len(latencies),
                        len(latencies) / max(answered - epoch, 1e-9),
-                       percentile(latencies, 0.5), percentile(latencies, 0.99))
+                       percentile(latencies, 0.5), percentile(latencies, 0.99),
+                       {n: 1000 * s / len(plan) for n, s in monitor.cpu_seconds.items()})
