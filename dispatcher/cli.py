@@ -104,8 +104,13 @@ async def _serve(settings: Settings, *, workers: int = 1) -> int:
     for note in notes:
         log.warning(note)
     runtime = await Runtime.open(settings)
-    children = _spawn_workers(settings, settings.process_count() - 1) if workers else []
-    app = create_app(runtime, workers=workers, owns_runtime=True, children=children)
+    # With more than one process the API process runs no worker loop: delivery work would
+    # hold its GIL and its SQLite writer and slow every accept (measured with bench small:
+    # the serve process did nearly all the work, its accept p99 over 200 ms at 50/s).
+    processes = settings.process_count() if workers else 0
+    children = _spawn_workers(settings, processes) if processes > 1 else []
+    app = create_app(runtime, workers=workers if processes == 1 else 0, owns_runtime=True,
+                     children=children)
     server = uvicorn.Server(server_config(app, settings))
     # Shutdown (workers finish their chunks, the runtime closes) runs in the app's lifespan:
     # on SIGTERM uvicorn re-raises the signal after it, so nothing after serve() would run.

@@ -104,7 +104,8 @@ class Settings(BaseSettings):
     send_concurrency: int = Field(default=512, ge=1)
     queue_visibility_timeout: float = Field(default=30.0, gt=0)
     queue_max_receives: int = Field(default=5, ge=1)
-    queue_poll_interval: float = Field(default=0.2, gt=0)
+    #: How often an idle worker looks at the embedded queue (a read; it takes no write lock).
+    queue_poll_interval: float = Field(default=0.05, gt=0)
     #: Longest wait of one receive call (SQS long polling: at most 20).
     queue_wait_seconds: float = Field(default=5.0, ge=0, le=20)
     #: SQS: where poison messages go; unset: the target of the queue's redrive policy.

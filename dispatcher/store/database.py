@@ -23,6 +23,7 @@ from dispatcher.store.schema import metadata
 __all__ = ["Database"]
 
 _WRITE = "dispatcher_write"
+_BUSY_TIMEOUT_MS = 60_000
 _SCHEMA_LOCK = 0x6E6F7469  # any constant shared by every dispatcher process
 
 
@@ -99,15 +100,41 @@ def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
         # Let SQLAlchemy's "begin" event, not the driver, decide how transactions start.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         _switch_to_wal(cursor)
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        immediate = conn.get_execution_options().get(_WRITE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if conn.get_execution_options().get(_WRITE, False):
+            _begin_immediate(conn)
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+def _begin_immediate(conn: Any, timeout: float = 60.0) -> None:
+    """``BEGIN IMMEDIATE``, waiting for another process's writer in steps of at most 2 ms.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10, … up to 100 ms between tries: with a gateway
+    and worker processes writing the same file, every accept that met a worker's transaction
+    waited tens of milliseconds after the lock was free (bench small: accept p99 400 ms at 50
+    notifications/s). Here the wait is ours, with the busy timeout off for this statement only
+    (reads and commits keep it). It runs in the driver's thread: the event loop never blocks."""
+    conn.exec_driver_sql("PRAGMA busy_timeout=0")
+    try:
+        deadline, delay = time.monotonic() + timeout, 0.0002
+        while True:
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except sa.exc.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.002)
+    finally:
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
 
 
 def _switch_to_wal(cursor: Any, attempts: int = 100) -> None:
