@@ -109,14 +109,17 @@ class Deliverer:
         work, announce the in-app entries won, send the rows won; per plan, what was won and
         whether it is all final now."""
         rows = todo or [plan.rows for plan in plans]
-        won = await self._store.ledger.open(
-            headers, [plan.chunk_rows(r) for plan, r in zip(plans, rows, strict=True)])
+        claim = self._sender.new_claim()
+        opened = await self._store.ledger.open(
+            headers, [plan.chunk_rows(r) for plan, r in zip(plans, rows, strict=True)], claim)
+        won = opened.won
         await self._feed.announce(plan.feed[k.user_id] for plan, keys in zip(plans, won, strict=True)
                                   for k in sorted(keys)
                                   if k.channel == "in_app" and k.user_id in plan.feed)
         sends = [_outbound(plan.message.version, plan.sends, keys)
                  for plan, keys in zip(plans, won, strict=True)]
-        finished = await self._sender.send([o for per_plan in sends for o in per_plan])
+        finished = await self._sender.send([o for per_plan in sends for o in per_plan], claim,
+                                           opened.claimed)
         return [_Round(len(keys) == len(r) and {o.key for o in s} <= finished)
                 for keys, r, s in zip(won, rows, sends, strict=True)]
 

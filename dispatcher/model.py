@@ -21,6 +21,7 @@ __all__ = [
     "CHANNELS",
     "Channel",
     "ChunkRows",
+    "Claim",
     "DeliveryStatus",
     "Device",
     "FINAL_STATUSES",
@@ -144,6 +145,14 @@ class ChunkRows:
     insert: frozenset[str]
     reset: frozenset[str]
     feed: Mapping[str, FeedEntry]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A sender's claim on rows: its token, and how many rows it may hold at once."""
+
+    token: str
+    limit: int
 
 
 @dataclass(frozen=True)

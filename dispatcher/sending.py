@@ -28,7 +28,7 @@ from channels.base import (
     UnregisteredDevice,
 )
 from dispatcher.group_commit import GroupCommit
-from dispatcher.model import DeliveryStatus, Reason, RowKey, RowState
+from dispatcher.model import Claim, DeliveryStatus, Reason, RowKey, RowState
 from dispatcher.retry import RetryPolicy
 from dispatcher.store.ledger import LedgerStore
 
@@ -67,15 +67,25 @@ class Sender:
         self._deactivate = deactivate
         self._outcomes: GroupCommit[tuple[RowState, str]] = GroupCommit(ledger.record)
 
-    async def send(self, sends: Sequence[Outbound]) -> set[RowKey]:
+    def new_claim(self) -> Claim:
+        """A claim for the store to take rows under while it opens them (the first window)."""
+        return Claim(uuid.uuid4().hex, self._window)
+
+    async def send(self, sends: Sequence[Outbound], claim: Claim | None = None,
+                   claimed: Mapping[RowKey, int] | None = None) -> set[RowKey]:
         """Claim, send and record the ``pending`` rows of ``sends`` (others may take some);
-        return the keys whose final outcome this call recorded."""
+        return the keys whose final outcome this call recorded. ``claimed``: rows already
+        claimed under ``claim`` (key -> version), sent at once."""
         finished: set[RowKey] = set()
-        token = uuid.uuid4().hex
+        token = claim.token if claim is not None else uuid.uuid4().hex
+        claimed = claimed or {}
         # The same row twice (a message and its redelivery in one batch): sent once. Other
         # versions of a row stay: only the version the row holds can claim it.
-        waiting = list({(o.key, o.version): o for o in reversed(sends)}.values())[::-1]
-        active: set[asyncio.Task[RowKey | None]] = set()
+        unique = list({(o.key, o.version): o for o in reversed(sends)}.values())[::-1]
+        active: set[asyncio.Task[RowKey | None]] = {
+            asyncio.create_task(self._deliver(o, token)) for o in unique
+            if claimed.get(o.key) == o.version}
+        waiting = [o for o in unique if claimed.get(o.key) != o.version]
         try:
             while waiting or active:
                 if waiting and len(active) <= self._window // 2:

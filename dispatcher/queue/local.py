@@ -96,24 +96,25 @@ class LocalQueue:
                 await self._move_to_dlq(conn, row.id, row.body, row.receive_count,
                                         f"received {row.receive_count} times without success "
                                         f"(max {self._max_receives})")
-            taken = []
-            for row in (r for r in rows if r.receive_count < self._max_receives):
-                receipt = secrets.token_hex(16)
+            taken = [QueuedMessage(str(r.id), r.body, secrets.token_hex(16), r.receive_count + 1)
+                     for r in rows if r.receive_count < self._max_receives]
+            if taken:
                 await conn.execute(
-                    queue_messages.update().where(queue_messages.c.id == row.id)
-                    .values(visible_at=now + self._visibility_us, receipt=receipt,
-                            receive_count=row.receive_count + 1)
-                )
-                taken.append(QueuedMessage(str(row.id), row.body, receipt, row.receive_count + 1))
+                    queue_messages.update().where(queue_messages.c.id == sa.bindparam("b_id"))
+                    .values(visible_at=now + self._visibility_us, receipt=sa.bindparam("b_receipt"),
+                            receive_count=sa.bindparam("b_count")),
+                    [{"b_id": int(m.id), "b_receipt": m.receipt, "b_count": m.receive_count}
+                     for m in taken])
         return taken
 
     async def ack(self, messages: Sequence[QueuedMessage]) -> None:
         if not messages:
             return
         async with self._db.write() as conn:
-            for m in messages:
-                await conn.execute(queue_messages.delete().where(
-                    queue_messages.c.id == int(m.id), queue_messages.c.receipt == m.receipt))
+            await conn.execute(
+                queue_messages.delete().where(queue_messages.c.id == sa.bindparam("b_id"),
+                                              queue_messages.c.receipt == sa.bindparam("b_receipt")),
+                [{"b_id": int(m.id), "b_receipt": m.receipt} for m in messages])
 
     async def extend(self, message: QueuedMessage, seconds: float) -> None:
         async with self._db.write() as conn:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dispatcher.model import (
     ChunkRows,
+    Claim,
     DeliveryStatus,
     HeaderUpdate,
     Reason,
@@ -40,73 +42,114 @@ from dispatcher.store.feed import FeedStore
 from dispatcher.store.notifications import NotificationStore
 from dispatcher.store.schema import deliveries
 
-__all__ = ["LedgerStore"]
+__all__ = ["LedgerStore", "Opened"]
 
 _PENDING, _SENDING = DeliveryStatus.PENDING.value, DeliveryStatus.SENDING.value
 
 
+@dataclass(frozen=True)
+class Opened:
+    """What :meth:`LedgerStore.open` did: the keys each chunk won (in the order of the chunks),
+    and the won rows it claimed for the caller's first sends."""
+
+    won: list[set[RowKey]]
+    claimed: dict[RowKey, int]  # key -> the version claimed
+
+
+@dataclass
+class _Current:
+    version: int
+    status: str
+    attempts: int
+
+
 class LedgerStore:
+    """Every method is a fixed number of statements, whatever the number of rows or
+    notifications: a unit of work of 64 small notifications holds the write lock for a few
+    statements, not a few hundred (measured: SQLite's one writer was what small traffic
+    queued on)."""
+
     def __init__(self, db: Database, notifications: NotificationStore, feed: FeedStore) -> None:
         self._db = db
         self._notifications = notifications
         self._feed = feed
 
-    async def open(self, headers: Sequence[HeaderUpdate],
-                   chunks: Sequence[ChunkRows]) -> list[set[RowKey]]:
+    async def open(self, headers: Sequence[HeaderUpdate], chunks: Sequence[ChunkRows],
+                   claim: Claim | None = None) -> Opened:
         """One unit of work: upsert ``headers``, write every chunk's rows and the feed entries
-        of the in-app rows won, in one transaction. Returns the keys each chunk won, in the
-        order of ``chunks``."""
+        of the in-app rows won, in one transaction; with ``claim``, also claim (``sending``)
+        up to ``claim.limit`` of the won rows to send, for ``claim.token``.
+
+        Chunks apply in order, as if opened one after another: a later chunk of the same
+        batch may take over what an earlier one wrote (an update after its notification)."""
         async with self._db.write() as conn:
             await self._notifications.upsert_many_in(conn, headers)
             now = now_us()
-            won = [await self._open_chunk(conn, chunk, now) for chunk in chunks]
-            entries = [chunk.feed[k.user_id] for chunk, keys in zip(chunks, won, strict=True) for k in keys
-                       if k.channel == "in_app" and k.user_id in chunk.feed]
+            inserted = await self._insert(conn, chunks, now)
+            current = await self._current(conn, chunks, inserted)
+            won, changes = _take_over(chunks, inserted, current)
+            await self._apply(conn, changes, now)
+            to_claim = _claimable(chunks, won, current, claim)
+            await self._claim_in(conn, to_claim, claim, now)
+            claimed = {key: current[key].version for key in to_claim}
+            entries = [chunk.feed[k.user_id] for chunk, keys in zip(chunks, won, strict=True)
+                       for k in keys if k.channel == "in_app" and k.user_id in chunk.feed]
             await self._feed.write(conn, entries)
-        return won
+        return Opened(won, claimed)
 
-    async def _open_chunk(self, conn: AsyncConnection, chunk: ChunkRows, now: int) -> set[RowKey]:
-        won = await self._insert(conn, chunk, now)
-        rest = [r for r in chunk.rows if r.key not in won]
-        return won | await self._take_over(conn, chunk, rest, now)
-
-    async def _insert(self, conn: AsyncConnection, chunk: ChunkRows, now: int) -> set[RowKey]:
-        rows = [_row(chunk.version, r, now) for r in chunk.rows if r.key.channel in chunk.insert]
-        if not rows:
-            return set()
+    async def _insert(self, conn: AsyncConnection, chunks: Sequence[ChunkRows],
+                      now: int) -> dict[RowKey, int]:
+        """Insert the missing rows of the chunks' ``insert`` channels in one statement;
+        return each inserted key with the index of the chunk that inserted it."""
+        first: dict[RowKey, tuple[int, dict[str, object]]] = {}
+        for index, chunk in enumerate(chunks):
+            for r in chunk.rows:
+                if r.key.channel in chunk.insert and r.key not in first:
+                    first[r.key] = (index, _row(chunk.version, r, now))
+        if not first:
+            return {}
         stmt = (self._db.insert(deliveries).on_conflict_do_nothing()
-                .returning(deliveries.c.user_id, deliveries.c.channel))
-        nid = chunk.notification_id
-        return {RowKey(nid, r.user_id, r.channel) for r in await conn.execute(stmt, rows)}
+                .returning(deliveries.c.notification_id, deliveries.c.user_id, deliveries.c.channel))
+        rows = await conn.execute(stmt, [values for _, values in first.values()])
+        return {key: first[key][0] for key in (RowKey(*r) for r in rows)}
 
-    async def _take_over(self, conn: AsyncConnection, chunk: ChunkRows,
-                         rows: Sequence[RowState], now: int) -> set[RowKey]:
-        """Rows that exist already: won when ``pending`` at this version, or (for channels in
-        ``reset``) at an older version and not in flight."""
-        groups: dict[tuple[str, str, str | None, str | None], list[str]] = defaultdict(list)
-        for r in rows:
-            groups[(r.key.channel, r.status.value, _str(r.reason), r.detail)].append(r.key.user_id)
-        won: set[RowKey] = set()
-        nid, version = chunk.notification_id, chunk.version
-        for (channel, status, reason, detail), user_ids in groups.items():
-            takeable = sa.and_(deliveries.c.version == version, deliveries.c.status == _PENDING)
-            if channel in chunk.reset:
-                takeable = sa.or_(takeable, sa.and_(deliveries.c.version < version,
-                                                    deliveries.c.status != _SENDING))
-            stmt = (
-                deliveries.update()
-                .where(deliveries.c.notification_id == nid, deliveries.c.channel == channel,
-                       deliveries.c.user_id.in_(user_ids), takeable)
-                .values(
-                    status=status, reason=reason, detail=_clip(detail), version=version,
-                    attempts=sa.case((deliveries.c.version == version, deliveries.c.attempts),
-                                     else_=0),
-                    provider_message_id=None, claim_token=None, claimed_at=None, updated_at=now,
-                )
-                .returning(deliveries.c.user_id)
-            )
-            won |= {RowKey(nid, r.user_id, channel) for r in await conn.execute(stmt)}
-        return won
+    async def _current(self, conn: AsyncConnection, chunks: Sequence[ChunkRows],
+                       inserted: dict[RowKey, int]) -> dict[RowKey, _Current]:
+        """The rows the chunks may take over, as they stand (locked on PostgreSQL; SQLite's
+        writer holds the whole file)."""
+        keys = list({r.key for c in chunks for r in c.rows if r.key not in inserted})
+        current: dict[RowKey, _Current] = {}
+        for start in range(0, len(keys), _IN_BATCH):
+            batch = keys[start:start + _IN_BATCH]
+            rows = await conn.execute(
+                sa.select(deliveries.c.notification_id, deliveries.c.user_id, deliveries.c.channel,
+                          deliveries.c.version, deliveries.c.status, deliveries.c.attempts)
+                .where(_keys_in(batch)).with_for_update())
+            for r in rows:
+                current[RowKey(r.notification_id, r.user_id, r.channel)] = _Current(
+                    r.version, r.status, r.attempts)
+        return current
+
+    async def _apply(self, conn: AsyncConnection, changes: dict[RowKey, dict[str, object]],
+                     now: int) -> None:
+        if not changes:
+            return
+        stmt = (deliveries.update().where(*_by_key())
+                .values(status=sa.bindparam("b_status"), reason=sa.bindparam("b_reason"),
+                        detail=sa.bindparam("b_detail"), version=sa.bindparam("b_version"),
+                        attempts=sa.bindparam("b_attempts"), provider_message_id=None,
+                        claim_token=None, claimed_at=None, updated_at=now))
+        await conn.execute(stmt, [{**_key_params(k), **v} for k, v in changes.items()])
+
+    async def _claim_in(self, conn: AsyncConnection, keys: list[RowKey], claim: Claim | None,
+                        now: int) -> None:
+        """Claim rows this transaction holds ``pending``: no one else can have them."""
+        if claim is None or not keys:
+            return
+        stmt = (deliveries.update().where(*_by_key(), deliveries.c.status == _PENDING)
+                .values(status=_SENDING, claim_token=claim.token, claimed_at=now,
+                        attempts=deliveries.c.attempts + 1, updated_at=now))
+        await conn.execute(stmt, [_key_params(k) for k in keys])
 
     async def record(self, outcomes: Sequence[tuple[RowState, str]]) -> None:
         """Record outcomes of sends, each with the token that claimed its row; ``pending``
@@ -137,23 +180,23 @@ class LedgerStore:
 
     async def claim(self, rows: Iterable[tuple[RowKey, int]], token: str) -> set[RowKey]:
         """Claim ``pending`` rows at the given versions for a send; return those won."""
-        groups: dict[tuple[str, int, str], list[str]] = defaultdict(list)
-        for key, version in rows:
-            groups[(key.notification_id, version, key.channel)].append(key.user_id)
+        wanted = list(dict.fromkeys(rows))
         won: set[RowKey] = set()
         now = now_us()
         async with self._db.write() as conn:
-            for (nid, version, channel), user_ids in groups.items():
+            for start in range(0, len(wanted), _IN_BATCH):
+                batch = wanted[start:start + _IN_BATCH]
                 result = await conn.execute(
                     deliveries.update()
-                    .where(deliveries.c.notification_id == nid,
-                           deliveries.c.channel == channel, deliveries.c.user_id.in_(user_ids),
-                           deliveries.c.version == version, deliveries.c.status == _PENDING)
+                    .where(sa.tuple_(deliveries.c.notification_id, deliveries.c.user_id,
+                                     deliveries.c.channel, deliveries.c.version)
+                           .in_([(*key, version) for key, version in batch]),
+                           deliveries.c.status == _PENDING)
                     .values(status=_SENDING, claim_token=token, claimed_at=now,
                             attempts=deliveries.c.attempts + 1, updated_at=now)
-                    .returning(deliveries.c.user_id)
-                )
-                won |= {RowKey(nid, r.user_id, channel) for r in result}
+                    .returning(deliveries.c.notification_id, deliveries.c.user_id,
+                               deliveries.c.channel))
+                won |= {RowKey(*r) for r in result}
         return won
 
     async def unfinished(self, notification_id: str, user_ids: Sequence[str]) -> list[Unfinished]:
@@ -209,3 +252,79 @@ def _str(reason: Reason | None) -> str | None:
 
 def _clip(detail: str | None, limit: int = 1000) -> str | None:
     return detail if detail is None or len(detail) <= limit else detail[: limit - 1] + "…"
+
+
+#: Keys per ``IN (…)`` list: well under SQLite's 32,766 variables at four per key.
+_IN_BATCH = 2000
+
+
+def _keys_in(keys: Sequence[RowKey]) -> sa.ColumnElement[bool]:
+    return sa.tuple_(deliveries.c.notification_id, deliveries.c.user_id,
+                     deliveries.c.channel).in_([tuple(k) for k in keys])
+
+
+def _by_key() -> tuple[sa.ColumnElement[bool], ...]:
+    return (deliveries.c.notification_id == sa.bindparam("b_nid"),
+            deliveries.c.user_id == sa.bindparam("b_user"),
+            deliveries.c.channel == sa.bindparam("b_channel"))
+
+
+def _key_params(key: RowKey) -> dict[str, object]:
+    return {"b_nid": key.notification_id, "b_user": key.user_id, "b_channel": key.channel}
+
+
+def _take_over(chunks: Sequence[ChunkRows], inserted: dict[RowKey, int],
+               current: dict[RowKey, _Current]) -> tuple[list[set[RowKey]], dict[RowKey, dict[str, object]]]:
+    """Which rows each chunk wins, in order, and the final values of the rows taken over.
+
+    A chunk wins a row it inserted, or a row that is ``pending`` at its version, or (for its
+    ``reset`` channels) a row at an older version that is not in flight. ``current`` is
+    updated as the chunks win rows, so a later chunk sees what an earlier one did."""
+    for key, index in inserted.items():
+        chunk = chunks[index]
+        planned = next(r for r in chunk.rows if r.key == key)
+        current[key] = _Current(chunk.version, planned.status.value, 0)
+    won: list[set[RowKey]] = []
+    changes: dict[RowKey, dict[str, object]] = {}
+    for index, chunk in enumerate(chunks):
+        keys: set[RowKey] = set()
+        for r in chunk.rows:
+            if inserted.get(r.key) == index:
+                keys.add(r.key)
+                continue
+            cur = current.get(r.key)
+            if cur is None or not _takeable(cur, chunk, r.key.channel):
+                continue
+            attempts = cur.attempts if cur.version == chunk.version else 0
+            current[r.key] = _Current(chunk.version, r.status.value, attempts)
+            changes[r.key] = {"b_status": r.status.value, "b_reason": _str(r.reason),
+                              "b_detail": _clip(r.detail), "b_version": chunk.version,
+                              "b_attempts": attempts}
+            keys.add(r.key)
+        won.append(keys)
+    return won, changes
+
+
+def _takeable(cur: _Current, chunk: ChunkRows, channel: str) -> bool:
+    if cur.version == chunk.version and cur.status == _PENDING:
+        return True
+    return channel in chunk.reset and cur.version < chunk.version and cur.status != _SENDING
+
+
+def _claimable(chunks: Sequence[ChunkRows], won: list[set[RowKey]],
+               current: dict[RowKey, _Current], claim: Claim | None) -> list[RowKey]:
+    """The won rows still ``pending`` at their chunk's version after every chunk applied,
+    in order, up to the claim's limit."""
+    if claim is None:
+        return []
+    keys: list[RowKey] = []
+    for chunk, chunk_won in zip(chunks, won, strict=True):
+        for r in chunk.rows:
+            cur = current.get(r.key)
+            if (r.key in chunk_won and r.status == DeliveryStatus.PENDING and cur is not None
+                    and cur.version == chunk.version and cur.status == _PENDING
+                    and r.key not in keys):
+                keys.append(r.key)
+                if len(keys) >= claim.limit:
+                    return keys
+    return keys

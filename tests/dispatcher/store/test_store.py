@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dispatcher.runtime import Runtime
-from dispatcher.model import ChunkRows, DeliveryStatus, FeedEntry, HeaderUpdate, Reason, RowKey, RowState
+from dispatcher.model import ChunkRows, Claim, DeliveryStatus, FeedEntry, HeaderUpdate, Reason, RowKey, RowState
 from dispatcher.preferences import Preferences
 from support import new_id
 
@@ -69,8 +69,9 @@ def rows_of(nid: str, *planned: tuple[str, str, DeliveryStatus] | tuple[str, str
 
 async def open_rows(runtime: Runtime, nid: str, version: int, rows: list[RowState], *,
                     insert: set[str], reset: set[str] = set()) -> set[RowKey]:
-    [won] = await runtime.store.ledger.open(
+    opened = await runtime.store.ledger.open(
         [], [ChunkRows(nid, version, rows, frozenset(insert), frozenset(reset), {})])
+    [won] = opened.won
     return won
 
 
@@ -86,13 +87,44 @@ async def test_a_chunk_opened_twice_wins_its_rows_once(runtime: Runtime) -> None
 
 async def test_one_unit_of_work_opens_chunks_of_several_notifications(runtime: Runtime) -> None:
     a, b = new_id(), new_id()
-    won = await runtime.store.ledger.open(
+    opened = await runtime.store.ledger.open(
         [header(a, 1, "installing"), header(b, 1, "installing")],
         [ChunkRows(a, 1, rows_of(a, ("u1", "sms", PENDING)), frozenset({"sms"}), frozenset(), {}),
          ChunkRows(b, 1, rows_of(b, ("u1", "sms", PENDING)), frozenset({"sms"}), frozenset(), {})])
-    assert won == [{RowKey(a, "u1", "sms")}, {RowKey(b, "u1", "sms")}]
+    assert opened.won == [{RowKey(a, "u1", "sms")}, {RowKey(b, "u1", "sms")}]
     assert (await runtime.store.notifications.get(a)) is not None
     assert (await runtime.store.notifications.get(b)) is not None
+
+
+async def test_open_claims_the_first_rows_to_send_and_only_those(runtime: Runtime) -> None:
+    nid = new_id()
+    rows = rows_of(nid, ("u1", "sms", PENDING), ("u2", "sms", PENDING), ("u3", "sms", PENDING),
+                   ("u4", "sms", SKIPPED, Reason.NO_CONTACT))
+    opened = await runtime.store.ledger.open(
+        [], [ChunkRows(nid, 1, rows, frozenset({"sms"}), frozenset(), {})], Claim("tok", 2))
+    assert opened.claimed == {RowKey(nid, "u1", "sms"): 1, RowKey(nid, "u2", "sms"): 1}
+    statuses = {r.key.user_id: r.status for r in await runtime.store.ledger.unfinished(
+        nid, ["u1", "u2", "u3", "u4"])}
+    assert statuses == {"u1": "sending", "u2": "sending", "u3": "pending"}
+    # the claim holder records; the unclaimed row is still there for a later claim
+    await runtime.store.ledger.record([(RowState(RowKey(nid, "u1", "sms"), SENT), "tok")])
+    assert await runtime.store.ledger.claim([(RowKey(nid, "u3", "sms"), 1)], "t2") == {
+        RowKey(nid, "u3", "sms")}
+
+
+async def test_a_later_chunk_of_one_unit_of_work_takes_over_an_earlier_ones_row(
+        runtime: Runtime) -> None:
+    nid = new_id()
+    v1 = ChunkRows(nid, 1, rows_of(nid, ("u1", "push", PENDING)), frozenset({"push"}),
+                   frozenset({"push"}), {})
+    v2 = ChunkRows(nid, 2, rows_of(nid, ("u1", "push", PENDING)), frozenset({"push"}),
+                   frozenset({"push"}), {})
+    opened = await runtime.store.ledger.open([], [v1, v2], Claim("tok", 10))
+    key = RowKey(nid, "u1", "push")
+    assert opened.won == [{key}, {key}]
+    assert opened.claimed == {key: 2}
+    [row] = await runtime.store.ledger.unfinished(nid, ["u1"])
+    assert (row.version, row.status) == (2, "sending")
 
 
 async def test_a_pending_row_is_claimed_by_one_sender_only(runtime: Runtime) -> None:
