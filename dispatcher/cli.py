@@ -17,10 +17,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
+from dispatcher.bus.pipe import forward
 from dispatcher.config import ConfigurationError, Settings
 from dispatcher.rendering import TemplateError
 
@@ -104,13 +106,13 @@ async def _serve(settings: Settings, *, workers: int = 1) -> int:
     for note in notes:
         log.warning(note)
     runtime = await Runtime.open(settings)
-    # With more than one process the API process runs no worker loop: delivery work would
-    # hold its GIL and its SQLite writer and slow every accept (measured with bench small:
-    # the serve process did nearly all the work, its accept p99 over 200 ms at 50/s).
-    processes = settings.process_count() if workers else 0
-    children = _spawn_workers(settings, processes) if processes > 1 else []
-    app = create_app(runtime, workers=workers if processes == 1 else 0, owns_runtime=True,
-                     children=children)
+    # The API process runs a worker loop too: the embedded bus is in-process, so the live
+    # stream it serves carries the events of its own worker only (README, "live stream").
+    children = _spawn_workers(settings, settings.process_count() - 1) if workers else []
+    for fd in (child.bus_fd for child in children if child.bus_fd is not None):
+        _background.add(asyncio.create_task(forward(fd, runtime.bus)))
+    app = create_app(runtime, workers=workers, owns_runtime=True,
+                     children=[child.popen for child in children])
     server = uvicorn.Server(server_config(app, settings))
     # Shutdown (workers finish their chunks, the runtime closes) runs in the app's lifespan:
     # on SIGTERM uvicorn re-raises the signal after it, so nothing after serve() would run.
@@ -122,14 +124,35 @@ async def _gateway(settings: Settings) -> int:
     return await _serve(settings, workers=0)
 
 
-def _spawn_workers(settings: Settings, count: int) -> list[subprocess.Popen[bytes]]:
+@dataclass(frozen=True)
+class _Child:
+    popen: subprocess.Popen[bytes]
+    bus_fd: int | None  # our end of its live-event pipe (None: Redis carries them)
+
+
+#: Tasks that live as long as the process (forwarding the children's live events).
+_background: set[asyncio.Task[None]] = set()
+
+
+def _spawn_workers(settings: Settings, count: int) -> list[_Child]:
     """``dispatcher serve``'s extra worker processes, one process tree: they share its
-    settings (credentials included) and stop when it stops, or when it dies."""
+    settings (credentials included), send their live events up a pipe (without Redis), and
+    stop when it stops, or when it dies."""
     env = {**os.environ, "DISPATCHER_API_KEYS": settings.api_keys or "",
            "DISPATCHER_USER_TOKEN_SECRET": settings.user_token_secret or "",
            "DISPATCHER_WORKER_CONCURRENCY": str(settings.worker_concurrency)}
     argv = [sys.executable, "-m", "dispatcher", "worker", "--parent-pid", str(os.getpid())]
-    return [subprocess.Popen(argv, env=env) for _ in range(max(count, 0))]
+    children = []
+    for _ in range(max(count, 0)):
+        if settings.redis_url:
+            children.append(_Child(subprocess.Popen(argv, env=env), None))
+            continue
+        ours, theirs = os.pipe()
+        popen = subprocess.Popen(argv, env={**env, "DISPATCHER_BUS_FD": str(theirs)},
+                                 pass_fds=(theirs,))
+        os.close(theirs)
+        children.append(_Child(popen, ours))
+    return children
 
 
 async def _worker(settings: Settings, parent_pid: int | None = None) -> int:

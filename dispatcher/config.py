@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     #: SQLite ``PRAGMA synchronous``: FULL survives power loss; NORMAL survives a killed process.
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     redis_url: str | None = None
+    #: Internal: set by ``dispatcher serve`` for its worker processes (their live events go to
+    #: the API process through this pipe; see ``dispatcher.bus.pipe``).
+    bus_fd: int | None = None
 
     email_provider: Literal["log", "ses"] = "log"
     sms_provider: Literal["log", "sns"] = "log"

@@ -78,26 +78,23 @@ class Reason(StrEnum):
     OUTCOME_UNKNOWN = "outcome_unknown"
 
 
-_ID_RE = re.compile(r"^(?P<service>[A-Za-z0-9_.-]{1,64})#(?P<uuid>[0-9A-Fa-f-]{32,36})$")
+_ID_RE = re.compile(r"(?P<service>[A-Za-z0-9_.-]{1,64})#(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
+                    r"[0-9a-f]{4}-[0-9a-f]{12})")
+_ID_FORM = "'<service>#<uuid>' (the UUID in its canonical form: lowercase, 8-4-4-4-12 hex digits"
 
 
 def parse_notification_id(notification_id: str, service: str | None = None) -> str:
     """Check ``notification_id`` against the id policy and return its service part.
 
-    With ``service`` given, the id must also belong to that service
+    Only the canonical form is accepted (``app#3f1c…-…``, lowercase, dashes at their places,
+    nothing around it): one UUID is one notification, never two spellings of it. With
+    ``service`` given, the id must also belong to that service
     (:class:`~dispatcher.errors.ForeignNotification` otherwise).
     """
-    match = _ID_RE.match(notification_id)
+    match = _ID_RE.fullmatch(notification_id)
     if match is None:
-        raise InvalidNotificationId(
-            f"notification id {notification_id!r} does not match '<service>#<uuid>'"
-        )
-    try:
-        uuid.UUID(match["uuid"])
-    except ValueError:
-        raise InvalidNotificationId(
-            f"notification id {notification_id!r}: {match['uuid']!r} is not a UUID"
-        ) from None
+        raise InvalidNotificationId(f"notification id {notification_id!r} does not match {_ID_FORM}, "
+                                    f"e.g. 'app#{uuid.UUID(int=0x3F1C)}')")
     if service is not None and match["service"] != service:
         raise ForeignNotification(
             f"notification id {notification_id!r} belongs to service {match['service']!r}, "

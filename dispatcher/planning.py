@@ -29,6 +29,7 @@ from dispatcher.model import (
     RowState,
     UserRecord,
 )
+from dispatcher.part_limits import bounded
 from dispatcher.rendering import TemplateInfo, TemplateRegistry
 from dispatcher.unsubscribe import UnsubscribeLinks
 
@@ -199,6 +200,7 @@ class _Renders:
     def _render(self, locale: str | None) -> dict[str, dict[str, str]] | TemplateError:
         context = render_context(self._message, self._category, locale)
         try:
-            return self._templates.render(self._message.template, self._channels, context, locale)
+            rendered = self._templates.render(self._message.template, self._channels, context, locale)
         except TemplateError as exc:
             return exc
+        return {channel: bounded(channel, parts) for channel, parts in rendered.items()}

@@ -147,6 +147,10 @@ def _bus(settings: Settings) -> Bus:
         from dispatcher.bus.redis import RedisBus
 
         return RedisBus.from_url(settings.redis_url)
+    if settings.bus_fd is not None:
+        from dispatcher.bus.pipe import PipeBus
+
+        return PipeBus(settings.bus_fd)
     return LocalBus()
 
 

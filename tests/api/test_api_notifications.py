@@ -188,3 +188,17 @@ async def test_an_unreachable_store_is_a_503_not_a_500(postgres_url: str) -> Non
         assert r.status_code == 503, r.text
         assert r.json()["error"] == {"code": "unavailable",
                                      "message": "the store is unavailable; retry later"}
+
+
+@pytest.mark.parametrize("spelling", [
+    lambda u: u.upper(), lambda u: u.replace("-", ""), lambda u: u[:9] + u[9:].replace("-", "", 1) + "-",
+    lambda u: u + "\n", lambda u: " " + u, lambda u: "{" + u + "}",
+])
+async def test_one_uuid_is_one_notification_only_its_canonical_spelling_is_accepted(
+        client: httpx.AsyncClient, spelling: Any) -> None:
+    canonical = str(uuid.uuid4())
+    body = {"recipients": ["u1"], "template": "app-install", "data": {"app_name": "Foo"}}
+    assert (await client.post("/v1/notifications", json={"id": f"app#{canonical}", **body})).status_code == 202
+    r = await client.post("/v1/notifications", json={"id": f"app#{spelling(canonical)}", **body})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "invalid_id" and "canonical" in r.json()["error"]["message"]

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ADAPTERS = ("channels.ses", "channels.sns", "channels.fcm", "channels.log", "dispatcher.queue.sqs",
-            "dispatcher.queue.local", "dispatcher.bus.redis", "dispatcher.bus.local")
+            "dispatcher.queue.local", "dispatcher.bus.redis", "dispatcher.bus.local", "dispatcher.bus.pipe")
 WIRING = {"dispatcher/runtime.py", "dispatcher/cli.py"}
 
 

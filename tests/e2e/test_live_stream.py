@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import httpx
@@ -107,3 +108,26 @@ class SseReader:
             pytest.fail(f"the stream sent nothing for {EVENT_TIMEOUT:.0f}s")
         except StopIteration:
             pytest.fail("the server closed the stream")
+
+
+def test_the_stream_carries_what_every_worker_process_delivered(
+    dispatcher_env, start_server, user_token,
+):
+    """``dispatcher serve`` with three processes: whichever process delivers a notification,
+    the user's stream on the API process shows it (worker processes send their events up a
+    pipe)."""
+    server = start_server({**dispatcher_env, "DISPATCHER_WORKER_PROCESSES": "3"})
+    ids = [f"app#{uuid.uuid4()}" for _ in range(200)]  # within the 256 events a stream buffers
+    with server.client() as service, server.client(user_token("u1")) as app:
+        assert service.put("/v1/users/u1", json={"email": "u1@example.com"}).status_code == 200
+        with app.stream("GET", "/v1/users/u1/notifications/stream",
+                        timeout=httpx.Timeout(10.0, read=EVENT_TIMEOUT)) as response:
+            assert response.status_code == 200, response.read()
+            stream = SseReader(response)
+            stream.wait_connected()
+            # Concurrent senders: more work than the API process's own worker takes at once,
+            # so the other processes deliver part of it.
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(lambda nid: notify(service, nid, version=1, state="installing"), ids))
+            seen = {stream.next_event("notification")["id"] for _ in ids}
+    assert seen == set(ids)
