@@ -85,8 +85,9 @@ class Settings(BaseSettings):
     #: Deepest nesting of notification ``data`` (``{"a": 1}`` is 1; else 422 naming ``data``).
     max_data_depth: int = Field(default=16, ge=1)
 
-    #: Seconds a client has to send a whole request (headers and body), from connecting or from
-    #: its first byte; later: 408 and the connection is closed. Also bounds a silent connection.
+    #: Seconds a client has to send a whole request (headers and body), from connecting for the
+    #: first request, from its first byte for later ones; later: 408 and the connection is
+    #: closed. Also bounds a silent connection.
     request_read_timeout: float = Field(default=10.0, gt=0)
     #: Seconds an idle keep-alive connection stays open after a response.
     keep_alive_timeout: int = Field(default=5, ge=1)

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from dispatcher.api import feed, notifications, templates, unsubscribe, users
 from dispatcher.api.auth import Authenticator
-from dispatcher.api.errors import ApiError, install_error_handlers
+from dispatcher.api.errors import ERROR_RESPONSES, ApiError, install_error_handlers
 from dispatcher.api.limits import BodyLimit, ReadDeadline
 from dispatcher.runtime import Runtime
 
@@ -52,9 +52,15 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ReadDeadline, seconds=settings.request_read_timeout)
     for module in (notifications, users, feed, templates):
-        app.include_router(module.router(runtime, auth))
+        app.include_router(module.router(runtime, auth), responses=ERROR_RESPONSES)
     if runtime.links is not None:
-        app.include_router(unsubscribe.router(runtime, runtime.links))
+        # Pages (text/html), but an invalid link is a JSON error like everywhere else.
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+        app.include_router(unsubscribe.router(runtime, runtime.links), responses={
+            404: {"description": "Not a valid link", "content": error},
+            409: {"description": "The link has no effect (a page saying why)",
+                  "content": {"text/html": {"schema": {"type": "string"}}}},
+            422: {"description": "Invalid request", "content": error}})
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:

@@ -16,11 +16,12 @@ What uvicorn bounds by itself, and what it does not (read in uvicorn 0.3x-0.5x,
 
 So the request bound (``DISPATCHER_REQUEST_READ_TIMEOUT``) lives in two places:
 
-* :class:`DeadlineHttpToolsProtocol`: from the connection's start, and from the first byte
-  of each request, the whole request must arrive within the bound. Headers late: a 408 and
+* :class:`DeadlineHttpToolsProtocol`: the first request must arrive whole within the bound
+  of connecting, each later one within the bound of its first byte. Headers late: a 408 and
   close. Body late: the app's :class:`~dispatcher.api.limits.ReadDeadline` answers 408 at the
-  bound; this protocol closes the connection :data:`BACKSTOP` seconds later whatever the app
-  did (e.g. answered without reading the body, which the parser would otherwise read slowly);
+  same deadline (handed over in the scope); this protocol closes the connection
+  :data:`BACKSTOP` seconds later whatever the app did (e.g. answered without reading the
+  body, which the parser would otherwise go on reading slowly);
 * :class:`~dispatcher.api.limits.ReadDeadline`: the 408 as JSON, with the error envelope.
 
 The hooks used are httptools' parser callbacks (``on_message_begin`` /
@@ -32,11 +33,13 @@ real process, so an upgrade of uvicorn that changes them fails there.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from dispatcher.api.limits import READ_DEADLINE
 from dispatcher.config import Settings
 
 __all__ = ["BACKSTOP", "DeadlineHttpToolsProtocol", "server_config"]
@@ -49,28 +52,37 @@ _TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json
 
 
 class DeadlineHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with a deadline on reading each request."""
+    """uvicorn's httptools protocol, with a deadline on reading each request.
+
+    The first request of a connection must be whole within the bound of connecting; each
+    later one within the bound of its first byte. The deadline goes to the app in the scope
+    (:data:`~dispatcher.api.limits.READ_DEADLINE`), so its 408 for a late body comes at the
+    same instant."""
 
     read_timeout: float = 10.0  # set per server by :func:`server_config`
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._deadline: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # time.monotonic() by which the current request must be whole
+        self._first = True
         self._reading_headers = True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm(self.read_timeout)
+        self._start_request()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        if not self._first:  # the first request's clock started at connection_made
+            self._start_request()
+        self._first = False
         self._reading_headers = True
-        self._arm(self.read_timeout)
 
     def on_headers_complete(self) -> None:
         self._reading_headers = False
-        if self._deadline is not None:
-            self._arm(max(self._deadline.when() - self.loop.time(), 0) + BACKSTOP)
+        self.scope.setdefault("extensions", {})[READ_DEADLINE] = {"monotonic": self._deadline}
+        self._arm(self._deadline - time.monotonic() + BACKSTOP)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -81,17 +93,21 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def _start_request(self) -> None:
+        self._deadline = time.monotonic() + self.read_timeout
+        self._arm(self.read_timeout)
+
     def _arm(self, seconds: float) -> None:
         self._disarm()
-        self._deadline = self.loop.call_later(seconds, self._expired)
+        self._timer = self.loop.call_later(max(seconds, 0), self._expired)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _expired(self) -> None:
-        self._deadline = None
+        self._timer = None
         if self.transport.is_closing():
             return
         if self._reading_headers and self._cycle_idle():

@@ -9,10 +9,12 @@ status by reading a message.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dispatcher.errors import (
@@ -28,13 +30,13 @@ from dispatcher.errors import (
 )
 from dispatcher.store import STORE_UNAVAILABLE
 
-__all__ = ["ApiError", "STATUS", "install_error_handlers"]
+__all__ = ["ApiError", "ERROR_RESPONSES", "ErrorOut", "STATUS", "install_error_handlers"]
 
 log = logging.getLogger("dispatcher.api")
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-          405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 422: "invalid",
-          503: "unavailable"}
+          405: "method_not_allowed", 408: "request_timeout", 409: "conflict",
+          413: "payload_too_large", 422: "invalid", 503: "unavailable"}
 
 #: The core's errors as (status, code), most specific first.
 STATUS: tuple[tuple[type[DispatcherError], int, str], ...] = (
@@ -47,6 +49,32 @@ STATUS: tuple[tuple[type[DispatcherError], int, str], ...] = (
     (InvalidRequest, 422, "invalid"),
     (NotFound, 404, "not_found"),
 )
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error the API answers: ``{"error": {"code": ..., "message": ...}}``."""
+
+    error: ErrorDetail
+
+
+#: The error answers every route may give, for the OpenAPI document (422 replaces FastAPI's
+#: default ``{"detail": [...]}`` schema, which this API never sends).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": description} for status, description in (
+        (400, "Bad request (e.g. an id outside the policy, a bad cursor)"),
+        (401, "Missing or invalid API key or user token"),
+        (403, "Not allowed for this caller"),
+        (404, "Not found"),
+        (408, "The request did not arrive in time (DISPATCHER_REQUEST_READ_TIMEOUT)"),
+        (409, "Conflicts with the current state"),
+        (413, "The body is larger than DISPATCHER_MAX_BODY_BYTES"),
+        (422, "Invalid request (the message names the field)"),
+        (503, "The store or the queue is unavailable"))}
 
 
 class ApiError(Exception):

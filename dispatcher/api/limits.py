@@ -5,8 +5,9 @@
   reading past the limit: at once when ``Content-Length`` says so, or as soon as a streamed
   (chunked) body crosses it. The app never sees such a body.
 * :class:`ReadDeadline` (``DISPATCHER_REQUEST_READ_TIMEOUT``): a body that has not fully
-  arrived within the bound, counted from the end of the headers, is a 408
-  ``request_timeout``. Slow or missing *headers* happen before any ASGI app runs; the server's
+  arrived by the request's deadline is a 408 ``request_timeout``. The deadline comes from the
+  server's protocol when it gives one (counted from the request's first byte), else from
+  the end of the headers. Slow or missing *headers* happen before any ASGI app runs; the server's
   protocol bounds those (:mod:`dispatcher.api.connections`).
 
 Both answer with ``Connection: close``, so the server closes the connection after the answer
@@ -22,7 +23,11 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimit", "ReadDeadline"]
+__all__ = ["BodyLimit", "READ_DEADLINE", "ReadDeadline"]
+
+#: ASGI scope extension through which the server's protocol hands over the instant
+#: (``time.monotonic()``) by which the request must be whole: ``{"monotonic": float}``.
+READ_DEADLINE = "dispatcher.read_deadline"
 
 
 class BodyLimit:
@@ -67,7 +72,8 @@ class ReadDeadline:
             await self.app(scope, receive, send)
             return
         guard = _Guard(send)
-        deadline = time.monotonic() + self.seconds
+        handed = (scope.get("extensions") or {}).get(READ_DEADLINE) or {}
+        deadline = float(handed.get("monotonic", time.monotonic() + self.seconds))
         body_done = False
 
         async def bounded() -> Message:
