@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     #: (or not a number) is a 401.
     user_token_max_lifetime: float = Field(default=30 * 86400, gt=0)
     templates_dir: Path = SHIPPED_TEMPLATES
+    #: Longest time one template part may take to render (the part fails with template_error).
+    render_timeout: float = Field(default=1.0, gt=0, le=60)
+    #: Largest rendered part, and largest string or list a template may build, in characters.
+    render_max_chars: int = Field(default=1_000_000, ge=1000)
 
     #: Largest request body, in bytes: a larger one is a 413 before authentication or parsing.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)

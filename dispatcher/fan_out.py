@@ -8,6 +8,7 @@ render), so a bad request is a 4xx now instead of a dead letter later.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,7 @@ class FanOut:
         recipients = list(dict.fromkeys(request["recipients"]))
         base = ChunkMessage(service=service, recipients=tuple(recipients[:1]),
                             recipients_total=len(recipients), **_fields(request))
-        header = self._check(base)
+        header = await self._check(base)
         bodies = [body for i in range(0, len(recipients), self._chunk_size)
                   for body in self._encode(base, recipients[i:i + self._chunk_size])]
         await self._commit.submit([(header, bodies)])
@@ -68,7 +69,9 @@ class FanOut:
         half = len(recipients) // 2
         return self._encode(base, recipients[:half]) + self._encode(base, recipients[half:])
 
-    def _check(self, message: ChunkMessage) -> HeaderUpdate:
+    async def _check(self, message: ChunkMessage) -> HeaderUpdate:
+        """Check the request as the worker will: template, channels, and a trial render, in a
+        thread (a template may take up to its render budget; the event loop must not)."""
         try:
             template = self._templates.info(message.template)
         except UnknownTemplate as exc:
@@ -76,7 +79,8 @@ class FanOut:
         sets = channel_sets(message.channels, template)  # ChannelNotInTemplate names the field
         context = render_context(message, category_of(message, template), message.locale)
         try:
-            self._templates.render(message.template, sorted(sets.all), context, message.locale)
+            await asyncio.to_thread(self._templates.render, message.template, sorted(sets.all),
+                                    context, message.locale)
         except TemplateError as exc:
             raise InvalidRequest("data", f"the template can't be rendered with this data: {exc}") from None
         return header_update(message, template, sets)

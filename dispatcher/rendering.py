@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 
 from dispatcher.errors import ChannelNotInTemplate, TemplateError, UnknownTemplate
+from dispatcher.render_budget import BoundedSandbox, RenderBudget, render_within
 
 __all__ = [
     "CHANNEL_PARTS",
@@ -79,10 +79,11 @@ class _Part:
     file: str
     path: Path
     compiled: jinja2.Template
+    budget: RenderBudget
 
     def render(self, context: Mapping[str, object]) -> str:
         try:
-            return self.compiled.render(context).strip()
+            return render_within(self.compiled, context, self.budget).strip()
         except Exception as exc:
             # Part code evaluates author-written expressions over caller-supplied data, so anything it raises
             # (undefined variable, sandbox violation, a filter's TypeError, 1/0, ...) is this template's fault:
@@ -144,8 +145,9 @@ def _template_line(exc: BaseException, path: Path) -> int | None:
     return line
 
 
-def _environment() -> SandboxedEnvironment:
-    return SandboxedEnvironment(
+def _environment(budget: RenderBudget) -> BoundedSandbox:
+    return BoundedSandbox(
+        budget,
         undefined=jinja2.StrictUndefined,
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False, default=False),
         trim_blocks=True,
@@ -163,9 +165,10 @@ class TemplateRegistry:
     name starts with ``.`` or ``_``.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, budget: RenderBudget | None = None) -> None:
         self._directory = Path(directory)
-        self._env = _environment()
+        self._budget = budget or RenderBudget()
+        self._env = _environment(self._budget)
         if not self._directory.is_dir():
             raise TemplateError(f"templates directory {str(self._directory)!r} does not exist")
         self._templates: dict[str, _Template] = {
@@ -251,7 +254,7 @@ class TemplateRegistry:
         except (OSError, UnicodeDecodeError) as exc:
             raise TemplateError(f"{_where(template_name, locale, path)}: cannot read: {exc}") from exc
         compiled = self._env.template_class.from_code(self._env, code, self._env.make_globals(None))
-        return _Part(template_name, locale, path.name, path, compiled)
+        return _Part(template_name, locale, path.name, path, compiled, self._budget)
 
 
 def _where(template_name: str, locale: str, path: Path) -> str:

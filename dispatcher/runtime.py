@@ -23,6 +23,7 @@ from dispatcher.planning import Planner
 from dispatcher.queue import Queue
 from dispatcher.queue.enqueue import Enqueuer, HeadersThenMessages, InOneTransaction
 from dispatcher.queue.local import LocalQueue
+from dispatcher.render_budget import RenderBudget
 from dispatcher.rendering import TemplateRegistry
 from dispatcher.retry import RetryPolicy
 from dispatcher.sending import Sender
@@ -51,7 +52,8 @@ class Runtime:
     async def open(cls, settings: Settings,
                    providers: dict[str, Provider] | None = None) -> Runtime:
         """Build everything; ``providers`` replaces the configured email/SMS/push adapters."""
-        templates = TemplateRegistry(settings.templates_dir)
+        templates = TemplateRegistry(settings.templates_dir, RenderBudget(
+            settings.render_timeout, settings.render_max_chars))
         links = _links(settings)
         db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         await db.create_schema()

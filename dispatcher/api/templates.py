@@ -1,6 +1,7 @@
 """``/v1/templates``: list the templates and preview one (services only)."""
 
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -30,7 +31,9 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
         channels = body.channels or sorted(info.channels)
         context = {**body.data, "state": body.state, "category": info.category or "default",
                    "notification_id": "preview", "locale": body.locale}
-        rendered = templates.render(name, channels, context, body.locale)  # 422s
+        # In a thread: a template may take up to its render budget; /healthz must not wait.
+        rendered = await asyncio.to_thread(templates.render, name, channels, context,
+                                           body.locale)  # 422s
         return {"template": name, "locale": body.locale, "channels": rendered}
 
     return api

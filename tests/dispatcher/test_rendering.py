@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,32 @@ def test_bad_metadata_is_an_error(tmp_path: Path) -> None:
 def test_missing_templates_directory_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(TemplateError, match="does not exist"):
         TemplateRegistry(tmp_path / "absent")
+
+
+@pytest.mark.parametrize(("source", "says"), [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+     "DISPATCHER_RENDER_TIMEOUT"),
+    ("{{ 'x' * 10**8 }}", "DISPATCHER_RENDER_MAX_CHARS"),
+    ("{{ 'x' * 600 + 'y' * 600 }}", "DISPATCHER_RENDER_MAX_CHARS"),
+    ("{{ 7 ** 100000000 }}", "exponent"),
+    ("{{ 'ab'|center(10**7) }}", "DISPATCHER_RENDER_MAX_CHARS"),
+    ("{% for i in range(100000) %}{{ 'yyyyyyyyyy' }}{% endfor %}", "over 1,000 characters"),
+])
+def test_a_template_over_its_budget_is_a_template_error(tmp_path: Path, source: str, says: str) -> None:
+    from dispatcher.render_budget import RenderBudget
+
+    root = write_template(tmp_path, "t", {"default/sms.txt": source})
+    registry = TemplateRegistry(root, RenderBudget(seconds=0.5, max_chars=1000))
+    started = time.monotonic()
+    with pytest.raises(TemplateError) as caught:
+        registry.render("t", ["sms"], {})
+    assert says in str(caught.value) and "'sms.txt'" in str(caught.value)
+    assert time.monotonic() - started < 5  # bounded: the 10**10-step loop stopped
+
+
+def test_a_template_within_its_budget_renders_as_before(tmp_path: Path) -> None:
+    from dispatcher.render_budget import RenderBudget
+
+    root = write_template(tmp_path, "t", {"default/sms.txt": "{% for i in range(3) %}{{ i * 2 }}{% endfor %}"
+                                                             "{{ 'ab' * 2 }}{{ 2 ** 8 }}"})
+    assert TemplateRegistry(root, RenderBudget(0.5, 1000)).render("t", ["sms"], {}) == {"sms": {"text": "024abab256"}}
