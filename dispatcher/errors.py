@@ -14,6 +14,7 @@ or an outage (a store or queue that does not answer). The tree, by what the call
     ├── InvalidCursor             a pagination cursor this API did not return (400)
     ├── NotFound                  no such resource (404)
     │   └── UnknownTemplate       no template of that name (a LookupError too)
+    ├── Unavailable               the queue (or another port) does not answer: retry later (503)
     ├── PoisonMessage             a queue message no worker can ever process: to the DLQ
     ├── ChunkNotSettled           rows stayed claimed by another live worker: retry later
     └── ConfigurationError        settings that can't work (together): the process won't start
@@ -39,6 +40,7 @@ __all__ = [
     "PoisonMessage",
     "TemplateError",
     "UnknownTemplate",
+    "Unavailable",
 ]
 
 
@@ -106,6 +108,11 @@ class UnknownTemplate(NotFound):
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown template {name!r}")
         self.name = name
+
+
+class Unavailable(DispatcherError):
+    """A port that does not answer (the queue unreachable, throttling us): nothing was done
+    that the caller can rely on; the same request may be sent again."""
 
 
 class PoisonMessage(DispatcherError, ValueError):

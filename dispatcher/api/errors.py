@@ -27,6 +27,7 @@ from dispatcher.errors import (
     InvalidRequest,
     NotFound,
     TemplateError,
+    Unavailable,
 )
 from dispatcher.store import STORE_UNAVAILABLE
 
@@ -48,7 +49,11 @@ STATUS: tuple[tuple[type[DispatcherError], int, str], ...] = (
     (TemplateError, 422, "template_error"),
     (InvalidRequest, 422, "invalid"),
     (NotFound, 404, "not_found"),
+    (Unavailable, 503, "unavailable"),
 )
+
+#: What a 503 tells the caller to wait before sending the same request again.
+RETRY_AFTER_SECONDS = 5
 
 
 class ErrorDetail(BaseModel):
@@ -88,7 +93,8 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = ({"WWW-Authenticate": "Bearer"} if status == 401 else
+               {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None)
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
 
 
@@ -111,7 +117,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DispatcherError)
     async def _core_error(request: Request, exc: DispatcherError) -> JSONResponse:
         status, code, message = status_of(exc)
-        if status >= 500:
+        if status == 503:
+            log.error("%s %s: %s", request.method, request.url.path, exc)
+        elif status >= 500:
             log.error("unmapped %s on %s %s: %s", type(exc).__name__, request.method,
                       request.url.path, exc)
         return error_response(status, code, message)

@@ -19,8 +19,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from dispatcher.errors import Unavailable
 from dispatcher.queue import DeadLetter, QueuedMessage
-from transport.aws import AwsClient
+from transport.aws import AwsClient, AwsError
 
 __all__ = ["SqsQueue", "MAX_BATCH_BYTES"]
 
@@ -121,7 +122,10 @@ class SqsQueue:
         return self._dlq_url
 
     async def _call(self, operation: str, payload: dict[str, Any]) -> dict[str, Any]:
-        return await self._client.json_target(f"AmazonSQS.{operation}", payload)
+        try:
+            return await self._client.json_target(f"AmazonSQS.{operation}", payload)
+        except AwsError as exc:  # the core's word for it: the queue does not answer
+            raise Unavailable(f"SQS {operation} failed: {exc}") from exc
 
 
 def _batches(bodies: Sequence[str]) -> list[list[str]]:
