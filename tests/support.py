@@ -69,3 +69,21 @@ def require_server(name: str, error: Exception) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{message}; CI=true, so this is a failure, not a skip")
     pytest.skip(message)
+
+
+def require_redis_and_postgres(redis_url: str) -> None:
+    """The Celery peer's servers answer: its Redis broker and PostgreSQL."""
+    import psycopg
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        require_server("Redis", exc)
+    finally:
+        client.close()
+    try:
+        psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        require_server("PostgreSQL", exc)

@@ -15,14 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-import redis
+from support import require_redis_and_postgres
 
 from bench.open_loop import small_plan
 from bench.peers.celery_peer import DEFAULT_BROKER_URL
 from bench.small import SmallResult, percentile
-from support import POSTGRES_ADMIN_URL, require_server
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS, RATE = 30, 20
@@ -35,17 +33,7 @@ PROCESSES = {
 
 
 def _require_celery_servers() -> None:
-    client = redis.Redis.from_url(DEFAULT_BROKER_URL, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        require_server("Redis", exc)
-    finally:
-        client.close()
-    try:
-        psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3).close()
-    except psycopg.OperationalError as exc:
-        require_server("PostgreSQL", exc)
+    require_redis_and_postgres(DEFAULT_BROKER_URL)
 
 
 def _run_small(contender: str, tmp_path: Path) -> tuple[dict[str, Any], str]:

@@ -13,11 +13,10 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
+from support import POSTGRES_ADMIN_URL, require_redis_and_postgres
 
 from bench.peers.celery_peer import DEFAULT_BROKER_URL, run_celery
 from bench.standins import StandIns
-from support import POSTGRES_ADMIN_URL, require_server
 
 BROKER_URL = os.environ.get("CELERY_PEER_BROKER_URL", DEFAULT_BROKER_URL)
 DELIVERABLE, OPTED_OUT = 20, 2
@@ -26,17 +25,7 @@ DELIVERABLE, OPTED_OUT = 20, 2
 @pytest.fixture
 def servers() -> None:
     """Redis (the broker) and PostgreSQL answer."""
-    client = redis.Redis.from_url(BROKER_URL, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        require_server("Redis", exc)
-    finally:
-        client.close()
-    try:
-        psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3).close()
-    except psycopg.OperationalError as exc:
-        require_server("PostgreSQL", exc)
+    require_redis_and_postgres(BROKER_URL)
 
 
 def _users() -> list[dict[str, Any]]:
