@@ -117,17 +117,27 @@ class LedgerStore:
                        inserted: dict[RowKey, int]) -> dict[RowKey, _Current]:
         """The rows the chunks may take over, as they stand (locked on PostgreSQL; SQLite's
         writer holds the whole file)."""
-        keys = list({r.key for c in chunks for r in c.rows if r.key not in inserted})
+        keys = {r.key for c in chunks for r in c.rows if r.key not in inserted}
         current: dict[RowKey, _Current] = {}
-        for start in range(0, len(keys), _IN_BATCH):
-            batch = keys[start:start + _IN_BATCH]
+        if not keys:
+            return current
+        # By notification and user, not by (notification, user, channel) tuples: both engines
+        # walk the primary key for this, where a long list of row values made PostgreSQL plan
+        # thousands of ORs (an update of a 10,000-recipient bulk took 47 s instead of 6).
+        # Rows of other (notification, user) pairs of the batch are read and left out here.
+        nids = sorted({k.notification_id for k in keys})
+        users = sorted({k.user_id for k in keys})
+        for start in range(0, len(users), _IN_BATCH):
             rows = await conn.execute(
                 sa.select(deliveries.c.notification_id, deliveries.c.user_id, deliveries.c.channel,
                           deliveries.c.version, deliveries.c.status, deliveries.c.attempts)
-                .where(_keys_in(batch)).with_for_update())
+                .where(deliveries.c.notification_id.in_(nids),
+                       deliveries.c.user_id.in_(users[start:start + _IN_BATCH]))
+                .with_for_update())
             for r in rows:
-                current[RowKey(r.notification_id, r.user_id, r.channel)] = _Current(
-                    r.version, r.status, r.attempts)
+                key = RowKey(r.notification_id, r.user_id, r.channel)
+                if key in keys:
+                    current[key] = _Current(r.version, r.status, r.attempts)
         return current
 
     async def _apply(self, conn: AsyncConnection, changes: dict[RowKey, dict[str, object]],
@@ -180,24 +190,24 @@ class LedgerStore:
 
     async def claim(self, rows: Iterable[tuple[RowKey, int]], token: str) -> set[RowKey]:
         """Claim ``pending`` rows at the given versions for a send; return those won."""
-        wanted = list(dict.fromkeys(rows))
-        won: set[RowKey] = set()
+        groups: dict[tuple[str, int, str], list[str]] = defaultdict(list)
+        for key, version in dict.fromkeys(rows):
+            groups[(key.notification_id, version, key.channel)].append(key.user_id)
+        if not groups:
+            return set()
+        # One statement: per (notification, version, channel) the users, on the primary key.
+        matches = [sa.and_(deliveries.c.notification_id == nid, deliveries.c.version == version,
+                           deliveries.c.channel == channel, deliveries.c.user_id.in_(users))
+                   for (nid, version, channel), users in groups.items()]
         now = now_us()
         async with self._db.write() as conn:
-            for start in range(0, len(wanted), _IN_BATCH):
-                batch = wanted[start:start + _IN_BATCH]
-                result = await conn.execute(
-                    deliveries.update()
-                    .where(sa.tuple_(deliveries.c.notification_id, deliveries.c.user_id,
-                                     deliveries.c.channel, deliveries.c.version)
-                           .in_([(*key, version) for key, version in batch]),
-                           deliveries.c.status == _PENDING)
-                    .values(status=_SENDING, claim_token=token, claimed_at=now,
-                            attempts=deliveries.c.attempts + 1, updated_at=now)
-                    .returning(deliveries.c.notification_id, deliveries.c.user_id,
-                               deliveries.c.channel))
-                won |= {RowKey(*r) for r in result}
-        return won
+            result = await conn.execute(
+                deliveries.update()
+                .where(sa.or_(*matches), deliveries.c.status == _PENDING)
+                .values(status=_SENDING, claim_token=token, claimed_at=now,
+                        attempts=deliveries.c.attempts + 1, updated_at=now)
+                .returning(deliveries.c.notification_id, deliveries.c.user_id, deliveries.c.channel))
+            return {RowKey(*r) for r in result}
 
     async def unfinished(self, notification_id: str, user_ids: Sequence[str]) -> list[Unfinished]:
         """These users' rows of the notification that are not final yet."""
@@ -258,11 +268,6 @@ def _clip(detail: str | None, limit: int = 1000) -> str | None:
 _IN_BATCH = 2000
 
 
-def _keys_in(keys: Sequence[RowKey]) -> sa.ColumnElement[bool]:
-    return sa.tuple_(deliveries.c.notification_id, deliveries.c.user_id,
-                     deliveries.c.channel).in_([tuple(k) for k in keys])
-
-
 def _by_key() -> tuple[sa.ColumnElement[bool], ...]:
     return (deliveries.c.notification_id == sa.bindparam("b_nid"),
             deliveries.c.user_id == sa.bindparam("b_user"),
@@ -280,10 +285,10 @@ def _take_over(chunks: Sequence[ChunkRows], inserted: dict[RowKey, int],
     A chunk wins a row it inserted, or a row that is ``pending`` at its version, or (for its
     ``reset`` channels) a row at an older version that is not in flight. ``current`` is
     updated as the chunks win rows, so a later chunk sees what an earlier one did."""
-    for key, index in inserted.items():
-        chunk = chunks[index]
-        planned = next(r for r in chunk.rows if r.key == key)
-        current[key] = _Current(chunk.version, planned.status.value, 0)
+    for index, chunk in enumerate(chunks):
+        for r in chunk.rows:
+            if inserted.get(r.key) == index:
+                current[r.key] = _Current(chunk.version, r.status.value, 0)
     won: list[set[RowKey]] = []
     changes: dict[RowKey, dict[str, object]] = {}
     for index, chunk in enumerate(chunks):
