@@ -227,3 +227,16 @@ async def test_processes_starting_together_create_the_schema_once(database_url: 
     finally:
         for db in databases:
             await db.close()
+
+
+async def test_an_update_takes_over_many_rows_of_a_bulk_at_once(runtime: Runtime) -> None:
+    """Twenty in-app rows taking the same values: one set-based UPDATE, every row won once."""
+    ledger, nid = runtime.store.ledger, new_id()
+    users = [f"u{i}" for i in range(20)]
+    v1 = rows_of(nid, *[(u, "in_app", SENT) for u in users], ("x", "in_app", SENT))
+    await open_rows(runtime, nid, 1, v1, insert={"in_app"})
+    v2 = rows_of(nid, *[(u, "in_app", SENT) for u in users])  # "x" is not in this chunk
+    won = await open_rows(runtime, nid, 2, v2, insert={"in_app"}, reset={"in_app"})
+    assert won == {RowKey(nid, u, "in_app") for u in users}
+    rows, _ = await runtime.store.notifications.deliveries(nid, limit=100)
+    assert {r["user_id"]: r["version"] for r in rows} == {**{u: 2 for u in users}, "x": 1}
