@@ -8,7 +8,6 @@ machine, and fails when ``CI=true``: CI must prove both engines.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from dispatcher.api import create_app
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
 from servers.aws_errors import AwsProtocolServer
-from support import API_KEYS, POSTGRES_ADMIN_URL, USER_SECRET, require_server
+from support import API_KEYS, POSTGRES_ADMIN_URL, USER_SECRET, free_port, require_server
 
 MOTO_URL = os.environ.get("DISPATCHER_TEST_MOTO_URL")
 REDIS_URL = os.environ.get("DISPATCHER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -85,12 +84,6 @@ async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=transport, base_url="http://dispatcher",
                                  headers={"Authorization": "Bearer app-key"}) as c:
         yield c
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _moto_answers(url: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -87,3 +88,10 @@ def require_redis_and_postgres(redis_url: str) -> None:
         psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3).close()
     except psycopg.OperationalError as exc:
         require_server("PostgreSQL", exc)
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

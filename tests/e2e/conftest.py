@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from typing import Any, TypeVar
 import httpx
 import jwt
 import pytest
+
+from support import free_port
 
 API_KEY = "appkey"
 USER_TOKEN_SECRET = "e2e-user-token-secret-at-least-32-bytes"  # HS256 wants >= 32
@@ -94,12 +95,6 @@ class Server:
         return "\n".join(self.output().splitlines()[-lines:])
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _healthy(server: Server) -> bool:
     try:
         return httpx.get(f"{server.url}/healthz", timeout=5.0, trust_env=False).status_code == 200
@@ -131,7 +126,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         if command == "worker":
             return _start_worker(env, tmp_path, started)
         for _ in range(3):  # another process may grab the free port before the server binds it
-            port = _free_port()
+            port = free_port()
             log_path = tmp_path / f"{command}-{len(started) + 1}.log"
             with log_path.open("wb") as log:
                 process = subprocess.Popen(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,17 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support import API_KEYS, USER_SECRET, create_queues, free_port, new_id, require_server
 
 from dispatcher.api import create_app
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
-from support import API_KEYS, USER_SECRET, create_queues, new_id, require_server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from aiohttp import web
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
+
+from support import free_port
 
 __all__ = ["AwsProtocolServer", "MotoDump", "Recorded", "Reply", "json10_error", "query_error",
            "rest_json_error", "signature_matches", "unused_port_url"]
@@ -38,9 +39,7 @@ class MotoDump(Protocol):
 
 def unused_port_url() -> str:
     """A local URL nothing listens on: connecting to it is refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @dataclass(frozen=True)
