@@ -43,13 +43,6 @@ class SettleTimes:
     give_up_seconds: float = 120.0
 
 
-@dataclass(frozen=True)
-class _Round:
-    """What one open-and-send round came to for one chunk."""
-
-    complete: bool  # every row it opened was won and is final now
-
-
 class Deliverer:
     def __init__(self, store: Store, templates: TemplateRegistry, planner: Planner,
                  sender: Sender, feed: Feed, times: SettleTimes, *,
@@ -84,8 +77,9 @@ class Deliverer:
         if not planned:
             return results
         plans = [plan for _, plan, _ in planned]
-        won = await self._open(plans, [h for _, _, h in planned])
-        settled = await asyncio.gather(*(self._settle(p, w) for p, w in zip(plans, won, strict=True)),
+        complete = await self._open(plans, [h for _, _, h in planned])
+        settled = await asyncio.gather(*(self._settle(p, done)
+                                         for p, done in zip(plans, complete, strict=True)),
                                        return_exceptions=True)
         for (i, _, _), outcome in zip(planned, settled, strict=True):
             if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
@@ -104,10 +98,10 @@ class Deliverer:
         return plan, header_update(message, template, sets)
 
     async def _open(self, plans: Sequence[ChunkPlan], headers: list[HeaderUpdate],
-                    todo: Sequence[list[RowState]] | None = None) -> list[_Round]:
+                    todo: Sequence[list[RowState]] | None = None) -> list[bool]:
         """Write (and take over) the rows (``todo``, default all) of every plan in one unit of
-        work, announce the in-app entries won, send the rows won; per plan, what was won and
-        whether it is all final now."""
+        work, announce the in-app entries won, send the rows won; per plan, whether every row
+        it opened was won and is final now."""
         rows = todo or [plan.rows for plan in plans]
         claim = self._sender.new_claim()
         opened = await self._store.ledger.open(
@@ -120,13 +114,13 @@ class Deliverer:
                  for plan, keys in zip(plans, won, strict=True)]
         finished = await self._sender.send([o for per_plan in sends for o in per_plan], claim,
                                            opened.claimed)
-        return [_Round(len(keys) == len(r) and {o.key for o in s} <= finished)
+        return [len(keys) == len(r) and {o.key for o in s} <= finished
                 for keys, r, s in zip(won, rows, sends, strict=True)]
 
-    async def _settle(self, plan: ChunkPlan, first: _Round) -> None:
+    async def _settle(self, plan: ChunkPlan, complete: bool) -> None:
         """After the first round: check -> resolve stale -> wait -> open, until no row of the
         chunk is open."""
-        if first.complete:
+        if complete:
             return  # every row won and made final in the first round: nothing to check
         older: set[RowKey] = set()  # rows an older version was still sending: take over when done
         deadline = asyncio.get_running_loop().time() + self._times.give_up_seconds
@@ -139,8 +133,8 @@ class Deliverer:
                 if asyncio.get_running_loop().time() > deadline:
                     raise ChunkNotSettled(f"{len(todo)} rows of {plan.message.id} still claimed elsewhere")
                 await asyncio.sleep(self._times.poll_seconds)
-            [again] = await self._open([plan], [], [todo])
-            if again.complete:
+            [complete] = await self._open([plan], [], [todo])
+            if complete:
                 return
 
     async def _resolve_stale(self, rows: list[Unfinished]) -> bool:

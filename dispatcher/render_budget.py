@@ -22,7 +22,6 @@ by the input bounds (``DISPATCHER_MAX_DATA_BYTES``), not by the clock.
 
 from __future__ import annotations
 
-import operator
 import time
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
@@ -73,7 +72,7 @@ class BoundedSandbox(SandboxedEnvironment):
             self._check_size(len(left) + len(right))
         elif op == "**" and isinstance(right, int | float) and abs(right) > _MAX_EXPONENT:
             raise BudgetExceeded(f"an exponent over {_MAX_EXPONENT} is not allowed in a template")
-        return {"*": operator.mul, "+": operator.add, "**": operator.pow}[op](left, right)
+        return super().call_binop(context, op, left, right)
 
     def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any,  # noqa: N805
              **kwargs: Any) -> Any:

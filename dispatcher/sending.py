@@ -81,7 +81,7 @@ class Sender:
         claimed = claimed or {}
         # The same row twice (a message and its redelivery in one batch): sent once. Other
         # versions of a row stay: only the version the row holds can claim it.
-        unique = list({(o.key, o.version): o for o in reversed(sends)}.values())[::-1]
+        unique = list({(o.key, o.version): o for o in sends}.values())
         active: set[asyncio.Task[RowKey | None]] = {
             asyncio.create_task(self._deliver(o, token)) for o in unique
             if claimed.get(o.key) == o.version}

@@ -104,9 +104,10 @@ class Worker:
         """Receive up to ``free`` messages, top small ones up into a batch, and split what was
         received into batches of at most ``batching.recipients`` recipients each."""
         received = [self._decode(m) for m in await self._queue.receive(free, wait_seconds=wait)]
-        if received and _recipients(received) < self._batching.recipients:
+        size = _recipients(received)
+        if received and size < self._batching.recipients:
             await asyncio.sleep(self._batching.linger)
-            received += await self._top_up(len(received), _recipients(received))
+            received += await self._top_up(len(received), size)
         return _split(received, self._batching.recipients)
 
     async def _top_up(self, count: int, recipients: int) -> list[_Received]:
@@ -143,19 +144,20 @@ class Worker:
         except Exception as exc:  # the whole unit of work failed (the store unreachable, …)
             results = [exc] * len(valid)
         done: list[QueuedMessage] = []
-        for (message, _), result in zip(valid, results, strict=True):
+        recipients = 0
+        for (message, chunk), result in zip(valid, results, strict=True):
             if isinstance(result, PoisonMessage):
                 poison.append((message, result))
             elif isinstance(result, BaseException):
                 await self._retry_later(message, result)
             else:
                 done.append(message)
+                recipients += len(chunk.recipients)
         for message, reason in poison:
             await self._dead_letter(message, reason)
         await self._ack(done)
         if done:
-            log.info("delivered %d chunk(s), %d recipients, in one batch", len(done),
-                     sum(len(c.recipients) for m, c in valid if m in done))
+            log.info("delivered %d chunk(s), %d recipients, in one batch", len(done), recipients)
 
     async def _dead_letter(self, message: QueuedMessage, reason: PoisonMessage) -> None:
         log.error("message %s to the DLQ: %s", message.id, reason)

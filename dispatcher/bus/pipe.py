@@ -27,6 +27,9 @@ log = logging.getLogger("dispatcher.bus.pipe")
 
 #: A longer line is not an event of ours (a feed entry is a few KB): it is dropped.
 MAX_LINE_BYTES = 1 << 20
+#: Events waiting for the API process to read them, at most; past it new ones are dropped
+#: (live events are best effort: the feed itself is in the store).
+MAX_BUFFER_BYTES = 8 << 20
 
 
 class PipeBus:
@@ -47,10 +50,14 @@ class PipeBus:
         await self.publish_many([(topic, event)])
 
     async def publish_many(self, events: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        if events:
-            writer = await self._writer()
-            writer.write(b"".join(json.dumps([t, e], ensure_ascii=False).encode() + b"\n"
-                                  for t, e in events))
+        if not events:
+            return
+        writer = await self._writer()
+        if writer.get_write_buffer_size() > MAX_BUFFER_BYTES:  # the API process is not reading
+            log.warning("dropped %d live events: the API process is not reading them", len(events))
+            return
+        writer.write(b"".join(json.dumps([t, e], ensure_ascii=False).encode() + b"\n"
+                              for t, e in events))
 
     @asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:

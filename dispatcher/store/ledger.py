@@ -80,8 +80,9 @@ class LedgerStore:
         of the in-app rows won, in one transaction; with ``claim``, also claim (``sending``)
         up to ``claim.limit`` of the won rows to send, for ``claim.token``.
 
-        Chunks apply in order, as if opened one after another: a later chunk of the same
-        batch may take over what an earlier one wrote (an update after its notification)."""
+        Every chunk's missing rows are inserted first (one statement); then the chunks take
+        over rows in order, each seeing what the inserts and the earlier chunks did: an update
+        in the same batch as its notification takes over the notification's new rows."""
         async with self._db.write() as conn:
             await self._notifications.upsert_many_in(conn, headers)
             now = now_us()
@@ -283,8 +284,8 @@ def _take_over(chunks: Sequence[ChunkRows], inserted: dict[RowKey, int],
     """Which rows each chunk wins, in order, and the final values of the rows taken over.
 
     A chunk wins a row it inserted, or a row that is ``pending`` at its version, or (for its
-    ``reset`` channels) a row at an older version that is not in flight. ``current`` is
-    updated as the chunks win rows, so a later chunk sees what an earlier one did."""
+    ``reset`` channels) a row at an older version that is not in flight. ``current`` holds
+    the inserted rows first, then is updated as the chunks win rows."""
     for index, chunk in enumerate(chunks):
         for r in chunk.rows:
             if inserted.get(r.key) == index:
