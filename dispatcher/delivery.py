@@ -104,8 +104,12 @@ class Deliverer:
         it opened was won and is final now."""
         rows = todo or [plan.rows for plan in plans]
         claim = self._sender.new_claim()
-        opened = await self._store.ledger.open(
-            headers, [plan.chunk_rows(r) for plan, r in zip(plans, rows, strict=True)], claim)
+        try:
+            opened = await self._store.ledger.open(
+                headers, [plan.chunk_rows(r) for plan, r in zip(plans, rows, strict=True)], claim)
+        except BaseException:
+            self._sender.drop_claim(claim)
+            raise
         won = opened.won
         await self._feed.announce(plan.feed[k.user_id] for plan, keys in zip(plans, won, strict=True)
                                   for k in sorted(keys)

@@ -74,6 +74,7 @@ class Runtime:
         sender = Sender(built, store.ledger, RetryPolicy(
             settings.retry_max_attempts, settings.retry_base_delay, settings.retry_max_delay),
             window=max(settings.send_concurrency // settings.worker_concurrency, 8),
+            slots=settings.send_concurrency,
             deactivate=store.users.deactivate_devices)
         deliverer = Deliverer(store, templates, planner, sender, feed,
                               SettleTimes(lease_seconds=settings.send_lease_seconds),

@@ -320,8 +320,8 @@ def _takeable(cur: _Current, chunk: ChunkRows, channel: str) -> bool:
 def _claimable(chunks: Sequence[ChunkRows], won: list[set[RowKey]],
                current: dict[RowKey, _Current], claim: Claim | None) -> list[RowKey]:
     """The won rows still ``pending`` at their chunk's version after every chunk applied,
-    in order, up to the claim's limit."""
-    if claim is None:
+    in order, up to the claim's limit (0: none, the sender has no slot free)."""
+    if claim is None or claim.limit <= 0:
         return []
     keys: list[RowKey] = []
     for chunk, chunk_won in zip(chunks, won, strict=True):
