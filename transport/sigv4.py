@@ -13,7 +13,8 @@ in tests/transport against botocore's own computation over the bytes a server re
 * the SHA-256 of the body (these are never S3 unsigned-payload requests).
 
 Measured (``python -m timeit`` over one SES ``SendEmail``-sized request, this machine):
-botocore 29 µs per signature, this 7.4 µs (best of 5 × 2,000, three times; the commit has the script).
+botocore (AWSRequest + SigV4Auth.add_auth) 29 µs per signature, this 7.4 µs (timeit, best
+of 5 × 2,000 signatures, three rounds, 2026-11-29).
 """
 
 from __future__ import annotations
