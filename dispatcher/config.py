@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     worker_batch_linger: float = Field(default=0.005, ge=0, le=1)
     send_concurrency: int = Field(default=512, ge=1)
     queue_visibility_timeout: float = Field(default=30.0, gt=0)
+    #: ``send_at``: how far ahead a notification may be scheduled, in days.
+    schedule_horizon_days: float = Field(default=30.0, gt=0, le=366)
+    #: How often each worker process looks for scheduled messages that are due (seconds).
+    scheduler_poll_interval: float = Field(default=0.5, gt=0, le=60)
     queue_max_receives: int = Field(default=5, ge=1)
     #: How often an idle worker looks at the embedded queue (a read; it takes no write lock).
     queue_poll_interval: float = Field(default=0.05, gt=0)

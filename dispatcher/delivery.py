@@ -115,6 +115,7 @@ class Deliverer:
                                   for k in sorted(keys)
                                   if k.channel == "in_app" and k.user_id in plan.feed)
         sends = [_outbound(plan.message.version, plan.sends, keys)
+                 if plan.message.id not in opened.cancelled else []
                  for plan, keys in zip(plans, won, strict=True)]
         finished = await self._sender.send([o for per_plan in sends for o in per_plan], claim,
                                            opened.claimed)

@@ -111,7 +111,7 @@ class Sender:
         self._window = max(window, 1)
         self._slots = Slots(slots)
         self._deactivate = deactivate
-        self._outcomes: GroupCommit[tuple[RowState, str]] = GroupCommit(ledger.record)
+        self._outcomes: GroupCommit[tuple[RowState, str], None] = GroupCommit(ledger.record)
 
     @property
     def slots(self) -> Slots:

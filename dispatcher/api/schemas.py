@@ -5,7 +5,7 @@ from __future__ import annotations
 import zoneinfo
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from dispatcher.api.data_bounds import DataBounds
 from dispatcher.messages import MAX_RECIPIENTS
@@ -35,6 +35,9 @@ class NotificationIn(_Strict):
     state: str | None = Field(default=None, max_length=64)
     version: int = Field(default=1, ge=1, le=2**31 - 1)
     locale: str | None = Field(default=None, max_length=35, pattern=LOCALE_PATTERN)
+    send_at: AwareDatetime | None = Field(
+        default=None, description="RFC 3339 with an offset: nothing is delivered, on any channel, "
+        "before then (up to DISPATCHER_SCHEDULE_HORIZON_DAYS ahead; a past time means now)")
 
     #: Replaced by the settings' bounds in :func:`bounded_notification`.
     data_bounds: ClassVar[DataBounds] = DataBounds()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = ["metadata", "users", "devices", "notifications", "deliveries", "inbox",
-           "queue_messages", "dead_letters"]
+           "queue_messages", "dead_letters", "scheduled_messages"]
 
 metadata = sa.MetaData()
 
@@ -51,6 +51,9 @@ notifications = sa.Table(
     sa.Column("recipients", sa.Integer, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # The highest version's send_at (µs), and when the service cancelled the notification.
+    sa.Column("send_at", sa.BigInteger),
+    sa.Column("cancelled_at", sa.BigInteger),
 )
 
 # The delivery ledger: one row per (notification, user, channel).
@@ -108,4 +111,19 @@ dead_letters = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("receive_count", sa.Integer, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+# Chunk messages held until their notification's send_at (any queue: SQS delays stop at
+# 15 minutes). Released to the queue by the scheduler of every worker process, once: in one
+# transaction with the embedded queue; under a lease (``claimed_until``) with SQS.
+scheduled_messages = sa.Table(
+    "scheduled_messages", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("notification_id", ID, nullable=False, index=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("due_at", sa.BigInteger, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("claimed_until", sa.BigInteger),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_scheduled_due", "due_at", "id"),
 )
