@@ -78,6 +78,8 @@ class Reason(StrEnum):
     OUTCOME_UNKNOWN = "outcome_unknown"
     #: The service cancelled the notification before this row was sent.
     CANCELLED = "cancelled"
+    #: ``pending``: waiting for the end of the user's quiet hours (the detail says until when).
+    QUIET_HOURS = "quiet_hours"
 
 
 _ID_RE = re.compile(r"(?P<service>[A-Za-z0-9_.-]{1,64})#(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
@@ -144,6 +146,19 @@ class ChunkRows:
     insert: frozenset[str]
     reset: frozenset[str]
     feed: Mapping[str, FeedEntry]
+    #: Messages to hold with the rows (the rest of the chunk, for after quiet hours).
+    held: Sequence[Held] = ()
+
+
+@dataclass(frozen=True)
+class Held:
+    """A chunk message held until ``due_at`` (µs since the epoch): a notification's
+    ``send_at``, or the end of a recipient's quiet hours."""
+
+    notification_id: str
+    version: int
+    due_at: int
+    body: str
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,9 @@ class Runtime:
         bus = _bus(settings)
         feed = Feed(bus)
         planner = Planner(templates, critical=settings.critical_categories,
-                          phone_region=settings.default_phone_region, links=links)
+                          phone_region=settings.default_phone_region, links=links,
+                          quiet_default=settings.quiet_hours_default(),
+                          default_timezone=settings.default_timezone)
         sender = Sender(built, store.ledger, RetryPolicy(
             settings.retry_max_attempts, settings.retry_base_delay, settings.retry_max_delay),
             window=max(settings.send_concurrency // settings.worker_concurrency, 8),

@@ -87,9 +87,18 @@ class DeviceIn(_Strict):
     platform: Literal["android", "ios", "web"]
 
 
+class QuietHoursIn(_Strict):
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$", examples=["22:00"],
+                       description="HH:MM or HH:MM:SS, wall-clock time in the user's timezone")
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$", examples=["07:00"])
+
+
 class PreferencesIn(_Strict):
     channels: dict[ChannelName, bool] = Field(default_factory=dict)
-    categories: dict[str, dict[ChannelName, bool]] = Field(default_factory=dict)
+    categories: dict[str, dict[ChannelName, bool]] = Field(default_factory=dict, max_length=256)
+    quiet_hours: QuietHoursIn | None = Field(
+        default=None, description="email, SMS and push of non-critical categories wait until the "
+        "window ends; null: none (even when the service has a default); omitted: unchanged")
 
     @field_validator("channels")
     @classmethod

@@ -110,6 +110,7 @@ class LedgerStore:
             entries = [chunk.feed[k.user_id] for chunk, keys in zip(chunks, won, strict=True)
                        for k in keys if k.channel == "in_app" and k.user_id in chunk.feed]
             await self._feed.write(conn, entries)
+            await self._schedule.add_in(conn, [h for chunk in chunks for h in chunk.held])
         return Opened(won, claimed, frozenset(cancelled))
 
     async def cancel(self, notification_id: str) -> CancelSummary | None:
@@ -407,7 +408,8 @@ def _claimable(chunks: Sequence[ChunkRows], won: list[set[RowKey]],
     for chunk, chunk_won in zip(chunks, won, strict=True):
         for r in chunk.rows:
             cur = current.get(r.key)
-            if (r.key in chunk_won and r.status == DeliveryStatus.PENDING and cur is not None
+            if (r.key in chunk_won and r.status == DeliveryStatus.PENDING and r.reason is None
+                    and cur is not None
                     and cur.version == chunk.version and cur.status == _PENDING
                     and r.key not in keys):
                 keys.append(r.key)

@@ -14,28 +14,17 @@ Two ways out, one per kind of queue (chosen in ``dispatcher.queue.enqueue``):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from dispatcher.model import now_us
+from dispatcher.model import Held, now_us
 from dispatcher.store.database import Database
 from dispatcher.store.schema import scheduled_messages
 
 __all__ = ["Held", "ScheduleStore"]
 
 _T = scheduled_messages
-
-
-@dataclass(frozen=True)
-class Held:
-    """A chunk message to hold: its notification, version, due time (µs) and body."""
-
-    notification_id: str
-    version: int
-    due_at: int
-    body: str
 
 
 class ScheduleStore:

@@ -183,3 +183,46 @@ def _counts_if_final(client: httpx.Client, nid: str) -> dict[str, dict[str, int]
         f"/v1/notifications/{quote(nid, safe='')}").json()["counts"]
     return counts if all(c["pending"] == 0 for c in counts.values()) else None
 
+
+
+def test_quiet_hours_survive_kill_9_and_end_on_time(
+    tmp_path: Path, dispatcher_env: dict[str, str], start_server: Callable[..., Any],
+    wait_until: Callable[..., Any],
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    env = dispatcher_env | {"DISPATCHER_WORKER_PROCESSES": "2",
+                            "DISPATCHER_SCHEDULER_POLL_INTERVAL": "0.2"}
+    sent_log = tmp_path / "sent.jsonl"
+    server = start_server(env)
+    zone = ZoneInfo("Europe/Berlin")
+    end = datetime.fromtimestamp(int(time.time()) + 5, UTC).astimezone(zone)
+    quiet = {"start": (end.replace(hour=(end.hour + 23) % 24)).strftime("%H:%M:%S"),
+             "end": end.strftime("%H:%M:%S")}
+    with server.client() as client:
+        for i in range(NOTIFICATIONS):
+            assert client.put(f"/v1/users/u{i}", json={
+                "email": f"u{i}@example.com", "timezone": "Europe/Berlin"}).status_code == 200
+            assert client.put(f"/v1/users/u{i}/preferences",
+                              json={"quiet_hours": quiet}).status_code == 200
+        nid = f"app#{uuid.uuid4()}"
+        assert client.post("/v1/notifications", json={
+            "id": nid, "recipients": [f"u{i}" for i in range(NOTIFICATIONS)],
+            "template": "app-install", "channels": ["in_app", "email"],
+            "data": {"app_name": "Foo"}, "state": "installing"}).status_code == 202
+
+        def waiting() -> bool:
+            rows = client.get(f"/v1/notifications/{quote(nid, safe='')}/deliveries",
+                              params={"status": "pending"}).json()["items"]
+            return len(rows) == NOTIFICATIONS and all(r["reason"] == "quiet_hours" for r in rows)
+
+        wait_until(waiting, timeout=60, what="every email waiting for quiet hours to end")
+    assert time.time() < end.timestamp() and _lines(sent_log) == []
+    server.kill()
+    server = start_server(env)
+    with server.client() as client:
+        wait_until(lambda: _all_settled(client, [nid]), timeout=120, what="the emails after quiet hours")
+    server.stop()
+    emails = [m for m in _lines(sent_log) if m["notification_id"] == nid]
+    assert Counter(m["to"] for m in emails) == Counter({f"u{i}@example.com": 1 for i in range(NOTIFICATIONS)})
+    assert min(m["at"] for m in emails) >= end.timestamp()
