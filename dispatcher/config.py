@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     worker_batch_linger: float = Field(default=0.005, ge=0, le=1)
     send_concurrency: int = Field(default=512, ge=1)
     queue_visibility_timeout: float = Field(default=30.0, gt=0)
+    #: Provider rate limits, messages per second across every worker process (unset: none).
+    email_rate_limit: float | None = Field(default=None, gt=0, le=100_000)
+    sms_rate_limit: float | None = Field(default=None, gt=0, le=100_000)
+    push_rate_limit: float | None = Field(default=None, gt=0, le=100_000)
     #: Quiet hours for users who set none, ``22:00-07:00`` (in each user's timezone); unset: none.
     quiet_hours: str | None = None
     #: The time zone of users who have none (quiet hours are read on its clock).
@@ -177,6 +181,12 @@ class Settings(BaseSettings):
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r} (use an IANA name like Asia/Seoul)") from None
         return value
+
+    def rate_limits(self) -> dict[str, float]:
+        return {channel: rate for channel, rate in (("email", self.email_rate_limit),
+                                                    ("sms", self.sms_rate_limit),
+                                                    ("push", self.push_rate_limit))
+                if rate is not None}
 
     def quiet_hours_default(self) -> QuietHours | None:
         return QuietHours.from_setting(self.quiet_hours) if self.quiet_hours else None

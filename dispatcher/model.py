@@ -180,6 +180,8 @@ class Claim:
 
     token: str
     limit: int
+    #: Channels whose rows are not claimed this way (they wait for a rate limit first).
+    exclude: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -409,7 +409,7 @@ def _claimable(chunks: Sequence[ChunkRows], won: list[set[RowKey]],
         for r in chunk.rows:
             cur = current.get(r.key)
             if (r.key in chunk_won and r.status == DeliveryStatus.PENDING and r.reason is None
-                    and cur is not None
+                    and r.key.channel not in claim.exclude and cur is not None
                     and cur.version == chunk.version and cur.status == _PENDING
                     and r.key not in keys):
                 keys.append(r.key)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = ["metadata", "users", "devices", "notifications", "deliveries", "inbox",
-           "queue_messages", "dead_letters", "scheduled_messages"]
+           "queue_messages", "dead_letters", "scheduled_messages", "rate_limits"]
 
 metadata = sa.MetaData()
 
@@ -126,4 +126,12 @@ scheduled_messages = sa.Table(
     sa.Column("claimed_until", sa.BigInteger),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Index("ix_scheduled_due", "due_at", "id"),
+)
+
+# Provider rate limits without Redis (dispatcher.ratelimit): per channel, the GCRA's
+# theoretical arrival time of the next message (µs).
+rate_limits = sa.Table(
+    "rate_limits", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("tat", sa.BigInteger, nullable=False),
 )
