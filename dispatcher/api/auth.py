@@ -106,14 +106,15 @@ class ScopedTokens:
         self._key = hmac.new(secret.encode(), f"dispatcher {purpose} token v1".encode(),
                              "sha256").hexdigest() if secret else ""
 
-    def mint(self, user_id: str, ttl: float | None = None) -> tuple[str, int]:
-        """A token for ``user_id``, and when it expires (seconds since the epoch)."""
+    def mint(self, user_id: str, ttl: float | None = None, *, now: float | None = None) -> tuple[str, int]:
+        """A token for ``user_id``, and when it expires (seconds since the epoch); ``now``: the
+        issue time (default: now)."""
         if not self._key:
             raise ApiError(503, "DISPATCHER_USER_TOKEN_SECRET is not set: no link can be signed",
                            "unavailable")
-        now = int(time.time())
-        exp = now + max(1, math.ceil(min(ttl or self.lifetime, self.lifetime)))
-        claims = {"sub": user_id, "aud": self.purpose, "iat": now, "exp": exp}
+        issued = int(time.time() if now is None else now)
+        exp = issued + max(1, math.ceil(min(ttl or self.lifetime, self.lifetime)))
+        claims = {"sub": user_id, "aud": self.purpose, "iat": issued, "exp": exp}
         return jwt.encode(claims, self._key, algorithm="HS256"), exp
 
     def verify(self, token: str) -> str:

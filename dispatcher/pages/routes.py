@@ -15,6 +15,7 @@ which apps can also embed in their own pages), reading the user token from the p
 
 
 from typing import Annotated, Any, NamedTuple
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -135,9 +136,9 @@ def router(runtime: Runtime, auth: Authenticator, pages: Pages) -> APIRouter:
             opened = await open_link(token, lang, accept_language)
         except _LinkRefused as refused:
             return refused.page(pages)
-        form = await request.form(max_files=0, max_fields=2 * MAX_FORM_SWITCHES + 8)
-        shown = parse_switch_values(form.getlist("shown"), MAX_FORM_SWITCHES)  # type: ignore[arg-type]
-        on = frozenset(parse_switch_values(form.getlist("on"), MAX_FORM_SWITCHES))  # type: ignore[arg-type]
+        fields = await _form_fields(request)
+        shown = parse_switch_values((v for k, v in fields if k == "shown"), MAX_FORM_SWITCHES)
+        on = frozenset(parse_switch_values((v for k, v in fields if k == "on"), MAX_FORM_SWITCHES))
         patch = changed_switches(opened.preferences(), shown, on, critical)
         if patch.categories:
             await runtime.store.users.merge_preferences(opened.user_id, patch)
@@ -169,6 +170,17 @@ def router(runtime: Runtime, auth: Authenticator, pages: Pages) -> APIRouter:
         return pages.asset(name)
 
     return api
+
+
+async def _form_fields(request: Request) -> list[tuple[str, str]]:
+    """An ``application/x-www-form-urlencoded`` body (what the page's form sends; its size is
+    bounded by DISPATCHER_MAX_BODY_BYTES) as (name, value) pairs; 422 for anything else."""
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        raise ApiError(422, "body: the form must be sent as application/x-www-form-urlencoded")
+    try:
+        return parse_qsl((await request.body()).decode("utf-8"), max_num_fields=2 * MAX_FORM_SWITCHES + 8)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(422, f"body: not a form this page sends ({exc})") from None
 
 
 def build_pages(runtime: Runtime) -> Pages:
