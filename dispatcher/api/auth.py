@@ -81,6 +81,11 @@ class Authenticator:
                                 "(DISPATCHER_USER_TOKEN_MAX_LIFETIME)")
 
 
+#: Seconds of clock difference tolerated between the process that mints a scoped token and
+#: the one that reads it.
+_CLOCK_LEEWAY = 10
+
+
 class ScopedTokenError(Exception):
     """A scoped token that is not valid for its purpose; ``expired`` when it only ran out."""
 
@@ -126,8 +131,9 @@ class ScopedTokens:
         if not self._key:
             raise ScopedTokenError(f"not a valid {self.purpose} token")
         try:
+            # Leeway: the token may be minted by another gateway whose clock is a little ahead.
             claims = jwt.decode(token, self._key, algorithms=["HS256"], audience=self.purpose,
-                                options={"require": ["exp", "sub", "aud"]})
+                                leeway=_CLOCK_LEEWAY, options={"require": ["exp", "sub", "aud"]})
         except jwt.ExpiredSignatureError:
             raise ScopedTokenError(f"the {self.purpose} token has expired", expired=True) from None
         except jwt.InvalidTokenError:

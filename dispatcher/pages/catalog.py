@@ -23,7 +23,7 @@ from typing import Any
 
 from dispatcher.errors import ConfigurationError
 
-__all__ = ["LANGUAGES", "Categories", "Messages", "negotiate"]
+__all__ = ["LANGUAGES", "Categories", "CategoryText", "Messages", "negotiate", "ordered"]
 
 LANGUAGES = ("en", "ko")
 _DEFAULT = "en"

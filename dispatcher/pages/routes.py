@@ -13,7 +13,6 @@ which apps can also embed in their own pages), reading the user token from the p
 ``#token=`` fragment (never sent to a server, and removed from the address bar at once).
 """
 
-
 from typing import Annotated, Any, NamedTuple
 from urllib.parse import parse_qsl
 
@@ -33,7 +32,10 @@ from dispatcher.runtime import Runtime
 
 __all__ = ["PreferenceLinkIn", "SwitchIn", "build_pages", "preference_links", "router"]
 
+#: A page's token: checked by hand (an overlong one is a bad link, and gets the friendly page).
+PageToken = Annotated[str, Path()]
 Token = Annotated[str, Path(max_length=2048)]
+MAX_TOKEN_CHARS = 2048
 Lang = Annotated[str | None, Query(max_length=35, include_in_schema=False)]
 AcceptLanguage = Annotated[str | None, Header(max_length=1024, include_in_schema=False)]
 #: Most switches one form may carry (categories shown x channels); more are ignored.
@@ -76,7 +78,6 @@ class _LinkRefused(Exception):
         return pages.error(self.lang, "expired" if self.expired else "invalid", 410 if self.expired else 404)
 
 
-
 def preference_links(runtime: Runtime) -> ScopedTokens:
     settings = runtime.settings
     return ScopedTokens(settings.user_token_secret or "", "preferences", settings.preference_link_lifetime)
@@ -103,6 +104,8 @@ def router(runtime: Runtime, auth: Authenticator, pages: Pages) -> APIRouter:
 
     async def open_link(token: str, lang: str | None, accept: str | None) -> _Opened:
         try:
+            if len(token) > MAX_TOKEN_CHARS:
+                raise ScopedTokenError("not a valid preferences token")
             user_id, expires = links.read(token)
         except ScopedTokenError as exc:
             raise _LinkRefused(negotiate(lang, accept_language=accept), exc.expired) from None
@@ -117,7 +120,7 @@ def router(runtime: Runtime, auth: Authenticator, pages: Pages) -> APIRouter:
         return sorted(shown, key=lambda category: category in critical)  # always-on ones last
 
     @api.get("/p/{token}", response_class=HTMLResponse, include_in_schema=False)
-    async def centre(token: Token, lang: Lang = None, saved: bool = False,
+    async def centre(token: PageToken, lang: Lang = None, saved: bool = False,
                      accept_language: AcceptLanguage = None) -> HTMLResponse:
         try:
             opened = await open_link(token, lang, accept_language)
@@ -129,7 +132,7 @@ def router(runtime: Runtime, auth: Authenticator, pages: Pages) -> APIRouter:
                           switch_url=f"/p/{token}/switch", expires=utc_text(opened.expires))
 
     @api.post("/p/{token}", include_in_schema=False, response_model=None)
-    async def save_form(token: Token, request: Request, lang: Lang = None,
+    async def save_form(token: PageToken, request: Request, lang: Lang = None,
                         accept_language: AcceptLanguage = None) -> Response:
         """The form's Save (pages without script): ticked boxes come back, unticked don't."""
         try:

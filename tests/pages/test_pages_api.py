@@ -246,3 +246,8 @@ def _epoch(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+async def test_an_overlong_link_is_the_friendly_page_too(anonymous: httpx.AsyncClient) -> None:
+    r = await anonymous.get("/p/" + "x" * 5000)
+    assert r.status_code == 404 and "This link doesn't work" in html.unescape(r.text)

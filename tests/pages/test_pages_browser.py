@@ -257,3 +257,26 @@ def test_every_page_fits_a_phone_and_passes_contrast(browser: Any, server: LiveS
 def _unsubscribe_url(server: LiveServer, user_id: str) -> str:
     """The List-Unsubscribe link the server puts in the user's emails (same key, same URL)."""
     return UnsubscribeLinks(server.url, SECRET).url(user_id, "app")
+
+
+def test_the_unsubscribe_page_asks_then_switches_that_categorys_email_off(page: Any, server: LiveServer) -> None:
+    add_user(server, "ivan")
+    response = page.goto(_unsubscribe_url(server, "ivan"))
+    assert response.status == 200
+    expect(page.get_by_text("Stop emails about App installs and updates?")).to_be_visible()
+    with server.api() as api:
+        assert api.get("/v1/users/ivan/preferences").json()["categories"] == {}  # GET changes nothing
+    page.get_by_role("button", name="Unsubscribe").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Unsubscribed")
+    with server.api() as api:
+        assert api.get("/v1/users/ivan/preferences").json()["categories"] == {"app": {"email": False}}
+    page.get_by_role("link", name="Manage all your notification settings").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Notification settings")
+    expect(page.get_by_role("switch", name=f"Email for {APP}")).not_to_be_checked()
+
+
+def test_the_inbox_opens_the_users_preference_centre(page: Any, server: LiveServer) -> None:
+    page.goto(f"{server.url}/inbox#token={user_token('judy')}")
+    page.locator("dispatcher-inbox").get_by_role("button", name="Notification settings").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Notification settings")
+    assert "/p/" in page.url
