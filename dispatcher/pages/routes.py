@@ -38,8 +38,9 @@ Token = Annotated[str, Path(max_length=2048)]
 MAX_TOKEN_CHARS = 2048
 Lang = Annotated[str | None, Query(max_length=35, include_in_schema=False)]
 AcceptLanguage = Annotated[str | None, Header(max_length=1024, include_in_schema=False)]
-#: Most switches one form may carry (categories shown x channels); more are ignored.
-MAX_FORM_SWITCHES = 4 * 200
+#: Most categories the centre shows (declared ones first), and most switches a form may carry.
+MAX_CATEGORIES = 200
+MAX_FORM_SWITCHES = len(CHANNELS) * MAX_CATEGORIES
 
 
 class PreferenceLinkIn(BaseModel):
@@ -117,7 +118,7 @@ def router(runtime: Runtime, auth: Authenticator, pages: Pages) -> APIRouter:
         declared = {info.category or "default" for info in map(runtime.templates.info, runtime.templates.names())}
         received = await runtime.store.feed.categories(user_id)
         shown = ordered(pages.categories.declared(), declared, received, preferences.categories)
-        return sorted(shown, key=lambda category: category in critical)  # always-on ones last
+        return sorted(shown[:MAX_CATEGORIES], key=lambda category: category in critical)  # always-on ones last
 
     @api.get("/p/{token}", response_class=HTMLResponse, include_in_schema=False)
     async def centre(token: PageToken, lang: Lang = None, saved: bool = False,
