@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     #: Longest user-token lifetime accepted, in seconds: a token whose ``exp`` is further ahead
     #: (or not a number) is a 401.
     user_token_max_lifetime: float = Field(default=30 * 86400, gt=0)
+    #: Longest life of a preference-centre link (``POST /v1/users/{id}/preference-link``), in
+    #: seconds; a request may ask for less.
+    preference_link_lifetime: float = Field(default=7 * 86400, gt=0, le=90 * 86400)
+    #: Life of a live-feed stream token (``?stream_token=`` for browsers' EventSource), in
+    #: seconds: it only has to last until the stream opens.
+    stream_token_lifetime: float = Field(default=60, gt=0, le=3600)
+    #: Web origins allowed to call the API from a browser (the embeddable inbox on an app's own
+    #: site), comma-separated, e.g. ``https://app.example.com``. Empty: same origin only.
+    cors_origins: Names = frozenset()
     templates_dir: Path = SHIPPED_TEMPLATES
     #: Longest time one template part may take to render (the part fails with template_error).
     render_timeout: float = Field(default=1.0, gt=0, le=60)
