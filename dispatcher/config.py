@@ -12,10 +12,11 @@ import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dispatcher.errors import ConfigurationError
+from dispatcher.frequency import FrequencyCaps
 from dispatcher.quiet_hours import QuietHours
 from dispatcher.templates_path import shipped_templates
 
@@ -126,6 +127,8 @@ class Settings(BaseSettings):
     email_rate_limit: float | None = Field(default=None, gt=0, le=100_000)
     sms_rate_limit: float | None = Field(default=None, gt=0, le=100_000)
     push_rate_limit: float | None = Field(default=None, gt=0, le=100_000)
+    #: Per-user frequency caps, ``marketing:push=3/1d,marketing:email=1/7d`` (dispatcher.frequency).
+    frequency_caps: str | None = None
     #: Quiet hours for users who set none, ``22:00-07:00`` (in each user's timezone); unset: none.
     quiet_hours: str | None = None
     #: The time zone of users who have none (quiet hours are read on its clock).
@@ -196,6 +199,14 @@ class Settings(BaseSettings):
                                                     ("sms", self.sms_rate_limit),
                                                     ("push", self.push_rate_limit))
                 if rate is not None}
+
+    @model_validator(mode="after")
+    def _caps(self) -> Settings:
+        self.frequency_caps_parsed()  # ValueError names the entry at fault
+        return self
+
+    def frequency_caps_parsed(self) -> FrequencyCaps:
+        return FrequencyCaps.parse(self.frequency_caps, self.critical_categories)
 
     def quiet_hours_default(self) -> QuietHours | None:
         return QuietHours.from_setting(self.quiet_hours) if self.quiet_hours else None

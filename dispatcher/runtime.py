@@ -84,7 +84,8 @@ class Runtime:
         planner = Planner(templates, critical=settings.critical_categories,
                           phone_region=settings.default_phone_region, links=links,
                           quiet_default=settings.quiet_hours_default(),
-                          default_timezone=settings.default_timezone)
+                          default_timezone=settings.default_timezone,
+                          caps=settings.frequency_caps_parsed())
         limits, closers = _rate_limits(settings, store)
         sender = Sender(built, store.ledger, RetryPolicy(
             settings.retry_max_attempts, settings.retry_base_delay, settings.retry_max_delay),
