@@ -22,6 +22,7 @@ from dispatcher.api.limits import BodyLimit, ReadDeadline
 from dispatcher.api.openapi import install_docs
 from dispatcher.api.schemas import HealthOut
 from dispatcher.pages import routes as pages
+from dispatcher.api.telemetry import RequestTelemetry, metrics_router
 from dispatcher.runtime import Runtime
 
 __all__ = ["create_app"]
@@ -65,6 +66,7 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ReadDeadline, seconds=settings.request_read_timeout)
+    app.include_router(metrics_router(runtime.queue, settings.metrics_token))
     for module in (notifications, users, feed, templates):
         app.include_router(module.router(runtime, auth))
     # The people's pages (preference centre, inbox) and their files: see dispatcher.pages.
@@ -74,6 +76,7 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
         app.add_middleware(CORSMiddleware, allow_origins=sorted(settings.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
                            max_age=600)
+    app.add_middleware(RequestTelemetry)  # last added, outermost: it sees the 408s and 413s too
     if runtime.links is not None:
         # Pages (text/html), an invalid link included: a person follows it.
         page = {"text/html": {"schema": {"type": "string"}}}

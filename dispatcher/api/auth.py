@@ -22,6 +22,7 @@ from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dispatcher.api.errors import ApiError
+from dispatcher.observability import logs
 
 __all__ = ["BEARER", "Authenticator", "Caller", "ScopedTokenError", "ScopedTokens"]
 
@@ -66,7 +67,9 @@ class Authenticator:
         service = self._service(token.strip())
         if service is not None:
             return Caller(service=service)
-        return Caller(user_id=self._user(token.strip()))
+        user_id = self._user(token.strip())
+        logs.bind(user_id=user_id)  # on every log line of this request
+        return Caller(user_id=user_id)
 
     def _service(self, token: str) -> str | None:
         for key, service in self._keys.items():
