@@ -158,8 +158,10 @@ def _spawn_workers(settings: Settings, count: int) -> list[_Child]:
 
 
 async def _worker(settings: Settings, parent_pid: int | None = None) -> int:
+    from dispatcher.observability.metrics import serve_worker_metrics
     from dispatcher.runtime import Runtime
 
+    serve_worker_metrics(settings.host, settings.metrics_port if parent_pid is None else None)
     runtime = await Runtime.open(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

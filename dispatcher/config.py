@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     #: When set, ``GET /metrics`` needs ``Authorization: Bearer <this>``; unset: open, like /healthz.
     metrics_token: str | None = None
+    #: ``dispatcher worker`` on its own: serve its metrics on this port (on ``host``); unset: none.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

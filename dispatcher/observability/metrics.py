@@ -21,8 +21,9 @@ Multi-process: ``dispatcher serve`` runs its workers as child processes. Each pr
 its samples to files in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode)
 and ``/metrics`` adds them up. :func:`prepare_multiprocess` sets that up in the serving process
 before the children start (they inherit the variable): the directory given, emptied of an
-earlier run's files, or a fresh temporary one. A process that never serves ``/metrics`` (a
-test, ``dispatcher dlq``) keeps its samples in memory.
+earlier run's files, or a fresh temporary one. A ``dispatcher worker`` started on its own
+(production: gateways and workers apart) keeps its samples in memory and serves them on
+``DISPATCHER_METRICS_PORT`` (:func:`serve_worker_metrics`).
 
 The core calls the one-line recorders at the end of this module; nothing else of
 prometheus-client leaks into it.
@@ -38,16 +39,25 @@ from collections.abc import Awaitable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+    values,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from channels.base import Message, Provider, Receipt
+from dispatcher.errors import ConfigurationError
 from dispatcher.model import FINAL_STATUSES, RowState
 from dispatcher.queue import QueueStats
 
 __all__ = ["CONTENT_TYPE", "ENV", "chunks_timed", "deliveries", "exposition", "http_request",
-           "prepare_multiprocess", "timed_providers"]
+           "prepare_multiprocess", "serve_worker_metrics", "timed_providers"]
 
 T = TypeVar("T")
 
@@ -133,15 +143,30 @@ def _alive(pid: int) -> bool:
 
 def exposition(queue: QueueStats | None) -> bytes:
     """The text of ``GET /metrics``: every process's samples, and the queue's figures."""
-    _m()  # every family is listed, at 0, before the first sample
+    return generate_latest(_registry()) + _queue_text(queue)
+
+
+def _registry() -> CollectorRegistry:
+    """This process's samples, or every process's in multiprocess mode."""
+    _m()  # every family is listed before its first sample
+    if not os.environ.get(ENV):
+        return REGISTRY
     registry = CollectorRegistry()
-    if os.environ.get(ENV):
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        text = generate_latest(registry)
-    else:
-        from prometheus_client import REGISTRY
-        text = generate_latest(REGISTRY)
-    return text + _queue_text(queue)
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def serve_worker_metrics(host: str, port: int | None) -> None:
+    """A ``dispatcher worker`` of its own (not one of ``serve``'s): its deliveries, provider
+    and chunk metrics on ``http://host:port/metrics``, from a thread (``port`` None: none).
+    The queue's figures are the gateway's to give."""
+    if port is None:
+        return
+    try:
+        start_http_server(port, addr=host, registry=_registry())
+    except OSError as exc:
+        raise ConfigurationError(f"DISPATCHER_METRICS_PORT={port}: can't listen on {host}:{port} "
+                                 f"({exc.strerror or exc})") from None
 
 
 def _queue_text(queue: QueueStats | None) -> bytes:

@@ -19,7 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from support import path_id
+import httpx
+
+from support import free_port, path_id
 
 if TYPE_CHECKING:
     from e2e.conftest import Server
@@ -194,3 +196,26 @@ def test_json_logs_carry_the_request_id_and_warn_of_each_failed_delivery(
         (user, channel, "template_error") for user in ("u0", "u3") for channel in ("email", "in_app", "sms")]
     assert all(w["notification_id"] == notification_id for w in warnings)
     assert all("account_code" in w["detail"] for w in warnings)
+
+
+def test_a_worker_of_its_own_serves_its_metrics_on_its_port(
+        dispatcher_env: dict[str, str], start_server: Callable[..., Server], tmp_path: Path,
+        wait_until: Callable[..., Any]) -> None:
+    """Gateway and workers apart: the worker's deliveries are on DISPATCHER_METRICS_PORT."""
+    env = _env(dispatcher_env, tmp_path, processes=1)
+    gateway = start_server(env, "gateway")
+    port = free_port()
+    start_server({**env, "DISPATCHER_METRICS_PORT": str(port)}, "worker")
+    notification_id = _send_bulk(gateway, 6)
+    wait_until(_settled(gateway, notification_id), timeout=60, what="every row to be final")
+
+    def worker_counts() -> dict[tuple[tuple[str, str], ...], float] | None:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10, trust_env=False).text
+        found = _samples(text, "dispatcher_deliveries_total")
+        return found if sum(found.values()) == 18 else None  # the last outcomes may lag the ledger
+
+    found = wait_until(worker_counts, timeout=30, what="the worker's metrics")
+    assert {(dict(k)["channel"], dict(k)["status"], dict(k)["reason"]): v for k, v in found.items()} \
+        == _reasons(gateway, notification_id)
+    with gateway.client() as client:
+        assert "dispatcher_deliveries_total{" not in client.get("/metrics").text  # not the gateway's
