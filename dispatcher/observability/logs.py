@@ -21,6 +21,7 @@ import logging
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any, Literal
 
 from dispatcher.model import DeliveryStatus, RowState
@@ -54,9 +55,20 @@ def configure(level: str = "info", fmt: Literal["text", "json"] | str = "text") 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Python's warnings and an uncaught exception's traceback as log lines too, so that with
+    # json every line of stderr is one object.
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
     if fmt not in ("json", "text"):
         logging.getLogger("dispatcher").warning(
             "DISPATCHER_LOG_FORMAT=%r is neither text nor json: text it is", fmt)
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    logging.getLogger("dispatcher").critical("uncaught %s: %s", kind.__name__, exc, exc_info=(kind, exc, tb))
 
 
 def bind(**fields: str | None) -> None:

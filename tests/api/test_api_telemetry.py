@@ -1,5 +1,5 @@
 """What the API tells operators, in-process: ``X-Request-ID`` on every answer, ``/metrics`` by
-route template, and its optional token (the multi-process half is tests/e2e/test_observability.py)."""
+route template, and its optional token (the multi-process half is tests/e2e/test_metrics_and_logs.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The observability helpers on their own: the metrics directory ``serve`` prepares, and the
-log formats (the live behaviour is tests/e2e/test_observability.py)."""
+log formats (the live behaviour is tests/e2e/test_metrics_and_logs.py)."""
 
 from __future__ import annotations
 
