@@ -1,12 +1,14 @@
 """The OpenAPI document as the API really behaves, and its pages (``/docs``, ``/redoc``) offline.
 
-FastAPI writes the document from the routes; two things it gets wrong for this API are mended
+FastAPI writes the document from the routes; what it gets wrong for this API is mended
 here, once, when the document is first asked for:
 
 * every operation with parameters gets FastAPI's default 422 ``{"detail": [...]}``, which this
   API never sends. Operations that can answer 422 declare it with the error envelope
   (:func:`dispatcher.api.errors.error_responses`), so a default 422 still in the document marks
   one that cannot: it is removed, and so are the ``HTTPValidationError`` schemas;
+* the headers every answer carries (``X-Request-ID``; ``WWW-Authenticate`` on a 401,
+  ``Retry-After`` on a 503) are not in the routes: they are added;
 * the pages load Swagger UI and ReDoc from a CDN: here they come from ``docs_assets/``
   (package data, copied from the npm registry; see the README there), so they work on a
   machine without internet.
@@ -60,8 +62,28 @@ def _document(app: FastAPI) -> dict[str, Any]:
         doc = get_openapi(title=app.title, version=app.version, description=app.description,
                           routes=app.routes)
         _drop_default_422(doc)
+        _add_headers(doc)
         app.openapi_schema = doc
     return app.openapi_schema
+
+
+_REQUEST_ID = {"description": "The caller's X-Request-ID when sane (1 to 128 of A-Z a-z 0-9 . _ : -), "
+                              "else a generated one; the server's log lines for the request carry it",
+               "required": True, "schema": {"type": "string", "maxLength": 128}}
+_STATUS_HEADERS = {
+    "401": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
+    "503": {"Retry-After": {"description": "Seconds to wait before trying again",
+                            "schema": {"type": "integer"}}},
+}
+
+
+def _add_headers(doc: dict[str, Any]) -> None:
+    """The headers the answers carry (``dispatcher.api.telemetry``, ``errors``)."""
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                response.setdefault("headers", {}).update(
+                    {"X-Request-ID": _REQUEST_ID, **_STATUS_HEADERS.get(status, {})})
 
 
 def _drop_default_422(doc: dict[str, Any]) -> None:

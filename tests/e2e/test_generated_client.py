@@ -23,9 +23,8 @@ import pytest
 if TYPE_CHECKING:
     from e2e.conftest import Server
 
-from e2e.conftest import API_KEY
-
 PACKAGE = "generated_dispatcher_client"
+API_KEY = "appkey"  # e2e.conftest.API_KEY
 
 
 @pytest.fixture

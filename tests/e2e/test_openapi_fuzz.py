@@ -1,7 +1,7 @@
 """Schemathesis against a live ``dispatcher gateway``: cases generated from the /openapi.json
 it serves, sent over HTTP with a service key; none may be answered with a 5xx, and every
-answer must be one the document declares: its status, its content type, and a body that
-matches the declared schema (the typed response models, the one error envelope).
+answer must be one the document declares: its status, its content type, its headers, and a
+body that matches the declared schema (the typed response models, the one error envelope).
 
 Bounded: ``MAX_EXAMPLES`` cases per operation (a few hundred in all, derandomised so a run is
 repeatable), no shrinking, 10 s per request. The gateway runs with DISPATCHER_PUBLIC_URL set,
@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 
 MAX_EXAMPLES = 30  # x 19 operations: ~570 cases, ~10 s
 SERVICE_KEY = "appkey"  # e2e.conftest.API_KEY
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+          response_headers_conformance]
 
 
 def _fuzz(operation: Any, base_url: str) -> list[str]:
