@@ -21,8 +21,8 @@ from dispatcher.api.errors import ApiError, error_responses, install_error_handl
 from dispatcher.api.limits import BodyLimit, ReadDeadline
 from dispatcher.api.openapi import install_docs
 from dispatcher.api.schemas import HealthOut
-from dispatcher.pages import routes as pages
 from dispatcher.api.telemetry import RequestTelemetry, metrics_router
+from dispatcher.pages import routes as pages
 from dispatcher.runtime import Runtime
 
 __all__ = ["create_app"]

@@ -163,13 +163,20 @@ def _check_channels(switches: dict[str, bool]) -> None:
 # Responses ---------------------------------------------------------------------------------
 
 
-class AcceptedOut(BaseModel):
+class _Out(BaseModel):
+    """A response model: a key the router answers that the model lacks is an error (a 500 in
+    the tests), never a field silently dropped from the answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AcceptedOut(_Out):
     id: str
     accepted: int = Field(description="recipients accepted (each one once)")
     send_at: Timestamp | None = Field(default=None, description="when delivery starts; absent: now")
 
 
-class CancelOut(BaseModel):
+class CancelOut(_Out):
     id: str
     cancelled_at: Timestamp
     already_cancelled: bool = Field(description="an earlier call cancelled it (this one changed nothing)")
@@ -177,12 +184,12 @@ class CancelOut(BaseModel):
     in_flight: int = Field(description="rows being sent now: they end as they really end")
 
 
-class StreamTokenOut(BaseModel):
+class StreamTokenOut(_Out):
     token: str = Field(description="for GET .../stream?stream_token= (an EventSource can't send headers)")
     expires_at: Timestamp
 
 
-class PreferenceLinkOut(BaseModel):
+class PreferenceLinkOut(_Out):
     url: str = Field(description="the user's preference centre; it reaches that user's switches only")
     expires_at: Timestamp
 
@@ -192,7 +199,7 @@ Counts = Annotated[dict[str, int], WithJsonSchema({
     "properties": {k: {"type": "integer"} for k in ("pending", "sent", "failed", "skipped")}})]
 
 
-class NotificationOut(BaseModel):
+class NotificationOut(_Out):
     id: str
     state: str | None
     version: int
@@ -202,19 +209,23 @@ class NotificationOut(BaseModel):
     locale: str | None
     channels: list[ChannelName]
     recipients: int
+    send_at: Timestamp | None
+    scheduled: bool = Field(description="send_at is still ahead (and not cancelled)")
+    cancelled_at: Timestamp | None
     created_at: Timestamp
     updated_at: Timestamp
     counts: dict[str, Counts] = Field(description="per channel: rows pending (including recipients "
                                                   "not fanned out yet), sent, failed, skipped")
 
 
-class DeliveryOut(BaseModel):
+class DeliveryOut(_Out):
     user_id: str
     channel: ChannelName
     version: int
     status: Literal["pending", "sent", "failed", "skipped"]
-    reason: str | None = Field(description="why it was skipped or failed (e.g. opted_out, "
-                                           "no_contact, provider_rejected, retries_exhausted)")
+    reason: str | None = Field(description="why it was skipped, failed or is waiting (e.g. opted_out, "
+                                           "no_contact, provider_rejected, retries_exhausted, cancelled, "
+                                           "quiet_hours)")
     detail: str | None
     attempts: int
     provider_message_id: str | None
@@ -222,23 +233,31 @@ class DeliveryOut(BaseModel):
     updated_at: Timestamp
 
 
-class DeliveryPage(BaseModel):
+class DeliveryPage(_Out):
     items: list[DeliveryOut]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null: last page")
 
 
-class DeviceOut(BaseModel):
+class DeviceOut(_Out):
     token: str
     platform: Literal["android", "ios", "web"]
     active: bool
 
 
-class PreferencesOut(BaseModel):
+class QuietHoursOut(_Out):
+    start: str
+    end: str
+
+
+class PreferencesOut(_Out):
     channels: dict[str, bool]
     categories: dict[str, dict[str, bool]]
+    quiet_hours: QuietHoursOut | None = Field(default=None, description=(
+        "the user's own window; null: none (even when the service has a default); absent: the "
+        "service's default (DISPATCHER_QUIET_HOURS) applies"))
 
 
-class UserOut(BaseModel):
+class UserOut(_Out):
     id: str
     email: str | None
     phone: str | None
@@ -250,7 +269,7 @@ class UserOut(BaseModel):
     updated_at: Timestamp
 
 
-class FeedEntryOut(BaseModel):
+class FeedEntryOut(_Out):
     id: str = Field(description="the notification's id")
     title: str
     body: str
@@ -262,24 +281,24 @@ class FeedEntryOut(BaseModel):
     updated_at: Timestamp
 
 
-class FeedPage(BaseModel):
+class FeedPage(_Out):
     items: list[FeedEntryOut]
     next_cursor: str | None
     unread_count: int
 
 
-class ReadAllOut(BaseModel):
+class ReadAllOut(_Out):
     marked: int
     unread_count: int
 
 
-class ReadOut(BaseModel):
+class ReadOut(_Out):
     id: str
     read: bool
     unread_count: int
 
 
-class TemplateInfoOut(BaseModel):
+class TemplateInfoOut(_Out):
     name: str
     channels: list[ChannelName]
     locales: list[str]
@@ -287,16 +306,16 @@ class TemplateInfoOut(BaseModel):
     description: str
 
 
-class TemplateList(BaseModel):
+class TemplateList(_Out):
     items: list[TemplateInfoOut]
 
 
-class PreviewOut(BaseModel):
+class PreviewOut(_Out):
     template: str
     locale: str | None
     channels: dict[str, dict[str, str]] = Field(description="channel -> part (subject, html, text, "
                                                             "title, body) -> rendered text")
 
 
-class HealthOut(BaseModel):
+class HealthOut(_Out):
     status: Literal["ok", "ready"]

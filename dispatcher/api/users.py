@@ -22,13 +22,15 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     Auth = Annotated[Caller, Depends(auth)]
     users = runtime.store.users
 
-    @api.put("", response_model=UserOut, responses=error_responses(401, 403, 422))
+    @api.put("", response_model=UserOut, response_model_exclude_unset=True,
+             responses=error_responses(401, 403, 422))
     async def put_user(user_id: str, body: UserIn, caller: Auth) -> dict[str, Any]:
         caller.require_service()
         fields = _normalised(body, runtime.settings.default_phone_region)
         return _user_json(await users.upsert(_checked_id(user_id), fields))
 
-    @api.get("", response_model=UserOut, responses=error_responses(401, 403, 404))
+    @api.get("", response_model=UserOut, response_model_exclude_unset=True,
+             responses=error_responses(401, 403, 404))
     async def get_user(user_id: str, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
         user = await users.get(user_id)
@@ -51,13 +53,14 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
             raise ApiError(404, f"user {user_id!r} has no device with that token")
         return Response(status_code=204)
 
-    @api.get("/preferences", response_model=PreferencesOut, responses=error_responses(401, 403))
+    @api.get("/preferences", response_model=PreferencesOut, response_model_exclude_unset=True,
+             responses=error_responses(401, 403))
     async def get_preferences(user_id: str, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
         user = await users.get(user_id)
         return (user.preferences if user else Preferences()).to_json()
 
-    @api.put("/preferences", response_model=PreferencesOut,
+    @api.put("/preferences", response_model=PreferencesOut, response_model_exclude_unset=True,
              responses=error_responses(401, 403, 422))
     async def put_preferences(user_id: str, body: PreferencesIn, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
