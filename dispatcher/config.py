@@ -110,6 +110,14 @@ class Settings(BaseSettings):
     #: Connections (or requests in progress) the API serves at once; past that, 503.
     max_connections: int = Field(default=1000, ge=1)
 
+    #: ``text`` (a terminal) or ``json`` (one object per line, with request and notification
+    #: ids: see ``dispatcher.observability.logs``).
+    log_format: Literal["text", "json"] = "text"
+    #: When set, ``GET /metrics`` needs ``Authorization: Bearer <this>``; unset: open, like /healthz.
+    metrics_token: str | None = None
+    #: ``dispatcher worker`` on its own: serve its metrics on this port (on ``host``); unset: none.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 

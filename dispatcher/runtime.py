@@ -20,6 +20,7 @@ from dispatcher.delivery import Deliverer, SettleTimes
 from dispatcher.errors import ConfigurationError
 from dispatcher.fan_out import FanOut
 from dispatcher.feed import Feed
+from dispatcher.observability.metrics import timed_providers
 from dispatcher.planning import Planner
 from dispatcher.queue import Queue
 from dispatcher.queue.enqueue import (
@@ -87,7 +88,7 @@ class Runtime:
                           default_timezone=settings.default_timezone,
                           caps=settings.frequency_caps_parsed())
         limits, closers = _rate_limits(settings, store)
-        sender = Sender(built, store.ledger, RetryPolicy(
+        sender = Sender(timed_providers(built), store.ledger, RetryPolicy(
             settings.retry_max_attempts, settings.retry_base_delay, settings.retry_max_delay),
             window=max(settings.send_concurrency // settings.worker_concurrency, 8),
             slots=settings.send_concurrency,

@@ -15,14 +15,24 @@ import hmac
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import jwt
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dispatcher.api.errors import ApiError
+from dispatcher.observability import logs
 
-__all__ = ["Authenticator", "Caller", "ScopedTokenError", "ScopedTokens"]
+__all__ = ["BEARER", "Authenticator", "Caller", "ScopedTokenError", "ScopedTokens"]
+
+#: The security scheme of the OpenAPI document (the Authorize button of /docs). Parsing and
+#: errors stay ours (``auto_error=False``): a 401 in the error envelope, not FastAPI's 403.
+BEARER = HTTPBearer(scheme_name="bearer", bearerFormat="API key or JWT", auto_error=False,
+                    description="A service's API key (`DISPATCHER_API_KEYS`), or an end user's HS256 "
+                                "JWT (`sub` = user id, `exp` required) signed with "
+                                "`DISPATCHER_USER_TOKEN_SECRET`. Operations on /v1/notifications and "
+                                "/v1/templates, and PUT /v1/users/{user_id}, take a service key only.")
 
 
 @dataclass(frozen=True)
@@ -47,14 +57,19 @@ class Authenticator:
         self._secret = user_token_secret
         self._max_lifetime = max_lifetime
 
-    async def __call__(self, request: Request) -> Caller:
+    async def __call__(self, request: Request,
+                       declared: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None
+                       ) -> Caller:
+        """``declared`` only puts the scheme in the document; the header is read here."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "missing 'Authorization: Bearer <api key or user token>' header")
         service = self._service(token.strip())
         if service is not None:
             return Caller(service=service)
-        return Caller(user_id=self._user(token.strip()))
+        user_id = self._user(token.strip())
+        logs.bind(user_id=user_id)  # on every log line of this request
+        return Caller(user_id=user_id)
 
     def _service(self, token: str) -> str | None:
         for key, service in self._keys.items():
