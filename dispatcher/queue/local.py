@@ -1,4 +1,4 @@
-"""The embedded queue: a table in the store's database (``DISPATCHER_QUEUE_URL=sqlite``).
+"""The embedded queue: a table in the store's database (``DISPATCHER_QUEUE_URL=database``; ``sqlite`` is an alias).
 
 Durable because it is the database: a message is enqueued when its transaction commits and
 leaves only when a worker acknowledges it. Receiving hides a message for the visibility
