@@ -6,6 +6,8 @@ needs. ``Runtime.open`` creates the schema when it is missing.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -64,8 +66,7 @@ class Runtime:
         templates = TemplateRegistry(settings.templates_dir, RenderBudget(
             settings.render_timeout, settings.render_max_chars))
         links = _links(settings)
-        db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
-        await db.create_schema()
+        db = await _database(settings)
         store = Store.from_database(db)
         http = _aws_session(settings)
         owned = [http] if http else []
@@ -120,6 +121,38 @@ class Runtime:
         await self.store.db.close()
 
 
+async def _database(settings: Settings) -> Database:
+    """The store's database, its schema created; closed again when that fails."""
+    db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    try:
+        await db.create_schema()
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+@asynccontextmanager
+async def open_queue(settings: Settings) -> AsyncIterator[Queue]:
+    """The queue alone, for operators (``dispatcher dlq``): no templates, providers or bus;
+    on SQS no database either."""
+    if not settings.uses_sqs():
+        db = await _database(settings)
+        try:
+            yield LocalQueue(db, visibility_timeout=settings.queue_visibility_timeout,
+                             max_receives=settings.queue_max_receives,
+                             poll_interval=settings.queue_poll_interval)
+        finally:
+            await db.close()
+        return
+    http = _aws_session(settings)
+    assert http is not None
+    try:
+        yield _sqs(settings, http)
+    finally:
+        await http.close()
+
+
 def _links(settings: Settings) -> UnsubscribeLinks | None:
     if not settings.public_url:
         return None
@@ -149,15 +182,19 @@ def _queue(settings: Settings, store: Store,
                            max_receives=settings.queue_max_receives,
                            poll_interval=settings.queue_poll_interval)
         return local, InOneTransaction(store, local), ReleaseInOneTransaction(store, local)
+    assert http is not None
+    sqs = _sqs(settings, http)
+    return (sqs, HeadersThenMessages(store, sqs),
+            ReleaseUnderLease(store, sqs, lease_seconds=settings.queue_visibility_timeout))
+
+
+def _sqs(settings: Settings, http: aiohttp.ClientSession) -> Queue:
     from dispatcher.queue.sqs import SqsQueue
     from transport.aws import AwsClient
 
-    assert http is not None
     client = AwsClient.from_environment(http, "sqs", timeout=settings.queue_wait_seconds + 10)
-    sqs = SqsQueue(client, settings.queue_url, visibility_timeout=settings.queue_visibility_timeout,
-                   dead_letter_url=settings.dead_letter_queue_url)
-    return (sqs, HeadersThenMessages(store, sqs),
-            ReleaseUnderLease(store, sqs, lease_seconds=settings.queue_visibility_timeout))
+    return SqsQueue(client, settings.queue_url, visibility_timeout=settings.queue_visibility_timeout,
+                    dead_letter_url=settings.dead_letter_queue_url)
 
 
 def _bus(settings: Settings) -> Bus:
