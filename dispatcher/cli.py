@@ -252,7 +252,9 @@ def _spawn_workers(settings: Settings, count: int) -> list[_Child]:
     env = {**os.environ, "DISPATCHER_API_KEYS": settings.api_keys or "",
            "DISPATCHER_USER_TOKEN_SECRET": settings.user_token_secret or "",
            "DISPATCHER_WORKER_CONCURRENCY": str(settings.worker_concurrency)}
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     argv = [sys.executable, "-m", "dispatcher", "worker", "--parent-pid", str(os.getpid())]
+    argv += ["--log-level", level] if level in {member.value for member in Level} else []
     children = []
     for _ in range(max(count, 0)):
         if settings.redis_url:

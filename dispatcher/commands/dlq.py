@@ -54,7 +54,9 @@ def list_letters(limit: Limit = 100, as_json: AsJson = None) -> None:
                               "body": letter.body}, ensure_ascii=False))
         return
     table = Table(title=f"dead letters ({len(letters)} shown)")
-    for column in ("id", "dead-lettered at (UTC)", "receives", "reason", "notification"):
+    for column in ("id", "dead-lettered at (UTC)", "receives"):
+        table.add_column(column, no_wrap=True)
+    for column in ("reason", "notification"):
         table.add_column(column, overflow="fold")
     for letter in letters:
         table.add_row(letter.id, _when(letter.created_at), str(letter.receive_count), letter.reason,
