@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-
 from servers.aws_errors import unused_port_url
 from support import free_port, path_id
 
