@@ -51,7 +51,7 @@ class ClientSettings(BaseSettings):
     service: str | None = None
     #: The server's keys, when this machine has them (to find the service of ``api_key``).
     api_keys: str | None = None
-    timeout: float = Field(default=30.0, gt=0)
+    api_timeout: float = Field(default=30.0, gt=0)
 
     def service_name(self) -> str | None:
         if self.service:

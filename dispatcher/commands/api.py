@@ -30,4 +30,4 @@ def open_client(settings: ClientSettings) -> Client:
     if not settings.api_key:
         raise typer.BadParameter("no API key: set DISPATCHER_API_KEY or give --api-key",
                                  param_hint="--api-key")
-    return Client(settings.url, settings.api_key, timeout=settings.timeout)
+    return Client(settings.url, settings.api_key, timeout=settings.api_timeout)

@@ -17,7 +17,6 @@ from rich.table import Table
 
 from dispatcher.config import Settings
 from dispatcher.queue import DeadLetter, Queue
-from dispatcher.runtime import open_queue
 
 __all__ = ["LIST_EXAMPLES", "REPLAY_EXAMPLES", "count", "default", "list_letters", "purge", "replay"]
 
@@ -97,6 +96,8 @@ def purge(yes: Annotated[bool, typer.Option("--yes", "-y", help="Don't ask.")] =
 
 def _on_queue(action: Callable[[Queue], Coroutine[Any, Any, T]]) -> T:
     import asyncio
+
+    from dispatcher.runtime import open_queue  # the whole wiring: only for these commands
 
     async def run() -> T:
         async with open_queue(Settings()) as queue:
