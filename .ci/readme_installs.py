@@ -7,7 +7,9 @@ exactly as written (through bash, so the quoting is the README's), then checks w
 README says it gives: the ``dispatcher`` command; ``python -m bench --help`` with ``bench``;
 with ``test``, that pytest collects the whole suite (every test module's imports). pip's
 cache is shared, so a group costs its install time only. Standard library only:
-``python .ci/readme_installs.py``.
+``python .ci/readme_installs.py [--ran LINE]``: ``--ran`` names a line the caller has just run
+itself in a fresh venv (``.ci/run`` makes its ``.venv`` in a fresh clone with
+``pip install -e '.[test,bench]'``, then runs the suite in it), which is then not run twice.
 """
 
 from __future__ import annotations
@@ -44,13 +46,17 @@ def extras(command: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    ran = {argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--ran"}
     found = commands((CHECKOUT / "README.md").read_text())
     if not found:
         print("readme installs: README.md shows no pip install line", file=sys.stderr)
         return 1
     groups: dict[frozenset[str], list[str]] = {}
     for command in found:
+        if command in ran:
+            print(f"  ran  {command}  (by the caller, in its fresh venv)")
+            continue
         groups.setdefault(extras(command), []).append(command)
     failures = 0
     with tempfile.TemporaryDirectory(prefix="readme-installs-") as tmp:
@@ -86,4 +92,4 @@ def _run(argv: list[str], env: dict[str, str], what: str) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

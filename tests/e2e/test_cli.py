@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 from servers.aws_errors import unused_port_url
-from support import free_port, path_id
+from support import create_queues, free_port, path_id
 
 if TYPE_CHECKING:
     from e2e.conftest import Server
@@ -260,3 +260,26 @@ def test_every_command_has_help_with_examples(dispatcher_env: dict[str, str], tm
     for command in (["send"], ["status"], ["dlq"], ["dlq", "replay"], ["token"], ["serve"], ["worker"]):
         shown = cli(dispatcher_env, tmp_path, *command, "--help")
         assert shown.returncode == 0 and "Examples" in shown.stdout and "dispatcher " in shown.stdout, command
+
+
+def test_dlq_on_sqs_lists_replays_and_purges_the_dead_letter_queue(aws: str, tmp_path: Path) -> None:
+    import boto3
+
+    queue_url, dlq_url = create_queues()
+    sqs = boto3.client("sqs")
+    sqs.send_message(QueueUrl=dlq_url, MessageBody='{"id": "app#1", "template": "gone"}', MessageAttributes={
+        "reason": {"DataType": "String", "StringValue": "unknown template 'gone'"}})
+    sqs.send_message(QueueUrl=dlq_url, MessageBody="redriven")  # moved by SQS: no reason attribute
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    env.update(DISPATCHER_QUEUE_URL=queue_url, DISPATCHER_DATABASE_URL=f"sqlite:///{tmp_path / 'unused.db'}")
+    assert cli(env, tmp_path, "dlq", "count").stdout.strip() == "2"
+    letters = {json.loads(line)["reason"]: json.loads(line)
+               for line in cli(env, tmp_path, "dlq", "list", "--json").stdout.splitlines()}
+    assert set(letters) == {"unknown template 'gone'", "redriven by SQS (maxReceiveCount)"}
+    replayed = cli(env, tmp_path, "dlq", "replay", "--id", letters["unknown template 'gone'"]["id"])
+    assert replayed.returncode == 0 and "replayed 1 message" in replayed.stdout, replayed.stderr
+    [back] = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1)["Messages"]
+    assert back["Body"] == '{"id": "app#1", "template": "gone"}'
+    purged = cli(env, tmp_path, "dlq", "purge", "--yes")
+    assert purged.returncode == 0 and "purged 1 dead letter" in purged.stdout
+    assert not (tmp_path / "unused.db").exists()  # the SQS commands need no database
