@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -40,6 +41,9 @@ from dispatcher.sending import Sender
 from dispatcher.store import Database, Store
 from dispatcher.unsubscribe import UnsubscribeLinks
 from dispatcher.worker import Batching, Worker
+
+if TYPE_CHECKING:
+    from transport.aws import AwsClient
 
 __all__ = ["Runtime"]
 
@@ -190,11 +194,20 @@ def _queue(settings: Settings, store: Store,
 
 def _sqs(settings: Settings, http: aiohttp.ClientSession) -> Queue:
     from dispatcher.queue.sqs import SqsQueue
-    from transport.aws import AwsClient
 
-    client = AwsClient.from_environment(http, "sqs", timeout=settings.queue_wait_seconds + 10)
+    client = _aws_client(http, "sqs", settings.queue_wait_seconds + 10)
     return SqsQueue(client, settings.queue_url, visibility_timeout=settings.queue_visibility_timeout,
                     dead_letter_url=settings.dead_letter_queue_url)
+
+
+def _aws_client(http: aiohttp.ClientSession, service: str, timeout: float) -> AwsClient:
+    """An AWS client from the environment; its configuration error in the core's words."""
+    from transport.aws import AwsClient, AwsConfigurationError
+
+    try:
+        return AwsClient.from_environment(http, service, timeout=timeout)
+    except AwsConfigurationError as exc:
+        raise ConfigurationError(str(exc)) from exc
 
 
 def _bus(settings: Settings) -> Bus:
@@ -224,22 +237,20 @@ async def _providers(settings: Settings, http: aiohttp.ClientSession | None) -> 
 
 def _ses(settings: Settings, http: aiohttp.ClientSession | None) -> Provider:
     from channels.ses import SesProvider
-    from transport.aws import AwsClient
 
     if not settings.email_from:
         raise ConfigurationError("DISPATCHER_EMAIL_PROVIDER=ses needs DISPATCHER_EMAIL_FROM")
     assert http is not None
-    client = AwsClient.from_environment(http, "sesv2", timeout=settings.provider_timeout)
+    client = _aws_client(http, "sesv2", settings.provider_timeout)
     return SesProvider(client, sender=settings.email_from,
                        configuration_set=settings.ses_configuration_set)
 
 
 def _sns(settings: Settings, http: aiohttp.ClientSession | None) -> Provider:
     from channels.sns import SnsProvider
-    from transport.aws import AwsClient
 
     assert http is not None
-    client = AwsClient.from_environment(http, "sns", timeout=settings.provider_timeout)
+    client = _aws_client(http, "sns", settings.provider_timeout)
     return SnsProvider(client, sender_id=settings.sms_sender_id,
                        promotional_categories=settings.sms_promotional_categories)
 
