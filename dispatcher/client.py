@@ -25,7 +25,7 @@ import httpx
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ApiRefused", "ApiUnreachable", "Client", "ClientError", "ClientSettings"]
+__all__ = ["ApiRefused", "ApiUnreachable", "Client", "ClientError", "ClientSettings", "new_id"]
 
 
 class ClientError(Exception):

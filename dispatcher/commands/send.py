@@ -55,6 +55,9 @@ def send(
         "--id", help="The id, to update a notification sent before (default: a new one).",
         show_default=False)] = None,
     version: Annotated[int, typer.Option(min=1, help="Version (higher updates the notification).")] = 1,
+    send_at: Annotated[str | None, typer.Option(
+        help="Deliver later: an ISO 8601 time with its offset, e.g. 2026-12-01T09:00:00+09:00.",
+        show_default=False)] = None,
     service: Annotated[str | None, typer.Option(
         help="Your service, the first part of the id (DISPATCHER_SERVICE; default: the service "
              "of the API key in DISPATCHER_API_KEYS, when set here).", show_default=False)] = None,
@@ -68,7 +71,8 @@ def send(
     """Send a notification (several, over 10,000 recipients) through the API."""
     recipients = _recipients(to, csv_file)
     body = {"template": template, "data": _data(data), "version": version,
-            **_optional(channels=_names(channels), state=state, category=category, locale=locale)}
+            **_optional(channels=_names(channels), state=state, category=category, locale=locale,
+                        send_at=send_at)}
     settings = client_settings(url, api_key, service=service)
     parts = split(recipients)
     if notification_id and len(parts) > 1:
