@@ -66,6 +66,16 @@ class Queue(Protocol):
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The dead-lettered messages, with reasons (for operators)."""
 
+    async def dead_letter_count(self) -> int:
+        """How many messages are in the DLQ (approximate where the queue only knows that)."""
+
+    async def replay(self, ids: Sequence[str] | None = None) -> int:
+        """Put dead letters back on the queue (those of ``ids``; all when None), as new
+        messages with no receive history; return how many went back."""
+
+    async def purge_dead_letters(self) -> int:
+        """Delete every dead letter; return how many there were."""
+
     async def depth(self) -> int:
         """Messages waiting (approximate where the queue only knows that)."""
 

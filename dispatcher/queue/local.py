@@ -1,4 +1,4 @@
-"""The embedded queue: a table in the store's database (``DISPATCHER_QUEUE_URL=sqlite``).
+"""The embedded queue: a table in the store's database (``DISPATCHER_QUEUE_URL=database``; ``sqlite`` is an alias).
 
 Durable because it is the database: a message is enqueued when its transaction commits and
 leaves only when a worker acknowledges it. Receiving hides a message for the visibility
@@ -152,6 +152,33 @@ class LocalQueue:
                 .order_by(dead_letters.c.id).limit(limit)
             )).all()
         return [DeadLetter(str(r.id), r.body, r.reason, r.receive_count, r.created_at) for r in rows]
+
+    async def dead_letter_count(self) -> int:
+        async with self._db.read() as conn:
+            return int((await conn.execute(
+                sa.select(sa.func.count()).select_from(dead_letters)
+                .where(dead_letters.c.queue == self._name))).scalar_one())
+
+    async def replay(self, ids: Sequence[str] | None = None) -> int:
+        """Move dead letters back in one transaction: each is on the queue or in the DLQ,
+        never both, never neither."""
+        query = sa.select(dead_letters.c.id, dead_letters.c.body).where(dead_letters.c.queue == self._name)
+        if ids is not None:
+            numbers = [int(i) for i in ids if i.isdigit()]
+            query = query.where(dead_letters.c.id.in_(numbers))
+        async with self._db.write() as conn:
+            rows = (await conn.execute(query.order_by(dead_letters.c.id))).all()
+            if rows:
+                await self.send_batch_in(conn, [r.body for r in rows])
+            for start in range(0, len(rows), 500):  # bound the statement's parameters
+                await conn.execute(dead_letters.delete().where(
+                    dead_letters.c.id.in_([r.id for r in rows[start:start + 500]])))
+        return len(rows)
+
+    async def purge_dead_letters(self) -> int:
+        async with self._db.write() as conn:
+            result = await conn.execute(dead_letters.delete().where(dead_letters.c.queue == self._name))
+        return int(result.rowcount)
 
     async def depth(self) -> int:
         async with self._db.read() as conn:

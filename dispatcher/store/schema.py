@@ -91,7 +91,7 @@ inbox = sa.Table(
     sa.Index("ix_inbox_feed", "user_id", "created_at", "notification_id"),
 )
 
-# The embedded queue (DISPATCHER_QUEUE_URL=sqlite): messages and their dead letters.
+# The database queue (DISPATCHER_QUEUE_URL=database): messages and their dead letters.
 queue_messages = sa.Table(
     "queue_messages", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
