@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dispatcher.errors import InvalidNotificationId, PoisonMessage
 from dispatcher.model import CHANNELS, parse_notification_id
@@ -37,6 +37,9 @@ class ChunkMessage(BaseModel):
     state: str | None = None
     locale: str | None = None
     recipients_total: int = Field(default=0, ge=0)
+    #: Per-recipient data (user id -> data merged over ``data`` for that recipient only), for
+    #: the recipients of this chunk that have any.
+    recipient_data: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("channels")
     @classmethod
@@ -56,7 +59,22 @@ class ChunkMessage(BaseModel):
         return value
 
 
+    @model_validator(mode="after")
+    def _data_of_recipients(self) -> ChunkMessage:
+        strays = set(self.recipient_data) - set(self.recipients)
+        if strays:
+            raise ValueError(f"recipient_data names {len(strays)} user(s) not in recipients, "
+                             f"e.g. {sorted(strays)[0]!r}")
+        return self
+
+    def data_for(self, user_id: str) -> dict[str, Any] | None:
+        """This recipient's own data (merged over ``data`` when rendering), if any."""
+        return self.recipient_data.get(user_id)
+
+
 def encode_chunk(message: ChunkMessage) -> str:
+    if not message.recipient_data:  # as before per-recipient data existed: older workers read it
+        return message.model_dump_json(exclude={"recipient_data"})
     return message.model_dump_json(exclude_defaults=False)
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["metadata", "users", "devices", "notifications", "deliveries", "inbox",
+__all__ = ["ADDED_COLUMNS", "add_missing_columns", "metadata",
+           "users", "devices", "notifications", "deliveries", "inbox",
            "queue_messages", "dead_letters"]
 
 metadata = sa.MetaData()
@@ -25,7 +26,14 @@ users = sa.Table(
     sa.Column("preferences", sa.JSON, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # Added after the first release: databases made before get them from add_missing_columns().
+    sa.Column("name", sa.String(200)),
+    sa.Column("attributes", sa.JSON),
 )
+
+#: Columns added to existing tables since they were first created, as (table, column): created
+#: on start-up where missing (``ALTER TABLE … ADD COLUMN``, nullable, no default to backfill).
+ADDED_COLUMNS: tuple[tuple[sa.Table, str], ...] = ((users, "name"), (users, "attributes"))
 
 devices = sa.Table(
     "devices", metadata,
@@ -109,3 +117,19 @@ dead_letters = sa.Table(
     sa.Column("receive_count", sa.Integer, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
+
+
+def add_missing_columns(conn: sa.Connection) -> list[str]:
+    """Add the columns of :data:`ADDED_COLUMNS` that an older database lacks (run after
+    ``create_all``, in the schema transaction); the ``table.column`` names added."""
+    inspector = sa.inspect(conn)
+    added = []
+    for table, name in ADDED_COLUMNS:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        if name in present:
+            continue
+        column = table.c[name]
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{name}" {kind}'))
+        added.append(f"{table.name}.{name}")
+    return added
