@@ -32,6 +32,11 @@ log = logging.getLogger("dispatcher")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["templates"]:  # its own parser: dispatcher.template_cli
+        from dispatcher.template_cli import main as templates_main
+
+        return templates_main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -85,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="workers only")
     _concurrency(worker)
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    templates = commands.add_parser("templates", help="check or preview templates "
+                                    "(dispatcher templates --help)", add_help=False)
+    templates.add_argument("rest", nargs=argparse.REMAINDER)
     dlq = commands.add_parser("dlq", help="list dead-lettered messages and why")
     dlq.add_argument("--limit", type=int, default=100)
     return parser

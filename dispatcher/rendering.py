@@ -87,10 +87,12 @@ _MAX_LAYOUT_BYTES = 1024 * 1024
 class PartError(TemplateError):
     """A :class:`TemplateError` that knows the file (and line, when there is one) it came from."""
 
-    def __init__(self, message: str, path: Path, line: int | None = None) -> None:
+    def __init__(self, message: str, path: Path, line: int | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         self.path = path
         self.line = line
+        #: What went wrong without where (the path and line say that).
+        self.detail = detail or message
 
 
 @dataclass(frozen=True)
@@ -138,10 +140,11 @@ class Part:
             # (undefined variable, sandbox violation, a filter's TypeError, 1/0, ...) is this template's fault:
             # one clear error for this notification, never a crashed worker.
             path, line = _template_line(exc, self.path, self.root)
+            what = _error_detail(exc, None)
             detail = _error_detail(exc, line)
             if path != self.path and line is not None:
-                detail = f"{_relative(path, self.root)} line {line}: {detail.partition(': ')[2]}"
-            raise PartError(_describe(self, detail), path, line) from exc
+                detail = f"{_relative(path, self.root)} line {line}: {what}"
+            raise PartError(_describe(self, detail), path, line, what) from exc
 
 
 @dataclass(frozen=True)
@@ -284,7 +287,8 @@ class TemplateSet:
             try:
                 self._env.get_template(name)
             except jinja2.TemplateSyntaxError as exc:
-                self._fail(PartError(f"layout {str(path)!r}: line {exc.lineno}: {exc.message}", path, exc.lineno))
+                self._fail(PartError(f"layout {str(path)!r}: line {exc.lineno}: {exc.message}", path, exc.lineno,
+                                     f"syntax error: {exc.message}"))
         self._templates: dict[str, _Template] = {}
         for folder in sorted(self.directory.iterdir()):
             if folder.is_dir() and not folder.name.startswith((".", "_")):
@@ -392,7 +396,7 @@ class TemplateSet:
             code = self._env.compile(source, name=name, filename=str(path))
         except jinja2.TemplateSyntaxError as exc:
             raise PartError(f"{_where(template_name, locale, path)}: line {exc.lineno}: {exc.message}",
-                            path, exc.lineno) from exc
+                            path, exc.lineno, f"syntax error: {exc.message}") from exc
         except (OSError, UnicodeDecodeError) as exc:
             raise PartError(f"{_where(template_name, locale, path)}: cannot read: {exc}", path) from exc
         variables = self._uses(tree, f"{_where(template_name, locale, path)}", path)
@@ -407,8 +411,8 @@ class TemplateSet:
                 return None  # a layout named by an expression: it may use anything
             if ref not in self._layouts.sources:
                 known = ", ".join(sorted(self._layouts.sources)) or "none"
-                raise PartError(f"{where}: names the layout {ref!r}, which does not exist (layouts: {known})",
-                                path, _line_of(tree, ref))
+                missing = f"names the layout {ref!r}, which does not exist (layouts: {known})"
+                raise PartError(f"{where}: {missing}", path, _line_of(tree, ref), missing)
             if ref not in self._variables:
                 self._variables[ref] = frozenset()  # a cycle stops here (Jinja refuses it at render)
                 source, layout_path = self._layouts.sources[ref]
@@ -416,7 +420,8 @@ class TemplateSet:
                     layout = self._env.parse(source, ref, str(layout_path))
                 except jinja2.TemplateSyntaxError as exc:
                     raise PartError(f"{where}: its layout {ref!r} does not compile: line {exc.lineno}: "
-                                    f"{exc.message}", layout_path, exc.lineno) from exc
+                                    f"{exc.message}", layout_path, exc.lineno,
+                                    f"syntax error: {exc.message}") from exc
                 self._variables[ref] = self._uses(layout, f"layout {ref!r}", layout_path)
             used = self._variables[ref]
             if used is None:

@@ -123,7 +123,7 @@ def _render(part: Part, context: dict[str, Any], problems: list[Problem]) -> str
             missing = _UNDEFINED.match(str(exc.__cause__)) if isinstance(exc.__cause__, jinja2.UndefinedError) else None
             if missing or isinstance(exc.__cause__, jinja2.UndefinedError):
                 hint = " (give it a value in the \"example\" of template.json)"
-            problems.append(Problem(exc.path, exc.line, f"{exc}{hint}"))
+            problems.append(Problem(exc.path, exc.line, f"{exc.detail}{hint}"))
             if not missing:
                 return None
             context[missing.group(1)] = ""
@@ -177,7 +177,7 @@ def _part_files(folder: Path, problems: list[Problem]) -> set[str]:
 
 def _from_error(error: TemplateError, directory: Path) -> Problem:
     if isinstance(error, PartError):
-        return Problem(error.path, error.line, str(error))
+        return Problem(error.path, error.line, error.detail)
     return Problem(directory, None, str(error))
 
 
