@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from dispatcher.bus.pipe import forward
 from dispatcher.config import ConfigurationError, Settings
 from dispatcher.rendering import TemplateError
+from dispatcher.template_reload import ReloadOnHangup
 
 __all__ = ["main"]
 
@@ -114,9 +115,11 @@ async def _serve(settings: Settings, *, workers: int = 1) -> int:
     for note in notes:
         log.warning(note)
     runtime = await Runtime.open(settings)
+    reload = ReloadOnHangup(runtime.templates)  # before spawning: children ignore SIGHUP until ready
     # The API process runs a worker loop too: the embedded bus is in-process, so the live
     # stream it serves carries the events of its own worker only (README, "live stream").
     children = _spawn_workers(settings, settings.process_count() - 1) if workers else []
+    reload.start([child.popen for child in children])
     for fd in (child.bus_fd for child in children if child.bus_fd is not None):
         _background.add(asyncio.create_task(forward(fd, runtime.bus)))
     app = create_app(runtime, workers=workers, owns_runtime=True,
@@ -167,6 +170,7 @@ async def _worker(settings: Settings, parent_pid: int | None = None) -> int:
     from dispatcher.runtime import Runtime
 
     runtime = await Runtime.open(settings)
+    ReloadOnHangup(runtime.templates).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends
 from dispatcher.api.auth import Authenticator, Caller
 from dispatcher.api.schemas import PreviewIn
 from dispatcher.rendering import TemplateInfo
+from dispatcher.runtime import Runtime
 from dispatcher.template_check import EXAMPLE_UNSUBSCRIBE_URL
 from dispatcher.template_preview import preview as render_preview
-from dispatcher.runtime import Runtime
 
 __all__ = ["router"]
 
