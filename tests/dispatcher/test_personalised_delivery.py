@@ -1,0 +1,121 @@
+"""Personalised chunks through the real worker path (queue, planner, ledger, providers):
+per-recipient data and user fields in every part, a recipient whose data breaks the template
+failing alone, the unsubscribe link per recipient in a shared email, and which parts are
+rendered per recipient (decided from the parts' AST when the template is loaded)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from channels.base import Message, Receipt
+from dispatcher.config import Settings
+from dispatcher.messages import ChunkMessage, decode_chunk, encode_chunk
+from dispatcher.rendering import TemplateSet
+from dispatcher.runtime import Runtime
+from support import new_id
+
+FILES = {
+    "greet/default/sms.txt": "Hi {{ user.name or 'there' }}, {{ app_name }} code {{ code }}"
+                             "{% if discount is defined %} {{ 100 // discount }}% off{% endif %}",
+    "greet/default/push.title.txt": "{{ app_name }} is ready",
+    "greet/default/push.body.txt": "{{ user.attributes.plan | default('free') }} plan",
+    "greet/default/email.subject.txt": "{{ app_name }} installed",
+    "greet/default/email.html": '{% extends "_layouts/mail.html" %}{% block body %}<b>{{ app_name }}</b>{% endblock %}',
+    "greet/default/email.txt": "{{ app_name }}\n{{ unsubscribe_url }}",
+    "greet/ko/sms.txt": "{{ user.name }}님 {{ code }}",
+    "_layouts/mail.html": '<html>{% block body %}{% endblock %}<a href="{{ unsubscribe_url }}">x</a></html>',
+}
+
+
+class Recording:
+    name: ClassVar[str] = "recording"
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel  # type: ignore[misc]
+        self.calls: list[Message] = []
+
+    async def send(self, message: Message) -> Receipt:
+        self.calls.append(message)
+        return Receipt(f"{self.channel}-{len(self.calls)}")
+
+    async def aclose(self) -> None:
+        return None
+
+
+@pytest.fixture
+def templates_dir(tmp_path: Path) -> Path:
+    for relative, text in FILES.items():
+        path = tmp_path / "templates" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return tmp_path / "templates"
+
+
+@pytest.fixture
+def providers() -> dict[str, Recording]:
+    return {c: Recording(c) for c in ("email", "sms", "push")}
+
+
+@pytest.fixture
+async def runtime(settings: Settings, templates_dir: Path,
+                  providers: dict[str, Recording]) -> AsyncIterator[Runtime]:
+    rt = await Runtime.open(settings.model_copy(update={
+        "templates_dir": templates_dir, "public_url": "https://notify.example.com",
+        "unsubscribe_secret": "unsubscribe-secret-of-at-least-32-bytes!"}), providers=providers)
+    yield rt
+    await rt.close()
+
+
+async def test_each_recipient_gets_its_own_data_and_name_and_a_bad_one_fails_alone(
+        runtime: Runtime, providers: dict[str, Recording]) -> None:
+    for i in range(60):
+        await runtime.store.users.upsert(f"u{i}", {
+            "name": f"Name{i}", "phone": f"+8210{10000000 + i}", "email": f"u{i}@example.com",
+            "attributes": {"plan": "pro"} if i % 2 else {}, "locale": "ko" if i == 7 else None})
+        await runtime.store.users.add_device(f"u{i}", f"tok-{i}", "android")
+    own: dict[str, dict[str, Any]] = {f"u{i}": {"code": f"C{i}"} for i in range(0, 60, 3)}
+    own["u5"] = {"code": "C5", "discount": 0}  # 100 // 0: this recipient's sms fails, no one else's
+    message = ChunkMessage(id=new_id(), service="app", template="greet",
+                           recipients=tuple(f"u{i}" for i in range(60)) + ("nobody",),
+                           data={"app_name": "Foo", "code": "shared"}, recipient_data=own)
+    assert decode_chunk(encode_chunk(message)) == message
+    await runtime.queue.send_batch([encode_chunk(message)])
+    await runtime.worker().drain()
+
+    sms = {m.user_id: m.parts["text"] for m in providers["sms"].calls}
+    for i in range(60):
+        if i == 5:
+            continue
+        code = own.get(f"u{i}", {}).get("code", "shared")
+        expected = f"Name{i}님 {code}" if i == 7 else f"Hi Name{i}, Foo code {code}"
+        assert sms.pop(f"u{i}") == expected
+    assert sms == {}
+    push = {m.user_id: m.parts for m in providers["push"].calls}
+    assert push["u5"] == {"title": "Foo is ready", "body": "pro plan"}  # u5's other channels went out
+    assert [push[f"u{i}"]["body"] for i in (1, 2)] == ["pro plan", "free plan"]
+    rows, _ = await runtime.store.notifications.deliveries(message.id, limit=1000)
+    failed = [(r["user_id"], r["channel"], r["reason"]) for r in rows if r["status"] == "failed"]
+    assert failed == [("u5", "sms", "template_error")]
+    assert "ZeroDivisionError" in next(r["detail"] for r in rows if r["status"] == "failed")
+    assert {r["status"] for r in rows if r["user_id"] == "nobody"} == {"skipped"}  # no record, no contacts
+
+    emails = {m.user_id: m for m in providers["email"].calls}
+    assert len(emails) == 60
+    for user_id, mail in emails.items():  # one shared render, each recipient's own link in it
+        link = mail.unsubscribe_url
+        assert link and link.startswith("https://notify.example.com/v1/unsubscribe/")
+        assert mail.parts["html"] == f'<html><b>Foo</b><a href="{link}">x</a></html>'
+        assert mail.parts["text"] == f"Foo\n{link}"
+    assert len({m.unsubscribe_url for m in emails.values()}) == 60
+
+
+def test_what_each_part_uses_is_known_at_load(templates_dir: Path) -> None:
+    parts = TemplateSet(templates_dir).locale_parts("greet")["default"]
+    personal = {file for file, part in parts.items() if part.personal}
+    assert personal == {"sms.txt", "push.body.txt"}  # they use user
+    assert parts["email.html"].variables == frozenset({"app_name", "unsubscribe_url"})  # the layout's too
+    assert parts["sms.txt"].uses_any({"discount"}) and not parts["push.title.txt"].uses_any({"code"})
