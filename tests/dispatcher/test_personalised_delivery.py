@@ -119,3 +119,34 @@ def test_what_each_part_uses_is_known_at_load(templates_dir: Path) -> None:
     assert personal == {"sms.txt", "push.body.txt"}  # they use user
     assert parts["email.html"].variables == frozenset({"app_name", "unsubscribe_url"})  # the layout's too
     assert parts["sms.txt"].uses_any({"discount"}) and not parts["push.title.txt"].uses_any({"code"})
+
+
+def test_the_shipped_email_footer_carries_each_recipients_link_and_none_when_critical() -> None:
+    from dispatcher.model import UserRecord
+    from dispatcher.planning import Planner, channel_sets
+    from dispatcher.rendering import TemplateRegistry
+    from dispatcher.templates_path import shipped_templates
+    from dispatcher.unsubscribe import UnsubscribeLinks
+
+    links = UnsubscribeLinks("https://notify.example.com", "unsubscribe-secret-of-at-least-32-bytes!")
+    registry = TemplateRegistry(shipped_templates())
+    info = registry.info("app-install")
+    people = {"u1": UserRecord("u1", email="u1@example.com"),
+              "u2": UserRecord("u2", email="u2@example.com", locale="ko-KR")}
+
+    def emails(category: str, critical: frozenset[str]) -> dict[str, Message]:
+        message = ChunkMessage(id=new_id(), service="app", template="app-install", recipients=("u1", "u2"),
+                               data={"app_name": "Foo"}, state="completed", category=category)
+        plan = Planner(registry, critical=critical, phone_region=None, links=links).plan(
+            message, info, channel_sets(["email"], info), people)
+        return {key.user_id: mail for key, [mail] in plan.sends.items()}
+
+    for user_id, mail in emails("app", frozenset()).items():
+        link = links.read(mail.unsubscribe_url.rpartition("/")[2]) if mail.unsubscribe_url else None
+        assert link is not None and link.user_id == user_id
+        assert f'<a href="{mail.unsubscribe_url}"' in mail.parts["html"]
+        assert mail.parts["text"].endswith(mail.unsubscribe_url or "")
+        assert ("이메일 수신 거부" if user_id == "u2" else "Unsubscribe from these emails") in mail.parts["html"]
+    for mail in emails("security", frozenset({"security"})).values():
+        assert mail.unsubscribe_url is None and "unsubscribe" not in mail.parts["html"].lower()
+        assert mail.parts["html"].endswith("</html>")

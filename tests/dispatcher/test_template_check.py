@@ -72,3 +72,29 @@ def test_the_defects_the_example_fills_are_not_reported(broken: tuple[int, list[
 def test_a_missing_folder_is_exit_status_2(tmp_path: Path) -> None:
     done = run_check("--dir", str(tmp_path / "absent"))
     assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def run_preview(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    return subprocess.run([sys.executable, "-m", "dispatcher", "templates", "preview", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_preview_prints_each_part_and_the_locale_it_came_from(tmp_path: Path) -> None:
+    data = tmp_path / "data.json"
+    data.write_text('{"app_name": "Zed"}', encoding="utf-8")
+    done = run_preview("app-install", "--locale", "ko-KR", "--state", "failed", "--data", f"@{data}",
+                       "--channel", "sms", "--channel", "email")
+    assert done.returncode == 0, done.stderr
+    assert "== sms\n-- text (from ko/)\n[스토어] Zed 설치에 실패했습니다" in done.stdout
+    assert "-- html (from ko/)\n<!DOCTYPE html>" in done.stdout and "이메일 수신 거부" in done.stdout
+    example = run_preview("app-install", "--json", "--channel", "push")  # the example of template.json
+    assert example.returncode == 0 and '"title": "Foo installed"' in example.stdout
+    assert '"variants": {\n    "push": {\n      "title": "default"' in example.stdout
+
+
+def test_preview_refuses_bad_arguments_clearly() -> None:
+    bad = run_preview("app-install", "--data", "{not json")
+    assert bad.returncode == 2 and "--data: not JSON" in bad.stderr
+    unknown = run_preview("nope")
+    assert unknown.returncode == 1 and "unknown template 'nope'" in unknown.stderr
