@@ -7,9 +7,12 @@ used: the process keeps the previous one and logs every problem. ``dispatcher se
 the signal on to its worker processes, which reload the same way; a ``gateway`` and each
 ``worker`` of a production deployment reload when they are sent it themselves.
 
-Start-up order matters for ``serve``: :class:`ReloadOnHangup` ignores ``SIGHUP`` from its
-construction, so that worker processes spawned before :meth:`ReloadOnHangup.start` inherit
-"ignore" (instead of "terminate") until they install their own handler.
+Start-up order matters for ``serve``: :class:`ReloadOnHangup` blocks ``SIGHUP`` in the main
+thread from its construction, so that worker processes spawned before
+:meth:`ReloadOnHangup.start` inherit the blocked mask (the signal mask survives ``exec``): a
+``SIGHUP`` sent to a worker while it starts stays pending, instead of killing it, and is
+handled once it has installed its handler. A hangup the process itself gets in that window is
+remembered and handled at :meth:`~ReloadOnHangup.start`.
 """
 
 from __future__ import annotations
@@ -34,12 +37,26 @@ class ReloadOnHangup:
         self._children: list[subprocess.Popen[bytes]] = []
         self._running: asyncio.Task[bool] | None = None
         self._again = False
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self._early = False
+        # Any thread of this process that gets it meanwhile: remember it (never the default, which
+        # terminates); the main thread blocks it, so children spawned now inherit it blocked.
+        signal.signal(signal.SIGHUP, self._remember)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+    def _remember(self, _signum: int, _frame: object) -> None:
+        self._early = True
 
     def start(self, children: Sequence[subprocess.Popen[bytes]] = ()) -> None:
-        """Handle ``SIGHUP`` on the running loop from now on (passing it on to ``children``)."""
+        """Handle ``SIGHUP`` on the running loop from now on (passing it on to ``children``); a
+        hangup that arrived since construction (or pending since this process started) is
+        handled now."""
         self._children = list(children)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hangup)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._hangup)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # a pending one arrives now
+        if self._early:
+            self._early = False
+            loop.call_soon(self._hangup)
 
     def _hangup(self) -> None:
         for child in self._children:
