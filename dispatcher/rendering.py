@@ -20,7 +20,8 @@ along the locale chain ``ko-KR -> ko -> default`` (folder names match case-insen
 Parts are Jinja2 in a sandbox with ``StrictUndefined``; ``.html`` parts and layouts are autoescaped. A part may
 ``{% extends "_layouts/email.html" %}`` or ``{% include "_layouts/footer.html" %}``: the files of every folder
 whose name starts with ``_`` are read into memory and compiled when the registry is built, so rendering never
-touches the filesystem. A part naming a layout that does not exist fails at load.
+touches the filesystem (only ``.html``, ``.htm``, ``.txt``, ``.j2``, ``.jinja``, ``.jinja2`` files are read; an
+image beside them is left alone). A part naming a layout that does not exist fails at load.
 
 What a part uses is read from its parsed AST (its undeclared variables, those of the layouts it names included)
 when it is loaded: :attr:`Part.variables`. A part that uses neither ``user`` nor a per-recipient data key renders
@@ -82,6 +83,8 @@ _METADATA_FILE = "template.json"
 #: A layout or partial larger than this is refused at load (parts are bounded by what authors write; layouts
 #: are read whole into memory).
 _MAX_LAYOUT_BYTES = 1024 * 1024
+#: The files of a ``_`` folder that are layouts or partials (others, such as images, are left alone).
+_LAYOUT_SUFFIXES = frozenset({".html", ".htm", ".txt", ".j2", ".jinja", ".jinja2"})
 
 
 class PartError(TemplateError):
@@ -228,7 +231,7 @@ class _Layouts(jinja2.BaseLoader):
             if not folder.is_dir() or not folder.name.startswith("_"):
                 continue
             for path in sorted(folder.rglob("*")):
-                if path.is_file() and not path.name.startswith("."):
+                if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in _LAYOUT_SUFFIXES:
                     self.sources[path.relative_to(root).as_posix()] = (_read_layout(path), path)
 
     def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Any]:

@@ -150,3 +150,22 @@ def test_the_shipped_email_footer_carries_each_recipients_link_and_none_when_cri
     for mail in emails("security", frozenset({"security"})).values():
         assert mail.unsubscribe_url is None and "unsubscribe" not in mail.parts["html"].lower()
         assert mail.parts["html"].endswith("</html>")
+
+
+def test_a_queue_message_with_data_for_someone_not_among_its_recipients_is_poison() -> None:
+    import json
+
+    import pytest as _pytest
+
+    from dispatcher.errors import PoisonMessage
+
+    body = json.loads(encode_chunk(ChunkMessage(id=new_id(), service="app", template="greet",
+                                                recipients=("u1",), recipient_data={"u1": {"code": "A"}})))
+    body["recipient_data"]["u9"] = {"code": "B"}
+    with _pytest.raises(PoisonMessage, match="recipient_data names 1 user.*'u9'"):
+        decode_chunk(json.dumps(body))
+
+
+def test_images_beside_the_layouts_are_left_alone(templates_dir: Path) -> None:
+    (templates_dir / "_layouts" / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    assert "_layouts/logo.png" not in TemplateSet(templates_dir).layouts()
