@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,6 +16,7 @@ from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dispatcher.errors import ConfigurationError
+from dispatcher.quiet_hours import QuietHours
 from dispatcher.templates_path import shipped_templates
 
 __all__ = ["ConfigurationError", "Settings", "SHIPPED_TEMPLATES"]
@@ -111,6 +113,14 @@ class Settings(BaseSettings):
     worker_batch_linger: float = Field(default=0.005, ge=0, le=1)
     send_concurrency: int = Field(default=512, ge=1)
     queue_visibility_timeout: float = Field(default=30.0, gt=0)
+    #: Quiet hours for users who set none, ``22:00-07:00`` (in each user's timezone); unset: none.
+    quiet_hours: str | None = None
+    #: The time zone of users who have none (quiet hours are read on its clock).
+    default_timezone: str = "UTC"
+    #: ``send_at``: how far ahead a notification may be scheduled, in days.
+    schedule_horizon_days: float = Field(default=30.0, gt=0, le=366)
+    #: How often each worker process looks for scheduled messages that are due (seconds).
+    scheduler_poll_interval: float = Field(default=0.5, gt=0, le=60)
     queue_max_receives: int = Field(default=5, ge=1)
     #: How often an idle worker looks at the embedded queue (a read; it takes no write lock).
     queue_poll_interval: float = Field(default=0.05, gt=0)
@@ -151,6 +161,25 @@ class Settings(BaseSettings):
 
     def uses_sqs(self) -> bool:
         return self.queue_url != "sqlite"
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours(cls, value: str | None) -> str | None:
+        if value:
+            QuietHours.from_setting(value)  # ValueError names the problem
+        return value or None
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like Asia/Seoul)") from None
+        return value
+
+    def quiet_hours_default(self) -> QuietHours | None:
+        return QuietHours.from_setting(self.quiet_hours) if self.quiet_hours else None
 
     def unsubscribe_key(self) -> str | None:
         return self.unsubscribe_secret or self.user_token_secret

@@ -41,6 +41,7 @@ __all__ = [
     "TemplateError",
     "UnknownTemplate",
     "Unavailable",
+    "NotificationCancelled",
 ]
 
 
@@ -108,6 +109,14 @@ class UnknownTemplate(NotFound):
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown template {name!r}")
         self.name = name
+
+
+class NotificationCancelled(DispatcherError):
+    """A new version of a notification its service has cancelled: nothing more is sent."""
+
+    def __init__(self, notification_id: str) -> None:
+        super().__init__(f"notification {notification_id!r} was cancelled; send a new id")
+        self.notification_id = notification_id
 
 
 class Unavailable(DispatcherError):

@@ -61,10 +61,12 @@ class ChunkMessage(BaseModel):
 
     @model_validator(mode="after")
     def _data_of_recipients(self) -> ChunkMessage:
-        strays = set(self.recipient_data) - set(self.recipients)
-        if strays:
-            raise ValueError(f"recipient_data names {len(strays)} user(s) not in recipients, "
-                             f"e.g. {sorted(strays)[0]!r}")
+        """Data for someone not among ``recipients`` is dropped: a copy of a chunk for some of
+        its recipients (``model_copy``, which validates nothing) may still carry the others'."""
+        if self.recipient_data and not self.recipient_data.keys() <= set(self.recipients):
+            ids = set(self.recipients)
+            object.__setattr__(self, "recipient_data",
+                               {k: v for k, v in self.recipient_data.items() if k in ids})
         return self
 
     def data_for(self, user_id: str) -> dict[str, Any] | None:

@@ -76,6 +76,10 @@ class Reason(StrEnum):
     TEMPLATE_ERROR = "template_error"
     #: The worker crashed after claiming the row: the provider may or may not have the message.
     OUTCOME_UNKNOWN = "outcome_unknown"
+    #: The service cancelled the notification before this row was sent.
+    CANCELLED = "cancelled"
+    #: ``pending``: waiting for the end of the user's quiet hours (the detail says until when).
+    QUIET_HOURS = "quiet_hours"
 
 
 _ID_RE = re.compile(r"(?P<service>[A-Za-z0-9_.-]{1,64})#(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
@@ -142,6 +146,32 @@ class ChunkRows:
     insert: frozenset[str]
     reset: frozenset[str]
     feed: Mapping[str, FeedEntry]
+    #: Messages to hold with the rows (the rest of the chunk, for after quiet hours).
+    held: Sequence[Held] = ()
+
+
+@dataclass(frozen=True)
+class Held:
+    """A chunk message held until ``due_at`` (µs since the epoch): a notification's
+    ``send_at``, or the end of a recipient's quiet hours."""
+
+    notification_id: str
+    version: int
+    due_at: int
+    body: str
+
+
+@dataclass(frozen=True)
+class CancelSummary:
+    """What a cancel did: rows it cancelled (including rows not made yet, which will open as
+    cancelled), rows still in flight (they end as they really end), and whether this call was
+    the one that cancelled."""
+
+    notification_id: str
+    cancelled_at: int
+    first: bool
+    cancelled: int
+    in_flight: int
 
 
 @dataclass(frozen=True)
@@ -189,14 +219,18 @@ class HeaderUpdate:
     locale: str | None
     channels: tuple[str, ...]
     recipients: int
+    #: µs since the epoch: this version is held until then (``send_at``); None: at once.
+    send_at: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class NotificationHeader(HeaderUpdate):
-    """The stored header: the highest version's fields, all channels, the most recipients."""
+    """The stored header: the highest version's fields, all channels, the most recipients;
+    ``cancelled_at`` once its service cancelled it."""
 
     created_at: int
     updated_at: int
+    cancelled_at: int | None = None
 
 
 @dataclass(frozen=True)

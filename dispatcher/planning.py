@@ -14,13 +14,20 @@ or, for a shared part, the rows of that locale and channel: never the chunk.
 The unsubscribe link differs per recipient but should not make the email per recipient: the
 context's ``unsubscribe_url`` is a placeholder (:data:`UNSUBSCRIBE_PLACEHOLDER`) replaced by the
 recipient's own link after rendering.
+
+Quiet hours (``dispatcher.quiet_hours``): during the recipient's window, email, SMS and push
+of a non-critical category stay ``pending`` (reason ``quiet_hours``, the detail says until
+when) and the plan lists them in ``deferred``, by release time; the deliverer holds a copy of
+the chunk for them until then. In-app is immediate; critical categories go at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from channels.base import Message
 from dispatcher.contacts import normalize_email, normalize_phone
@@ -33,12 +40,14 @@ from dispatcher.model import (
     DeliveryStatus,
     FeedEntry,
     HeaderUpdate,
+    Held,
     Reason,
     RowKey,
     RowState,
     UserRecord,
 )
 from dispatcher.part_limits import bounded
+from dispatcher.quiet_hours import QuietHours
 from dispatcher.rendering import Part, TemplateInfo, TemplateRegistry, TemplateSet
 from dispatcher.unsubscribe import UnsubscribeLinks
 
@@ -132,25 +141,39 @@ class ChunkPlan:
     rows: list[RowState] = field(default_factory=list)
     feed: dict[str, FeedEntry] = field(default_factory=dict)
     sends: dict[RowKey, list[Message]] = field(default_factory=dict)
+    #: Rows waiting for the end of quiet hours: release time (µs) -> user -> channels.
+    deferred: dict[int, dict[str, set[str]]] = field(default_factory=dict)
+
+    @property
+    def deferred_keys(self) -> set[RowKey]:
+        return {RowKey(self.message.id, user, channel) for users in self.deferred.values()
+                for user, channels in users.items() for channel in channels}
 
     @property
     def users(self) -> list[str]:
         return list(dict.fromkeys(self.message.recipients))
 
-    def chunk_rows(self, rows: list[RowState] | None = None) -> ChunkRows:
+    def chunk_rows(self, rows: list[RowState] | None = None,
+                   held: Sequence[Held] = ()) -> ChunkRows:
         """What the ledger needs to open ``rows`` (default: all of them)."""
         return ChunkRows(self.message.id, self.message.version,
                          self.rows if rows is None else rows,
-                         insert=self.sets.insert, reset=self.sets.reset, feed=self.feed)
+                         insert=self.sets.insert, reset=self.sets.reset, feed=self.feed,
+                         held=held)
 
 
 class Planner:
     def __init__(self, templates: TemplateRegistry, *, critical: frozenset[str],
-                 phone_region: str | None, links: UnsubscribeLinks | None = None) -> None:
+                 phone_region: str | None, links: UnsubscribeLinks | None = None,
+                 quiet_default: QuietHours | None = None, default_timezone: str = "UTC",
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._templates = templates
         self._links = links
         self._critical = critical
         self._phone_region = phone_region
+        self._quiet_default = quiet_default
+        self._default_zone = ZoneInfo(default_timezone)
+        self._clock = clock
 
     def plan(self, message: ChunkMessage, template: TemplateInfo, sets: ChannelSets,
              users: Mapping[str, UserRecord]) -> ChunkPlan:
@@ -159,16 +182,30 @@ class Planner:
         links = self._links is not None and category not in self._critical
         renders = _Renders(self._templates.current(), message, category, channels, links)
         plan = ChunkPlan(message, sets)
+        now = self._clock()
         for user_id in plan.users:
             user = users.get(user_id) or UserRecord(id=user_id)
             parts = renders.for_recipient(user, message.data_for(user_id))
             unsubscribe = self._links.url(user.id, category) if links and self._links else None
+            release = self._quiet_until(user, category, now)
             for channel in channels:
-                self._plan_one(plan, category, user, channel, parts[channel], unsubscribe)
+                self._plan_one(plan, category, user, channel, parts[channel], unsubscribe, release)
         return plan
 
+    def _quiet_until(self, user: UserRecord, category: str, now: datetime) -> int | None:
+        """When the user's quiet hours end (µs), if they are on now and the category waits."""
+        if category in self._critical:
+            return None
+        window = user.preferences.quiet(self._quiet_default)
+        if window is None:
+            return None
+        zone = ZoneInfo(user.timezone) if user.timezone else self._default_zone
+        end = window.release_at(now, zone)
+        return None if end is None else int(end.timestamp() * 1_000_000)
+
     def _plan_one(self, plan: ChunkPlan, category: str, user: UserRecord, channel: str,
-                  parts: dict[str, str] | TemplateError, unsubscribe: str | None) -> None:
+                  parts: dict[str, str] | TemplateError, unsubscribe: str | None,
+                  release: int | None) -> None:
         message = plan.message
         key = RowKey(message.id, user.id, channel)
         if isinstance(parts, TemplateError):
@@ -190,6 +227,12 @@ class Planner:
             return
         if not addresses:
             plan.rows.append(RowState(key, _SKIPPED, Reason.NO_CONTACT))
+            return
+        if release is not None:
+            until = datetime.fromtimestamp(release / 1e6, UTC).isoformat().replace("+00:00", "Z")
+            plan.rows.append(RowState(key, DeliveryStatus.PENDING, Reason.QUIET_HOURS,
+                                      f"quiet hours until {until}"))
+            plan.deferred.setdefault(release, {}).setdefault(user.id, set()).add(channel)
             return
         plan.rows.append(RowState(key, DeliveryStatus.PENDING))
         header_link = unsubscribe if channel == Channel.EMAIL else None

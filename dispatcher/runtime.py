@@ -21,11 +21,19 @@ from dispatcher.fan_out import FanOut
 from dispatcher.feed import Feed
 from dispatcher.planning import Planner
 from dispatcher.queue import Queue
-from dispatcher.queue.enqueue import Enqueuer, HeadersThenMessages, InOneTransaction
+from dispatcher.queue.enqueue import (
+    Enqueuer,
+    HeadersThenMessages,
+    InOneTransaction,
+    ReleaseInOneTransaction,
+    Releaser,
+    ReleaseUnderLease,
+)
 from dispatcher.queue.local import LocalQueue
 from dispatcher.render_budget import RenderBudget
 from dispatcher.rendering import TemplateRegistry
 from dispatcher.retry import RetryPolicy
+from dispatcher.scheduler import Scheduler
 from dispatcher.sending import Sender
 from dispatcher.store import Database, Store
 from dispatcher.unsubscribe import UnsubscribeLinks
@@ -46,6 +54,7 @@ class Runtime:
     fan_out: FanOut
     deliverer: Deliverer
     links: UnsubscribeLinks | None
+    release: Releaser
     owned: list[aiohttp.ClientSession] = field(default_factory=list)
 
     @classmethod
@@ -61,7 +70,7 @@ class Runtime:
         http = _aws_session(settings)
         owned = [http] if http else []
         try:
-            queue, enqueue = _queue(settings, store, http)
+            queue, enqueue, release = _queue(settings, store, http)
             built = {**await _providers(settings, http), **(providers or {})}
         except BaseException:
             await _close_sessions(owned)
@@ -70,10 +79,13 @@ class Runtime:
         bus = _bus(settings)
         feed = Feed(bus)
         planner = Planner(templates, critical=settings.critical_categories,
-                          phone_region=settings.default_phone_region, links=links)
+                          phone_region=settings.default_phone_region, links=links,
+                          quiet_default=settings.quiet_hours_default(),
+                          default_timezone=settings.default_timezone)
         sender = Sender(built, store.ledger, RetryPolicy(
             settings.retry_max_attempts, settings.retry_base_delay, settings.retry_max_delay),
             window=max(settings.send_concurrency // settings.worker_concurrency, 8),
+            slots=settings.send_concurrency,
             deactivate=store.users.deactivate_devices)
         deliverer = Deliverer(store, templates, planner, sender, feed,
                               SettleTimes(lease_seconds=settings.send_lease_seconds),
@@ -81,7 +93,7 @@ class Runtime:
         fan_out = FanOut(enqueue, templates, settings.chunk_size,
                          queue.max_message_bytes)
         return cls(settings, store, queue, bus, feed, templates, built, fan_out, deliverer, links,
-                   owned)
+                   release, owned)
 
     def worker(self) -> Worker:
         return Worker(self.queue, self.deliverer, concurrency=self.settings.worker_concurrency,
@@ -89,7 +101,9 @@ class Runtime:
                       wait_seconds=self.settings.queue_wait_seconds,
                       known_services=frozenset(self.settings.service_keys().values()),
                       batching=Batching(self.settings.worker_batch_messages, self.settings.chunk_size,
-                                        self.settings.worker_batch_linger))
+                                        self.settings.worker_batch_linger),
+                      scheduler=Scheduler(self.release,
+                                          poll_interval=self.settings.scheduler_poll_interval))
 
     async def ready(self) -> None:
         """Raise when the store, the queue or the bus is unreachable."""
@@ -126,14 +140,15 @@ def _aws_session(settings: Settings) -> aiohttp.ClientSession | None:
 
 
 def _queue(settings: Settings, store: Store,
-           http: aiohttp.ClientSession | None) -> tuple[Queue, Enqueuer]:
-    """The queue, and how the gateway commits to it: in one transaction with the headers when
-    the queue lives in the store's database; headers first otherwise."""
+           http: aiohttp.ClientSession | None) -> tuple[Queue, Enqueuer, Releaser]:
+    """The queue, how the gateway commits to it, and how held messages reach it: in one
+    transaction with the store when the queue lives in the store's database; headers first,
+    and held messages under a lease, otherwise."""
     if not settings.uses_sqs():
         local = LocalQueue(store.db, visibility_timeout=settings.queue_visibility_timeout,
                            max_receives=settings.queue_max_receives,
                            poll_interval=settings.queue_poll_interval)
-        return local, InOneTransaction(store, local)
+        return local, InOneTransaction(store, local), ReleaseInOneTransaction(store, local)
     from dispatcher.queue.sqs import SqsQueue
     from transport.aws import AwsClient
 
@@ -141,7 +156,8 @@ def _queue(settings: Settings, store: Store,
     client = AwsClient.from_environment(http, "sqs", timeout=settings.queue_wait_seconds + 10)
     sqs = SqsQueue(client, settings.queue_url, visibility_timeout=settings.queue_visibility_timeout,
                    dead_letter_url=settings.dead_letter_queue_url)
-    return sqs, HeadersThenMessages(store, sqs)
+    return (sqs, HeadersThenMessages(store, sqs),
+            ReleaseUnderLease(store, sqs, lease_seconds=settings.queue_visibility_timeout))
 
 
 def _bus(settings: Settings) -> Bus:

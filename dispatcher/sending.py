@@ -1,11 +1,15 @@
 """Sending deliverable rows, with retries, recording each outcome.
 
-Rows arrive ``pending``. They are claimed (``sending``) in batches only as room opens in a
-window of ``window`` rows, and a row leaves the window only once its outcome is committed.
-So at any moment at most ``window`` rows of a call are claimed without a recorded outcome:
-that is all a crash can leave as ``outcome_unknown`` (see ``dispatcher.store.ledger``).
-Claims are made when the window is half empty, so that they are batched too. The rows of one
-call may belong to many notifications.
+Rows arrive ``pending``. A row is claimed (``sending``) only when its request can start at
+once: the process has ``slots`` sends in flight at most (``DISPATCHER_SEND_CONCURRENCY``, and
+the HTTP connection pools are sized to match), and a row is claimed only after a slot is
+taken for it. Its slot is given back once its outcome is committed, or once it is released
+(``pending`` again) to wait for a retry: a row waiting for its backoff, or for a connection,
+is never ``sending``. So what a crash can leave as ``outcome_unknown`` (see
+``dispatcher.store.ledger``) is the requests in flight at that moment and the few outcomes
+being committed, never rows that were only queued. Within one call, rows are claimed in
+batches as room opens in a window of ``window`` rows (when it is half empty), so claims are
+batched too. The rows of one call may belong to many notifications.
 
 Outcomes are group-committed (``dispatcher.group_commit``) across every call in progress in
 the process: batched writes, and a short wait for each row.
@@ -32,7 +36,7 @@ from dispatcher.model import Claim, DeliveryStatus, Reason, RowKey, RowState
 from dispatcher.retry import RetryPolicy
 from dispatcher.store.ledger import LedgerStore
 
-__all__ = ["Outbound", "Sender"]
+__all__ = ["Outbound", "Sender", "Slots"]
 
 log = logging.getLogger("dispatcher.sending")
 
@@ -56,20 +60,73 @@ class _Attempt:
     unregistered: list[str]
 
 
+class Slots:
+    """How many more sends this process may start now: every call of every batch shares them.
+
+    ``take_now`` takes what is free without waiting, ``take`` waits for one, ``give`` returns
+    them and wakes whoever waits."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(total, 1)
+        self._free = self.total
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def free(self) -> int:
+        return self._free
+
+    def take_now(self, n: int) -> int:
+        taken = max(min(n, self._free), 0)
+        self._free -= taken
+        return taken
+
+    async def take(self) -> None:
+        while not self._free:
+            await self.changed()
+        self._free -= 1
+
+    def changed(self) -> asyncio.Future[None]:
+        """Done at the next :meth:`give`."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    def give(self, n: int = 1) -> None:
+        if n <= 0:
+            return
+        self._free += n
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
 class Sender:
     def __init__(self, providers: Mapping[str, Provider], ledger: LedgerStore,
-                 policy: RetryPolicy, *, window: int,
+                 policy: RetryPolicy, *, window: int, slots: int,
                  deactivate: Callable[[list[str]], Awaitable[None]]) -> None:
         self._providers = providers
         self._ledger = ledger
         self._policy = policy
         self._window = max(window, 1)
+        self._slots = Slots(slots)
         self._deactivate = deactivate
-        self._outcomes: GroupCommit[tuple[RowState, str]] = GroupCommit(ledger.record)
+        self._outcomes: GroupCommit[tuple[RowState, str], None] = GroupCommit(ledger.record)
+
+    @property
+    def slots(self) -> Slots:
+        return self._slots
 
     def new_claim(self) -> Claim:
-        """A claim for the store to take rows under while it opens them (the first window)."""
-        return Claim(uuid.uuid4().hex, self._window)
+        """A claim for the store to take rows under while it opens them (the first window):
+        as many rows as there are slots free now, up to the window; those slots are taken.
+        Pass it to :meth:`send` (which gives back what the store did not claim), or to
+        :meth:`drop_claim` if the rows were never opened."""
+        return Claim(uuid.uuid4().hex, self._slots.take_now(self._window))
+
+    def drop_claim(self, claim: Claim) -> None:
+        """The store claimed nothing under ``claim`` (its transaction failed): free its slots."""
+        self._slots.give(claim.limit)
 
     async def send(self, sends: Sequence[Outbound], claim: Claim | None = None,
                    claimed: Mapping[RowKey, int] | None = None) -> set[RowKey]:
@@ -82,52 +139,84 @@ class Sender:
         # The same row twice (a message and its redelivery in one batch): sent once. Other
         # versions of a row stay: only the version the row holds can claim it.
         unique = list({(o.key, o.version): o for o in sends}.values())
-        active: set[asyncio.Task[RowKey | None]] = {
-            asyncio.create_task(self._deliver(o, token)) for o in unique
-            if claimed.get(o.key) == o.version}
+        first = [o for o in unique if claimed.get(o.key) == o.version]
+        if claim is not None:
+            self._slots.give(claim.limit - len(first))  # slots taken for rows not claimed
+        active: set[asyncio.Future[RowKey | None]] = {
+            asyncio.ensure_future(self._deliver(o, token)) for o in first}
         waiting = [o for o in unique if claimed.get(o.key) != o.version]
+        slot_freed: asyncio.Future[None] | None = None
         try:
             while waiting or active:
+                wait_for: set[asyncio.Future[RowKey | None]] = set(active)
                 if waiting and len(active) <= self._window // 2:
-                    room = self._window - len(active)
-                    batch, waiting = waiting[:room], waiting[room:]
-                    won = await self._ledger.claim([(o.key, o.version) for o in batch], token)
-                    active |= {asyncio.create_task(self._deliver(o, token))
-                               for o in batch if o.key in won}
-                    continue
-                done, active = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
-                finished |= {k for k in (t.result() for t in done) if k is not None}
+                    taken = self._slots.take_now(min(self._window - len(active), len(waiting)))
+                    if taken:
+                        batch, waiting = waiting[:taken], waiting[taken:]
+                        active |= await self._claim_and_start(batch, token, taken)
+                        continue
+                    slot_freed = self._slots.changed()  # none free: wait for one, or for ours
+                    wait_for.add(slot_freed)  # type: ignore[arg-type]
+                done, _ = await asyncio.wait(wait_for, return_when=asyncio.FIRST_COMPLETED)
+                done_rows = done & active
+                active -= done_rows
+                finished |= {k for k in (t.result() for t in done_rows) if k is not None}
         finally:
+            if slot_freed is not None:
+                slot_freed.cancel()
             for task in active:
                 task.cancel()
             await asyncio.gather(*active, return_exceptions=True)
         return finished
 
+    async def _claim_and_start(self, batch: list[Outbound], token: str,
+                               taken: int) -> set[asyncio.Future[RowKey | None]]:
+        """Claim ``batch`` under the ``taken`` slots; start the rows won, free the other slots."""
+        try:
+            won = await self._ledger.claim([(o.key, o.version) for o in batch], token)
+        except BaseException:
+            self._slots.give(taken)
+            raise
+        start = [o for o in batch if o.key in won]
+        self._slots.give(taken - len(start))
+        return {asyncio.ensure_future(self._deliver(o, token)) for o in start}
+
     async def _record(self, outcome: RowState, token: str) -> None:
         await self._outcomes.submit([(outcome, token)])
 
     async def _deliver(self, row: Outbound, token: str) -> RowKey | None:
-        """Send one row until it is final (return its key) or another worker took it (None)."""
-        key, attempts, messages = row.key, 1, list(row.messages)
-        while True:
-            result = await self._attempt(key, messages)
-            if result.unregistered:
-                await self._deactivate(result.unregistered)
-            if result.outcome is not None:
-                await self._record(result.outcome, token)
-                return key
-            if self._policy.exhausted(attempts):
-                await self._record(RowState(key, DeliveryStatus.FAILED, Reason.RETRIES_EXHAUSTED,
-                                            f"{attempts} attempts; last: {result.retry[0].to}"),
-                                   token)
-                return key
-            # Release the row while waiting, so a crash now means "send again", not "unknown".
-            await self._record(RowState(key, DeliveryStatus.PENDING,
-                                        detail=f"attempt {attempts} failed; retrying"), token)
-            await asyncio.sleep(self._policy.delay(attempts, result.retry_after))
-            if not await self._ledger.claim([(key, row.version)], token):
-                return None  # another worker took it over meanwhile
-            attempts, messages = attempts + 1, result.retry
+        """Send one claimed row until it is final (return its key) or another worker took it
+        (None). The row holds one slot (taken by the caller) while it is claimed."""
+        holding = True
+        try:
+            key, attempts, messages = row.key, 1, list(row.messages)
+            while True:
+                result = await self._attempt(key, messages)
+                if result.unregistered:
+                    await self._deactivate(result.unregistered)
+                if result.outcome is not None:
+                    await self._record(result.outcome, token)
+                    return key
+                if self._policy.exhausted(attempts):
+                    await self._record(RowState(key, DeliveryStatus.FAILED, Reason.RETRIES_EXHAUSTED,
+                                                f"{attempts} attempts; last: {result.retry[0].to}"),
+                                       token)
+                    return key
+                # Release the row and its slot while waiting, so a crash now means "send
+                # again", not "unknown", and the slot serves a row that can go now.
+                await self._record(RowState(key, DeliveryStatus.PENDING,
+                                            detail=f"attempt {attempts} failed; retrying"), token)
+                self._slots.give()
+                holding = False
+                await asyncio.sleep(self._policy.delay(attempts, result.retry_after))
+                await self._slots.take()
+                holding = True
+                if not await self._ledger.claim([(key, row.version)], token):
+                    return None  # another worker took it over meanwhile
+                attempts, messages = attempts + 1, result.retry
+        finally:
+            if holding:
+                self._slots.give()
 
     async def _attempt(self, key: RowKey, messages: list[Message]) -> _Attempt:
         results = await asyncio.gather(*(self._send_one(m) for m in messages))

@@ -11,7 +11,8 @@ exactly like boto3 and drops the rest:
   and reads its endpoint, region and signing name, plus the session's credentials, so
   ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_<SERVICE>``, regions, profiles, environment
   credentials, SSO and instance/task roles resolve exactly as they do for boto3;
-* **signing**: :class:`botocore.auth.SigV4Auth` on a :class:`botocore.awsrequest.AWSRequest`;
+* **signing**: SigV4 as botocore computes it, with the signing key derived once a day
+  (:mod:`transport.sigv4`; tests check every signature against botocore's own);
 * **transport**: one shared :class:`aiohttp.ClientSession` (one connection pool per process).
 
 Measured by ``python -m bench.aws_transport`` (docs/AWS.md: 2 noisy cores, a local server in
@@ -55,11 +56,10 @@ import aiohttp
 import boto3.session  # type: ignore[import-untyped]
 import botocore.credentials  # type: ignore[import-untyped]
 import botocore.exceptions  # type: ignore[import-untyped]
-from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
-from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
 from yarl import URL
 
 from transport.http import parse_retry_after
+from transport.sigv4 import SigV4Signer
 
 __all__ = ["AwsClient", "AwsConfigurationError", "AwsError", "AwsTransportError"]
 
@@ -138,6 +138,8 @@ class AwsClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         # Sent explicitly so that the Host aiohttp sends is the one that was signed.
         self._host = _host_header(self.endpoint_url)
+        self._path_prefix = urlsplit(self.endpoint_url).path
+        self._signer = SigV4Signer(self.signing_name, region)
         self._refreshing: asyncio.Future[Any] | None = None
 
     @classmethod
@@ -203,7 +205,8 @@ class AwsClient:
                     headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:
         url = self.endpoint_url + path
         headers["Host"] = self._host
-        signed = self._sign(method, url, body, headers, await self._frozen_credentials())
+        signed = self._signer.sign(method, self._path_prefix + path, headers, body,
+                                   await self._frozen_credentials())
         try:
             # encoded=True: the path was signed as given, so yarl must not re-quote it.
             async with self._session.request(method, URL(url, encoded=True), data=body,
@@ -211,12 +214,6 @@ class AwsClient:
                 return response.status, response.headers, await response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise AwsTransportError(type(exc).__name__, str(exc) or repr(exc)) from exc
-
-    def _sign(self, method: str, url: str, body: bytes, headers: dict[str, str],
-              credentials: Any) -> dict[str, str]:
-        request = AWSRequest(method=method, url=url, data=body, headers=headers)
-        SigV4Auth(credentials, self.signing_name, self.region).add_auth(request)
-        return dict(request.headers.items())
 
     async def _frozen_credentials(self) -> Any:
         """Per request, so refreshable credentials (roles, SSO) stay fresh.

@@ -16,9 +16,10 @@ from dispatcher.store.database import Database
 from dispatcher.store.feed import FeedStore
 from dispatcher.store.ledger import LedgerStore
 from dispatcher.store.notifications import NotificationStore
+from dispatcher.store.schedule import Held, ScheduleStore
 from dispatcher.store.users import UserStore
 
-__all__ = ["STORE_UNAVAILABLE", "Database", "Store"]
+__all__ = ["STORE_UNAVAILABLE", "Database", "Held", "Store"]
 
 #: What the store raises when its database does not answer (an outage, not a bug): the API
 #: answers 503 for these. The driver's errors are the store's own business.
@@ -32,8 +33,10 @@ class Store:
     notifications: NotificationStore
     ledger: LedgerStore
     feed: FeedStore
+    schedule: ScheduleStore
 
     @classmethod
     def from_database(cls, db: Database) -> Store:
-        feed, notifications = FeedStore(db), NotificationStore(db)
-        return cls(db, UserStore(db), notifications, LedgerStore(db, notifications, feed), feed)
+        feed, notifications, schedule = FeedStore(db), NotificationStore(db), ScheduleStore(db)
+        return cls(db, UserStore(db), notifications,
+                   LedgerStore(db, notifications, feed, schedule), feed, schedule)

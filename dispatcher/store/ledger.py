@@ -10,6 +10,12 @@ How the ledger turns at-least-once queue delivery into exactly-once sending:
 * :meth:`claim` turns ``pending`` rows into ``sending`` with the caller's token, right before
   the caller sends them; only one caller wins each row. The claim holder records the outcome
   right after (:meth:`record`), so a redelivered chunk finds the row final and sends nothing.
+* :meth:`cancel` (the service cancels a notification): its ``pending`` rows become
+  ``skipped``/``cancelled`` and its held (scheduled) messages are dropped, in one transaction
+  that holds the header, so every unit of work touching the notification runs wholly before
+  or wholly after it. After it, chunks still on the queue open their rows as cancelled (no
+  in-app entry appears), a row released for a retry is cancelled instead of sent, and rows
+  in flight finish and are recorded as they really ended: a cancel and a send never both win.
 * A crash between the provider accepting a message and :meth:`record` leaves a ``sending``
   row behind: only the rows claimed and not yet recorded, which the sender keeps to a small
   window. :meth:`resolve_stale` settles rows whose claim is older than the lease: as
@@ -27,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dispatcher.model import (
+    CancelSummary,
     ChunkRows,
     Claim,
     DeliveryStatus,
@@ -40,7 +47,8 @@ from dispatcher.model import (
 from dispatcher.store.database import Database
 from dispatcher.store.feed import FeedStore
 from dispatcher.store.notifications import NotificationStore
-from dispatcher.store.schema import deliveries
+from dispatcher.store.schedule import ScheduleStore
+from dispatcher.store.schema import deliveries, notifications
 
 __all__ = ["LedgerStore", "Opened"]
 
@@ -54,6 +62,7 @@ class Opened:
 
     won: list[set[RowKey]]
     claimed: dict[RowKey, int]  # key -> the version claimed
+    cancelled: frozenset[str] = frozenset()  # notifications whose rows opened as cancelled
 
 
 @dataclass
@@ -69,10 +78,12 @@ class LedgerStore:
     statements, not a few hundred (measured: SQLite's one writer was what small traffic
     queued on)."""
 
-    def __init__(self, db: Database, notifications: NotificationStore, feed: FeedStore) -> None:
+    def __init__(self, db: Database, notifications: NotificationStore, feed: FeedStore,
+                 schedule: ScheduleStore) -> None:
         self._db = db
         self._notifications = notifications
         self._feed = feed
+        self._schedule = schedule
 
     async def open(self, headers: Sequence[HeaderUpdate], chunks: Sequence[ChunkRows],
                    claim: Claim | None = None) -> Opened:
@@ -85,6 +96,9 @@ class LedgerStore:
         in the same batch as its notification takes over the notification's new rows."""
         async with self._db.write() as conn:
             await self._notifications.upsert_many_in(conn, headers)
+            cancelled = await self._notifications.lock_cancelled_in(
+                conn, [c.notification_id for c in chunks])
+            chunks = [_as_cancelled(c) if c.notification_id in cancelled else c for c in chunks]
             now = now_us()
             inserted = await self._insert(conn, chunks, now)
             current = await self._current(conn, chunks, inserted)
@@ -96,7 +110,42 @@ class LedgerStore:
             entries = [chunk.feed[k.user_id] for chunk, keys in zip(chunks, won, strict=True)
                        for k in keys if k.channel == "in_app" and k.user_id in chunk.feed]
             await self._feed.write(conn, entries)
-        return Opened(won, claimed)
+            await self._schedule.add_in(conn, [h for chunk in chunks for h in chunk.held])
+        return Opened(won, claimed, frozenset(cancelled))
+
+    async def cancel(self, notification_id: str) -> CancelSummary | None:
+        """Cancel a notification (see the module docstring); None if there is no such id."""
+        now = now_us()
+        async with self._db.write() as conn:
+            header = (await conn.execute(
+                sa.select(notifications.c.recipients, notifications.c.channels,
+                          notifications.c.cancelled_at)
+                .where(notifications.c.id == notification_id).with_for_update())).one_or_none()
+            if header is None:
+                return None
+            first = header.cancelled_at is None
+            cancelled_at = now if first else int(header.cancelled_at)
+            if first:
+                await conn.execute(notifications.update()
+                                   .where(notifications.c.id == notification_id)
+                                   .values(cancelled_at=now, updated_at=now))
+            await self._schedule.cancel_in(conn, notification_id)
+            result = await conn.execute(
+                deliveries.update()
+                .where(deliveries.c.notification_id == notification_id,
+                       deliveries.c.status == _PENDING)
+                .values(status=_SKIPPED, reason=Reason.CANCELLED.value, detail=_CANCELLED_DETAIL,
+                        claim_token=None, claimed_at=None, updated_at=now))
+            by_status: dict[str, int] = {status: int(n) for status, n in (await conn.execute(
+                sa.select(deliveries.c.status, sa.func.count())
+                .where(deliveries.c.notification_id == notification_id)
+                .group_by(deliveries.c.status))).all()}
+        made = sum(by_status.values())
+        never_made = max(header.recipients * len(header.channels) - made, 0) if first else 0
+        in_flight = int(by_status.get(_SENDING, 0))
+        return CancelSummary(notification_id, cancelled_at, first,
+                             cancelled=int(result.rowcount or 0) + never_made,
+                             in_flight=in_flight)
 
     async def _insert(self, conn: AsyncConnection, chunks: Sequence[ChunkRows],
                       now: int) -> dict[RowKey, int]:
@@ -186,8 +235,11 @@ class LedgerStore:
              "b_detail": _clip(o.detail), "b_provider_id": o.provider_message_id, "b_now": now}
             for o, token in outcomes
         ]
+        released = sorted({o.key.notification_id for o, _ in outcomes
+                            if o.status == DeliveryStatus.PENDING})
         async with self._db.write() as conn:
             await conn.execute(stmt, params)
+            await _cancel_released_in(conn, released, now)
 
     async def claim(self, rows: Iterable[tuple[RowKey, int]], token: str) -> set[RowKey]:
         """Claim ``pending`` rows at the given versions for a send; return those won."""
@@ -244,7 +296,36 @@ class LedgerStore:
                     .values(**values, claim_token=None, claimed_at=None, updated_at=now_us())
                 )
                 settled += result.rowcount
+            if resend:
+                await _cancel_released_in(conn, sorted({nid for nid, _ in groups}), now_us())
         return settled
+
+
+_SKIPPED = DeliveryStatus.SKIPPED.value
+_CANCELLED_DETAIL = "the service cancelled the notification before this was sent"
+
+
+def _as_cancelled(chunk: ChunkRows) -> ChunkRows:
+    """A chunk of a cancelled notification: its rows open as skipped/cancelled, no feed entry,
+    and it takes over nothing of an older version (what was sent stays sent)."""
+    rows = [RowState(r.key, DeliveryStatus.SKIPPED, Reason.CANCELLED, _CANCELLED_DETAIL)
+            for r in chunk.rows]
+    return ChunkRows(chunk.notification_id, chunk.version, rows, chunk.insert, frozenset(), {})
+
+
+async def _cancel_released_in(conn: AsyncConnection, notification_ids: Sequence[str], now: int) -> None:
+    """Rows just released (``pending``, for a retry) of cancelled notifications are cancelled."""
+    if not notification_ids:
+        return
+    cancelled = (sa.select(notifications.c.id)
+                 .where(notifications.c.id.in_(list(notification_ids)),
+                        notifications.c.cancelled_at.is_not(None)))
+    await conn.execute(
+        deliveries.update()
+        .where(deliveries.c.notification_id.in_(cancelled.scalar_subquery()),
+               deliveries.c.status == _PENDING)
+        .values(status=_SKIPPED, reason=Reason.CANCELLED.value, detail=_CANCELLED_DETAIL,
+                claim_token=None, claimed_at=None, updated_at=now))
 
 
 def _row(version: int, r: RowState, now: int) -> dict[str, object]:
@@ -320,14 +401,15 @@ def _takeable(cur: _Current, chunk: ChunkRows, channel: str) -> bool:
 def _claimable(chunks: Sequence[ChunkRows], won: list[set[RowKey]],
                current: dict[RowKey, _Current], claim: Claim | None) -> list[RowKey]:
     """The won rows still ``pending`` at their chunk's version after every chunk applied,
-    in order, up to the claim's limit."""
-    if claim is None:
+    in order, up to the claim's limit (0: none, the sender has no slot free)."""
+    if claim is None or claim.limit <= 0:
         return []
     keys: list[RowKey] = []
     for chunk, chunk_won in zip(chunks, won, strict=True):
         for r in chunk.rows:
             cur = current.get(r.key)
-            if (r.key in chunk_won and r.status == DeliveryStatus.PENDING and cur is not None
+            if (r.key in chunk_won and r.status == DeliveryStatus.PENDING and r.reason is None
+                    and cur is not None
                     and cur.version == chunk.version and cur.status == _PENDING
                     and r.key not in keys):
                 keys.append(r.key)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["ADDED_COLUMNS", "add_missing_columns", "metadata",
-           "users", "devices", "notifications", "deliveries", "inbox",
-           "queue_messages", "dead_letters"]
+__all__ = ["metadata", "users", "devices", "notifications", "deliveries", "inbox",
+           "queue_messages", "dead_letters", "scheduled_messages"]
 
 metadata = sa.MetaData()
 
@@ -26,14 +25,10 @@ users = sa.Table(
     sa.Column("preferences", sa.JSON, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
-    # Added after the first release: databases made before get them from add_missing_columns().
+    # Added after the first release (nullable): older databases get them at start-up.
     sa.Column("name", sa.String(200)),
     sa.Column("attributes", sa.JSON),
 )
-
-#: Columns added to existing tables since they were first created, as (table, column): created
-#: on start-up where missing (``ALTER TABLE … ADD COLUMN``, nullable, no default to backfill).
-ADDED_COLUMNS: tuple[tuple[sa.Table, str], ...] = ((users, "name"), (users, "attributes"))
 
 devices = sa.Table(
     "devices", metadata,
@@ -59,6 +54,9 @@ notifications = sa.Table(
     sa.Column("recipients", sa.Integer, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # The highest version's send_at (µs), and when the service cancelled the notification.
+    sa.Column("send_at", sa.BigInteger),
+    sa.Column("cancelled_at", sa.BigInteger),
 )
 
 # The delivery ledger: one row per (notification, user, channel).
@@ -118,18 +116,17 @@ dead_letters = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
 
-
-def add_missing_columns(conn: sa.Connection) -> list[str]:
-    """Add the columns of :data:`ADDED_COLUMNS` that an older database lacks (run after
-    ``create_all``, in the schema transaction); the ``table.column`` names added."""
-    inspector = sa.inspect(conn)
-    added = []
-    for table, name in ADDED_COLUMNS:
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        if name in present:
-            continue
-        column = table.c[name]
-        kind = column.type.compile(dialect=conn.dialect)
-        conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{name}" {kind}'))
-        added.append(f"{table.name}.{name}")
-    return added
+# Chunk messages held until their notification's send_at (any queue: SQS delays stop at
+# 15 minutes). Released to the queue by the scheduler of every worker process, once: in one
+# transaction with the embedded queue; under a lease (``claimed_until``) with SQS.
+scheduled_messages = sa.Table(
+    "scheduled_messages", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("notification_id", ID, nullable=False, index=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("due_at", sa.BigInteger, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("claimed_until", sa.BigInteger),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_scheduled_due", "due_at", "id"),
+)
