@@ -164,3 +164,28 @@ def test_data_for_someone_not_among_a_messages_recipients_is_dropped() -> None:
 def test_images_beside_the_layouts_are_left_alone(templates_dir: Path) -> None:
     (templates_dir / "_layouts" / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     assert "_layouts/logo.png" not in TemplateSet(templates_dir).layouts()
+
+
+def test_recipients_held_for_quiet_hours_keep_their_own_data(templates_dir: Path) -> None:
+    from datetime import UTC, datetime
+
+    from dispatcher.delivery import _held
+    from dispatcher.model import UserRecord
+    from dispatcher.planning import Planner, channel_sets
+    from dispatcher.preferences import Preferences
+    from dispatcher.rendering import TemplateRegistry
+
+    registry = TemplateRegistry(templates_dir)
+    info = registry.info("greet")
+    night = Preferences.from_json({"quiet_hours": {"start": "22:00", "end": "07:00"}})
+    people = {"u1": UserRecord("u1", phone="+821012345678", name="Ann", timezone="Asia/Seoul", preferences=night),
+              "u2": UserRecord("u2", phone="+821012345679", name="Bo")}
+    message = ChunkMessage(id=new_id(), service="app", template="greet", recipients=("u1", "u2"),
+                           data={"app_name": "Foo"}, recipient_data={"u1": {"code": "A"}, "u2": {"code": "B"}})
+    planner = Planner(registry, critical=frozenset(), phone_region=None, quiet_default=None,
+                      clock=lambda: datetime(2026, 6, 1, 14, 0, tzinfo=UTC))  # 23:00 in Seoul
+    plan = planner.plan(message, info, channel_sets(["sms"], info), people)
+    assert [m.parts["text"] for [m] in plan.sends.values()] == ["Hi Bo, Foo code B"]  # u2 now
+    [held] = _held(plan)
+    later = decode_chunk(held.body)
+    assert later.recipients == ("u1",) and later.recipient_data == {"u1": {"code": "A"}}
