@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from dispatcher.bus.pipe import forward
 from dispatcher.config import ConfigurationError, Settings
+from dispatcher.observability.logs import configure as configure_logs
 from dispatcher.rendering import TemplateError
 from dispatcher.template_reload import ReloadOnHangup
 
@@ -39,8 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return templates_main(argv[1:])
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logs(args.log_level, os.environ.get("DISPATCHER_LOG_FORMAT", "text"))
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -109,11 +109,13 @@ async def _serve(settings: Settings, *, workers: int = 1) -> int:
 
     from dispatcher.api import create_app
     from dispatcher.api.connections import server_config
+    from dispatcher.observability.metrics import prepare_multiprocess
     from dispatcher.runtime import Runtime
 
     settings, notes = settings.with_dev_credentials()
     for note in notes:
         log.warning(note)
+    prepare_multiprocess()  # before the worker processes start: /metrics adds theirs up
     runtime = await Runtime.open(settings)
     reload = ReloadOnHangup(runtime.templates)  # before spawning: children ignore SIGHUP until ready
     # The API process runs a worker loop too: the embedded bus is in-process, so the live
@@ -167,8 +169,10 @@ def _spawn_workers(settings: Settings, count: int) -> list[_Child]:
 
 
 async def _worker(settings: Settings, parent_pid: int | None = None) -> int:
+    from dispatcher.observability.metrics import serve_worker_metrics
     from dispatcher.runtime import Runtime
 
+    serve_worker_metrics(settings.host, settings.metrics_port if parent_pid is None else None)
     runtime = await Runtime.open(settings)
     ReloadOnHangup(runtime.templates).start()
     stop = asyncio.Event()

@@ -12,10 +12,11 @@ import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dispatcher.errors import ConfigurationError
+from dispatcher.frequency import FrequencyCaps
 from dispatcher.quiet_hours import QuietHours
 from dispatcher.templates_path import shipped_templates
 
@@ -78,6 +79,15 @@ class Settings(BaseSettings):
     #: Longest user-token lifetime accepted, in seconds: a token whose ``exp`` is further ahead
     #: (or not a number) is a 401.
     user_token_max_lifetime: float = Field(default=30 * 86400, gt=0)
+    #: Longest life of a preference-centre link (``POST /v1/users/{id}/preference-link``), in
+    #: seconds; a request may ask for less.
+    preference_link_lifetime: float = Field(default=7 * 86400, gt=0, le=90 * 86400)
+    #: Life of a live-feed stream token (``?stream_token=`` for browsers' EventSource), in
+    #: seconds: it only has to last until the stream opens.
+    stream_token_lifetime: float = Field(default=60, gt=0, le=3600)
+    #: Web origins allowed to call the API from a browser (the embeddable inbox on an app's own
+    #: site), comma-separated, e.g. ``https://app.example.com``. Empty: same origin only.
+    cors_origins: Names = frozenset()
     templates_dir: Path = SHIPPED_TEMPLATES
     #: Longest time one template part may take to render (the part fails with template_error).
     render_timeout: float = Field(default=1.0, gt=0, le=60)
@@ -100,6 +110,14 @@ class Settings(BaseSettings):
     #: Connections (or requests in progress) the API serves at once; past that, 503.
     max_connections: int = Field(default=1000, ge=1)
 
+    #: ``text`` (a terminal) or ``json`` (one object per line, with request and notification
+    #: ids: see ``dispatcher.observability.logs``).
+    log_format: Literal["text", "json"] = "text"
+    #: When set, ``GET /metrics`` needs ``Authorization: Bearer <this>``; unset: open, like /healthz.
+    metrics_token: str | None = None
+    #: ``dispatcher worker`` on its own: serve its metrics on this port (on ``host``); unset: none.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
@@ -113,6 +131,12 @@ class Settings(BaseSettings):
     worker_batch_linger: float = Field(default=0.005, ge=0, le=1)
     send_concurrency: int = Field(default=512, ge=1)
     queue_visibility_timeout: float = Field(default=30.0, gt=0)
+    #: Provider rate limits, messages per second across every worker process (unset: none).
+    email_rate_limit: float | None = Field(default=None, gt=0, le=100_000)
+    sms_rate_limit: float | None = Field(default=None, gt=0, le=100_000)
+    push_rate_limit: float | None = Field(default=None, gt=0, le=100_000)
+    #: Per-user frequency caps, ``marketing:push=3/1d,marketing:email=1/7d`` (dispatcher.frequency).
+    frequency_caps: str | None = None
     #: Quiet hours for users who set none, ``22:00-07:00`` (in each user's timezone); unset: none.
     quiet_hours: str | None = None
     #: The time zone of users who have none (quiet hours are read on its clock).
@@ -177,6 +201,20 @@ class Settings(BaseSettings):
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r} (use an IANA name like Asia/Seoul)") from None
         return value
+
+    def rate_limits(self) -> dict[str, float]:
+        return {channel: rate for channel, rate in (("email", self.email_rate_limit),
+                                                    ("sms", self.sms_rate_limit),
+                                                    ("push", self.push_rate_limit))
+                if rate is not None}
+
+    @model_validator(mode="after")
+    def _caps(self) -> Settings:
+        self.frequency_caps_parsed()  # ValueError names the entry at fault
+        return self
+
+    def frequency_caps_parsed(self) -> FrequencyCaps:
+        return FrequencyCaps.parse(self.frequency_caps, self.critical_categories)
 
     def quiet_hours_default(self) -> QuietHours | None:
         return QuietHours.from_setting(self.quiet_hours) if self.quiet_hours else None

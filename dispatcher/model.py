@@ -12,10 +12,13 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dispatcher.errors import ForeignNotification, InvalidNotificationId
 from dispatcher.preferences import Preferences
+
+if TYPE_CHECKING:
+    from dispatcher.frequency import Cap
 
 __all__ = [
     "CHANNELS",
@@ -80,6 +83,8 @@ class Reason(StrEnum):
     CANCELLED = "cancelled"
     #: ``pending``: waiting for the end of the user's quiet hours (the detail says until when).
     QUIET_HOURS = "quiet_hours"
+    #: Over the user's frequency cap for the category and channel (``DISPATCHER_FREQUENCY_CAPS``).
+    RATE_LIMITED = "rate_limited"
 
 
 _ID_RE = re.compile(r"(?P<service>[A-Za-z0-9_.-]{1,64})#(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
@@ -148,6 +153,9 @@ class ChunkRows:
     feed: Mapping[str, FeedEntry]
     #: Messages to hold with the rows (the rest of the chunk, for after quiet hours).
     held: Sequence[Held] = ()
+    #: The notification's category, and its frequency caps (``dispatcher.frequency``).
+    category: str = "default"
+    caps: Sequence[Cap] = ()
 
 
 @dataclass(frozen=True)
@@ -180,6 +188,8 @@ class Claim:
 
     token: str
     limit: int
+    #: Channels whose rows are not claimed this way (they wait for a rate limit first).
+    exclude: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from channels.base import Message
 from dispatcher.contacts import normalize_email, normalize_phone
 from dispatcher.errors import ChannelNotInTemplate, InvalidContact, TemplateError, UnknownTemplate
 from dispatcher.feed import Feed
+from dispatcher.frequency import Cap, FrequencyCaps
 from dispatcher.messages import ChunkMessage
 from dispatcher.model import (
     Channel,
@@ -143,6 +144,8 @@ class ChunkPlan:
     sends: dict[RowKey, list[Message]] = field(default_factory=dict)
     #: Rows waiting for the end of quiet hours: release time (µs) -> user -> channels.
     deferred: dict[int, dict[str, set[str]]] = field(default_factory=dict)
+    category: str = "default"
+    caps: tuple[Cap, ...] = ()
 
     @property
     def deferred_keys(self) -> set[RowKey]:
@@ -159,14 +162,16 @@ class ChunkPlan:
         return ChunkRows(self.message.id, self.message.version,
                          self.rows if rows is None else rows,
                          insert=self.sets.insert, reset=self.sets.reset, feed=self.feed,
-                         held=held)
+                         held=held, category=self.category, caps=self.caps)
 
 
 class Planner:
     def __init__(self, templates: TemplateRegistry, *, critical: frozenset[str],
                  phone_region: str | None, links: UnsubscribeLinks | None = None,
                  quiet_default: QuietHours | None = None, default_timezone: str = "UTC",
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 caps: FrequencyCaps | None = None) -> None:
+        self._caps = caps or FrequencyCaps()
         self._templates = templates
         self._links = links
         self._critical = critical
@@ -181,7 +186,8 @@ class Planner:
         channels = sorted(sets.all)
         links = self._links is not None and category not in self._critical
         renders = _Renders(self._templates.current(), message, category, channels, links)
-        plan = ChunkPlan(message, sets)
+        plan = ChunkPlan(message, sets, category=category,
+                         caps=() if category in self._critical else self._caps.for_category(category))
         now = self._clock()
         for user_id in plan.users:
             user = users.get(user_id) or UserRecord(id=user_id)

@@ -6,6 +6,7 @@ needs. ``Runtime.open`` creates the schema when it is missing.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -19,6 +20,7 @@ from dispatcher.delivery import Deliverer, SettleTimes
 from dispatcher.errors import ConfigurationError
 from dispatcher.fan_out import FanOut
 from dispatcher.feed import Feed
+from dispatcher.observability.metrics import timed_providers
 from dispatcher.planning import Planner
 from dispatcher.queue import Queue
 from dispatcher.queue.enqueue import (
@@ -30,6 +32,7 @@ from dispatcher.queue.enqueue import (
     ReleaseUnderLease,
 )
 from dispatcher.queue.local import LocalQueue
+from dispatcher.ratelimit import RateGate, RateLimits, Reserver
 from dispatcher.render_budget import RenderBudget
 from dispatcher.rendering import TemplateRegistry
 from dispatcher.retry import RetryPolicy
@@ -56,6 +59,7 @@ class Runtime:
     links: UnsubscribeLinks | None
     release: Releaser
     owned: list[aiohttp.ClientSession] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @classmethod
     async def open(cls, settings: Settings,
@@ -81,19 +85,21 @@ class Runtime:
         planner = Planner(templates, critical=settings.critical_categories,
                           phone_region=settings.default_phone_region, links=links,
                           quiet_default=settings.quiet_hours_default(),
-                          default_timezone=settings.default_timezone)
-        sender = Sender(built, store.ledger, RetryPolicy(
+                          default_timezone=settings.default_timezone,
+                          caps=settings.frequency_caps_parsed())
+        limits, closers = _rate_limits(settings, store)
+        sender = Sender(timed_providers(built), store.ledger, RetryPolicy(
             settings.retry_max_attempts, settings.retry_base_delay, settings.retry_max_delay),
             window=max(settings.send_concurrency // settings.worker_concurrency, 8),
             slots=settings.send_concurrency,
-            deactivate=store.users.deactivate_devices)
+            deactivate=store.users.deactivate_devices, limits=limits)
         deliverer = Deliverer(store, templates, planner, sender, feed,
                               SettleTimes(lease_seconds=settings.send_lease_seconds),
                               resend_stale=settings.recovery == "resend")
         fan_out = FanOut(enqueue, templates, settings.chunk_size,
                          queue.max_message_bytes)
         return cls(settings, store, queue, bus, feed, templates, built, fan_out, deliverer, links,
-                   release, owned)
+                   release, owned, closers)
 
     def worker(self) -> Worker:
         return Worker(self.queue, self.deliverer, concurrency=self.settings.worker_concurrency,
@@ -116,6 +122,8 @@ class Runtime:
             await provider.aclose()
         await self.queue.close()
         await self.bus.close()
+        for close in self.closers:
+            await close()
         await _close_sessions(self.owned)
         await self.store.db.close()
 
@@ -158,6 +166,26 @@ def _queue(settings: Settings, store: Store,
                    dead_letter_url=settings.dead_letter_queue_url)
     return (sqs, HeadersThenMessages(store, sqs),
             ReleaseUnderLease(store, sqs, lease_seconds=settings.queue_visibility_timeout))
+
+
+def _rate_limits(settings: Settings,
+                 store: Store) -> tuple[RateLimits, list[Callable[[], Awaitable[None]]]]:
+    """The provider rate limits, shared through Redis when it is configured, else the store."""
+    rates = settings.rate_limits()
+    if not rates:
+        return RateLimits(), []
+    closers: list[Callable[[], Awaitable[None]]] = []
+    reserver: Reserver
+    if settings.redis_url:
+        from dispatcher.ratelimit.redis import RedisReserver
+
+        redis_reserver = RedisReserver.from_url(settings.redis_url)
+        reserver, closers = redis_reserver, [redis_reserver.close]
+    else:
+        from dispatcher.store.rate_limits import DatabaseReserver
+
+        reserver = DatabaseReserver(store.db)
+    return RateLimits({c: RateGate(c, rate, reserver) for c, rate in rates.items()}), closers
 
 
 def _bus(settings: Settings) -> Bus:

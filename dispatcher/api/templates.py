@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 
 from dispatcher.api.auth import Authenticator, Caller
-from dispatcher.api.schemas import PreviewIn
+from dispatcher.api.errors import error_responses
+from dispatcher.api.schemas import PreviewIn, PreviewOut, TemplateList
 from dispatcher.rendering import TemplateInfo
 from dispatcher.runtime import Runtime
 from dispatcher.template_check import EXAMPLE_UNSUBSCRIBE_URL
@@ -21,13 +22,14 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     Auth = Annotated[Caller, Depends(auth)]
     templates = runtime.templates
 
-    @api.get("")
+    @api.get("", response_model=TemplateList, responses=error_responses(401, 403))
     async def list_templates(caller: Auth) -> dict[str, Any]:
         caller.require_service()
         return {"items": [_info_json(templates.info(n)) for n in templates.names()]}
 
-    @api.post("/{name}/preview")
-    async def preview(name: str, body: PreviewIn, caller: Auth) -> dict[str, Any]:
+    @api.post("/{name}/preview", response_model=PreviewOut,
+              responses=error_responses(401, 403, 404, 422))
+    async def preview_template(name: str, body: PreviewIn, caller: Auth) -> dict[str, Any]:
         """Render every part (of ``channels``, default all) for ``data``, ``state`` and
         ``user`` (``user.*`` in templates; its ``locale`` is used when ``locale`` is not
         given); ``variants`` names the locale folder each part came from."""

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Response
 
 from dispatcher.api.auth import Authenticator, Caller
-from dispatcher.api.errors import ApiError
-from dispatcher.api.schemas import DeviceIn, PreferencesIn, UserIn
+from dispatcher.api.errors import ApiError, error_responses
+from dispatcher.api.schemas import DeviceIn, DeviceOut, PreferencesIn, PreferencesOut, UserIn, UserOut
 from dispatcher.api.timefmt import iso
 from dispatcher.contacts import normalize_email, normalize_phone
 from dispatcher.model import UserRecord
@@ -25,13 +25,15 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     Auth = Annotated[Caller, Depends(auth)]
     users = runtime.store.users
 
-    @api.put("")
+    @api.put("", response_model=UserOut, response_model_exclude_unset=True,
+             responses=error_responses(401, 403, 422))
     async def put_user(user_id: str, body: UserIn, caller: Auth) -> dict[str, Any]:
         caller.require_service()
         fields = _normalised(body, runtime.settings.default_phone_region)
         return _user_json(await users.upsert(_checked_id(user_id), fields))
 
-    @api.get("")
+    @api.get("", response_model=UserOut, response_model_exclude_unset=True,
+             responses=error_responses(401, 403, 404))
     async def get_user(user_id: str, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
         user = await users.get(user_id)
@@ -39,26 +41,30 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
             raise ApiError(404, f"no user {user_id!r}")
         return _user_json(user)
 
-    @api.post("/devices", status_code=201)
+    @api.post("/devices", status_code=201, response_model=DeviceOut,
+              responses=error_responses(401, 403, 422))
     async def add_device(user_id: str, body: DeviceIn, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
         device = await users.add_device(_checked_id(user_id), body.token, body.platform)
         return {"token": device.token, "platform": device.platform, "active": device.active}
 
-    @api.delete("/devices/{token}", status_code=204)
+    @api.delete("/devices/{token}", status_code=204, response_class=Response,
+                responses=error_responses(401, 403, 404))
     async def remove_device(user_id: str, token: str, caller: Auth) -> Response:
         caller.require_user(user_id)
         if not await users.remove_device(user_id, token):
             raise ApiError(404, f"user {user_id!r} has no device with that token")
         return Response(status_code=204)
 
-    @api.get("/preferences")
+    @api.get("/preferences", response_model=PreferencesOut, response_model_exclude_unset=True,
+             responses=error_responses(401, 403))
     async def get_preferences(user_id: str, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
         user = await users.get(user_id)
         return (user.preferences if user else Preferences()).to_json()
 
-    @api.put("/preferences")
+    @api.put("/preferences", response_model=PreferencesOut, response_model_exclude_unset=True,
+             responses=error_responses(401, 403, 422))
     async def put_preferences(user_id: str, body: PreferencesIn, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
         raw = body.model_dump()

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dispatcher.model import now_us
-from dispatcher.queue import DeadLetter, QueuedMessage
+from dispatcher.queue import DeadLetter, QueuedMessage, QueueStats
 from dispatcher.store.database import Database
 from dispatcher.store.schema import dead_letters, queue_messages
 
@@ -159,6 +159,20 @@ class LocalQueue:
                 sa.select(sa.func.count()).select_from(queue_messages)
                 .where(queue_messages.c.queue == self._name)
             )).scalar_one())
+
+    async def stats(self) -> QueueStats:
+        """Visible and in flight (received, hidden until its visibility timeout) in one read,
+        with the dead letters; the embedded queue has no delayed messages."""
+        visible = sa.case((queue_messages.c.visible_at <= now_us(), 1), else_=0)
+        async with self._db.read() as conn:
+            total, ready = (await conn.execute(
+                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(visible), 0))
+                .where(queue_messages.c.queue == self._name))).one()
+            dead = (await conn.execute(
+                sa.select(sa.func.count()).select_from(dead_letters)
+                .where(dead_letters.c.queue == self._name))).scalar_one()
+        return QueueStats(visible=int(ready), in_flight=int(total) - int(ready), delayed=0,
+                          dead_letters=int(dead))
 
     async def close(self) -> None:
         return None

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dispatcher.errors import Unavailable
-from dispatcher.queue import DeadLetter, QueuedMessage
+from dispatcher.queue import DeadLetter, QueuedMessage, QueueStats
 from transport.aws import AwsClient, AwsError
 
 __all__ = ["SqsQueue", "MAX_BATCH_BYTES"]
@@ -104,6 +104,21 @@ class SqsQueue:
         answer = await self._call("GetQueueAttributes", {
             "QueueUrl": self._url, "AttributeNames": ["ApproximateNumberOfMessages"]})
         return int(answer.get("Attributes", {}).get("ApproximateNumberOfMessages", 0))
+
+    async def stats(self) -> QueueStats:
+        """SQS's approximate figures (``ApproximateNumberOfMessages*``); the dead letters are
+        those of the DLQ (None when there is none to ask)."""
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                 "ApproximateNumberOfMessagesDelayed"]
+        answer = await self._call("GetQueueAttributes", {"QueueUrl": self._url, "AttributeNames": names})
+        visible, in_flight, delayed = (int(answer.get("Attributes", {}).get(n, 0)) for n in names)
+        try:
+            dlq = await self._call("GetQueueAttributes", {
+                "QueueUrl": await self._dead_letter_url(), "AttributeNames": names[:1]})
+            dead: int | None = int(dlq.get("Attributes", {}).get(names[0], 0))
+        except RuntimeError:  # no DLQ configured
+            dead = None
+        return QueueStats(visible, in_flight, delayed, dead)
 
     async def close(self) -> None:
         return None  # the aiohttp session belongs to the runtime

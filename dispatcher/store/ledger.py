@@ -27,11 +27,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from dispatcher.frequency import Cap
 from dispatcher.model import (
     CancelSummary,
     ChunkRows,
@@ -48,7 +49,7 @@ from dispatcher.store.database import Database
 from dispatcher.store.feed import FeedStore
 from dispatcher.store.notifications import NotificationStore
 from dispatcher.store.schedule import ScheduleStore
-from dispatcher.store.schema import deliveries, notifications
+from dispatcher.store.schema import deliveries, frequency_log, notifications
 
 __all__ = ["LedgerStore", "Opened"]
 
@@ -100,6 +101,7 @@ class LedgerStore:
                 conn, [c.notification_id for c in chunks])
             chunks = [_as_cancelled(c) if c.notification_id in cancelled else c for c in chunks]
             now = now_us()
+            chunks = await self._within_caps(conn, chunks, now)
             inserted = await self._insert(conn, chunks, now)
             current = await self._current(conn, chunks, inserted)
             won, changes = _take_over(chunks, inserted, current)
@@ -112,6 +114,56 @@ class LedgerStore:
             await self._feed.write(conn, entries)
             await self._schedule.add_in(conn, [h for chunk in chunks for h in chunk.held])
         return Opened(won, claimed, frozenset(cancelled))
+
+    async def _within_caps(self, conn: AsyncConnection, chunks: Sequence[ChunkRows],
+                           now: int) -> list[ChunkRows]:
+        """Frequency caps (``dispatcher.frequency``): rows to send over their cap become
+        skipped/rate_limited; the others are admitted (logged). Serialised per user."""
+        wanted = {(r.key.user_id, c.category, r.key.channel) for c in chunks for r in c.rows
+                  if _cap_of(c, r) is not None}
+        if not wanted:
+            return list(chunks)
+        users = sorted({u for u, _, _ in wanted})
+        if self._db.dialect == "postgresql":
+            await conn.execute(sa.text(
+                "SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest(CAST(:keys AS text[])) AS k "
+                "ORDER BY k"), {"keys": [f"frequency:{u}" for u in users]})
+        oldest = now - max(cap.period_us for c in chunks for cap in c.caps)
+        seen: dict[tuple[str, str, str], dict[str, int]] = defaultdict(dict)  # key -> nid -> at
+        for start in range(0, len(users), _IN_BATCH):
+            entries = await conn.execute(
+                sa.select(frequency_log.c.user_id, frequency_log.c.category, frequency_log.c.channel,
+                          frequency_log.c.notification_id, frequency_log.c.at)
+                .where(frequency_log.c.user_id.in_(users[start:start + _IN_BATCH]),
+                       frequency_log.c.at >= oldest))
+            for e in entries:
+                seen[(e.user_id, e.category, e.channel)][e.notification_id] = e.at
+        admitted: list[dict[str, object]] = []
+        out: list[ChunkRows] = []
+        for chunk in chunks:
+            rows: list[RowState] = []
+            for r in chunk.rows:
+                cap = _cap_of(chunk, r)
+                if cap is None:
+                    rows.append(r)
+                    continue
+                log = seen[(r.key.user_id, chunk.category, r.key.channel)]
+                others = sum(1 for nid, at in log.items()
+                             if nid != chunk.notification_id and at >= now - cap.period_us)
+                if chunk.notification_id in log or others < cap.limit:
+                    if chunk.notification_id not in log:
+                        log[chunk.notification_id] = now
+                        admitted.append({"notification_id": chunk.notification_id,
+                                         "user_id": r.key.user_id, "channel": r.key.channel,
+                                         "category": chunk.category, "at": now})
+                    rows.append(r)
+                else:
+                    rows.append(RowState(r.key, DeliveryStatus.SKIPPED, Reason.RATE_LIMITED,
+                                         cap.describe(chunk.category)))
+            out.append(replace(chunk, rows=rows))
+        if admitted:
+            await conn.execute(self._db.insert(frequency_log).on_conflict_do_nothing(), admitted)
+        return out
 
     async def cancel(self, notification_id: str) -> CancelSummary | None:
         """Cancel a notification (see the module docstring); None if there is no such id."""
@@ -305,6 +357,13 @@ _SKIPPED = DeliveryStatus.SKIPPED.value
 _CANCELLED_DETAIL = "the service cancelled the notification before this was sent"
 
 
+def _cap_of(chunk: ChunkRows, row: RowState) -> Cap | None:
+    """The frequency cap a row to send falls under, if any."""
+    if row.status != DeliveryStatus.PENDING or row.reason is not None:
+        return None
+    return next((cap for cap in chunk.caps if cap.channel == row.key.channel), None)
+
+
 def _as_cancelled(chunk: ChunkRows) -> ChunkRows:
     """A chunk of a cancelled notification: its rows open as skipped/cancelled, no feed entry,
     and it takes over nothing of an older version (what was sent stays sent)."""
@@ -409,7 +468,7 @@ def _claimable(chunks: Sequence[ChunkRows], won: list[set[RowKey]],
         for r in chunk.rows:
             cur = current.get(r.key)
             if (r.key in chunk_won and r.status == DeliveryStatus.PENDING and r.reason is None
-                    and cur is not None
+                    and r.key.channel not in claim.exclude and cur is not None
                     and cur.version == chunk.version and cur.status == _PENDING
                     and r.key not in keys):
                 keys.append(r.key)

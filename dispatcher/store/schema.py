@@ -9,7 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = ["metadata", "users", "devices", "notifications", "deliveries", "inbox",
-           "queue_messages", "dead_letters", "scheduled_messages"]
+           "queue_messages", "dead_letters", "scheduled_messages", "rate_limits",
+           "frequency_log"]
 
 metadata = sa.MetaData()
 
@@ -129,4 +130,24 @@ scheduled_messages = sa.Table(
     sa.Column("claimed_until", sa.BigInteger),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Index("ix_scheduled_due", "due_at", "id"),
+)
+
+# Provider rate limits without Redis (dispatcher.ratelimit): per channel, the GCRA's
+# theoretical arrival time of the next message (µs).
+rate_limits = sa.Table(
+    "rate_limits", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("tat", sa.BigInteger, nullable=False),
+)
+
+# Frequency caps (dispatcher.frequency): one entry per (notification, user, channel) admitted
+# to be sent in a capped category, counted per user, category and channel over a window.
+frequency_log = sa.Table(
+    "frequency_log", metadata,
+    sa.Column("notification_id", ID, primary_key=True),
+    sa.Column("user_id", ID, primary_key=True),
+    sa.Column("channel", sa.String(16), primary_key=True),
+    sa.Column("category", sa.String(64), nullable=False),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Index("ix_frequency_user", "user_id", "category", "channel", "at"),
 )
