@@ -8,8 +8,8 @@ validated again here, since it may predate a rule change or come from outside th
 Rendering: a part that uses neither ``user`` nor a key of the recipient's own data (what the
 part uses is read from its AST when the template is loaded, :attr:`~dispatcher.rendering.Part.variables`)
 is rendered once per locale per chunk and shared; only the parts that need it are rendered per
-recipient. A render error fails that recipient's rows of that channel (``template_error``),
-or, for a shared part, the rows of that locale and channel: never the chunk.
+recipient. A render error fails that recipient's rows (every channel, ``template_error`` with
+the message naming the part; for a shared part, every recipient of that locale): never the chunk.
 
 The unsubscribe link differs per recipient but should not make the email per recipient: the
 context's ``unsubscribe_url`` is a placeholder (:data:`UNSUBSCRIBE_PLACEHOLDER`) replaced by the
@@ -192,6 +192,9 @@ class Planner:
         for user_id in plan.users:
             user = users.get(user_id) or UserRecord(id=user_id)
             parts = renders.for_recipient(user, message.data_for(user_id))
+            failed = next((p for p in parts.values() if isinstance(p, TemplateError)), None)
+            if failed is not None:  # one broken part fails all of this recipient's rows, loudly
+                parts = dict.fromkeys(parts, failed)
             unsubscribe = self._links.url(user.id, category) if links and self._links else None
             release = self._quiet_until(user, category, now)
             for channel in channels:

@@ -95,22 +95,24 @@ async def test_each_recipient_gets_its_own_data_and_name_and_a_bad_one_fails_alo
         assert sms.pop(f"u{i}") == expected
     assert sms == {}
     push = {m.user_id: m.parts for m in providers["push"].calls}
-    assert push["u5"] == {"title": "Foo is ready", "body": "pro plan"}  # u5's other channels went out
+    assert "u5" not in push  # u5's rows all fail: one broken part fails the recipient, loudly
     assert [push[f"u{i}"]["body"] for i in (1, 2)] == ["pro plan", "free plan"]
+    assert len(push) == 59
     rows, _ = await runtime.store.notifications.deliveries(message.id, limit=1000)
-    failed = [(r["user_id"], r["channel"], r["reason"]) for r in rows if r["status"] == "failed"]
-    assert failed == [("u5", "sms", "template_error")]
-    assert "ZeroDivisionError" in next(r["detail"] for r in rows if r["status"] == "failed")
+    failed = sorted((r["user_id"], r["channel"], r["reason"]) for r in rows if r["status"] == "failed")
+    assert failed == [("u5", channel, "template_error") for channel in ("email", "push", "sms")]
+    assert all("ZeroDivisionError" in r["detail"] and "sms.txt" in r["detail"]
+               for r in rows if r["status"] == "failed")
     assert {r["status"] for r in rows if r["user_id"] == "nobody"} == {"skipped"}  # no record, no contacts
 
     emails = {m.user_id: m for m in providers["email"].calls}
-    assert len(emails) == 60
+    assert len(emails) == 59
     for user_id, mail in emails.items():  # one shared render, each recipient's own link in it
         link = mail.unsubscribe_url
         assert link and link.startswith("https://notify.example.com/v1/unsubscribe/")
         assert mail.parts["html"] == f'<html><b>Foo</b><a href="{link}">x</a></html>'
         assert mail.parts["text"] == f"Foo\n{link}"
-    assert len({m.unsubscribe_url for m in emails.values()}) == 60
+    assert len({m.unsubscribe_url for m in emails.values()}) == 59
 
 
 def test_what_each_part_uses_is_known_at_load(templates_dir: Path) -> None:
