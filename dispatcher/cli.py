@@ -37,6 +37,7 @@ from dispatcher.commands import dlq, send, status, token
 from dispatcher.config import ConfigurationError, Settings
 from dispatcher.errors import TemplateError, Unavailable
 from dispatcher.observability.logs import configure as configure_logs
+from dispatcher.template_reload import ReloadOnHangup
 
 __all__ = ["main"]
 
@@ -44,6 +45,12 @@ log = logging.getLogger("dispatcher")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["templates"]:  # its own parser: dispatcher.template_cli (check, preview)
+        from dispatcher.template_cli import main as templates_main
+
+        configure_logging("warning")
+        return templates_main(argv[1:])
     try:
         app(args=list(argv) if argv is not None else None, prog_name="dispatcher")
     except SystemExit as exc:  # typer's own ending: help, usage errors (2), typer.Exit
@@ -187,6 +194,16 @@ _command("send", send.send, send.EXAMPLES)
 _command("status", status.status, status.EXAMPLES)
 _command("token", token.token, token.EXAMPLES)
 
+
+@app.command("templates", add_help_option=False, context_settings={
+    "allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    help="Check or preview templates: dispatcher templates check [--dir DIR], "
+         "dispatcher templates preview NAME … (dispatcher templates --help).")
+def _templates(ctx: typer.Context) -> None:
+    from dispatcher.template_cli import main as templates_main
+
+    raise typer.Exit(templates_main(list(ctx.args)))
+
 dlq_app = typer.Typer(help=dlq.__doc__, context_settings=_SETTINGS,
                       rich_markup_mode="rich", invoke_without_command=True)
 dlq_app.callback()(_with_global_options(dlq.default))
@@ -220,9 +237,11 @@ async def _serve(settings: Settings, *, workers: int = 1) -> int:
     runtime = await Runtime.open(settings)
     for note in notes:
         log.warning(note)
+    reload = ReloadOnHangup(runtime.templates)  # before spawning: children ignore SIGHUP until ready
     # The API process runs a worker loop too: the embedded bus is in-process, so the live
     # stream it serves carries the events of its own worker only (README, "live stream").
     children = _spawn_workers(settings, settings.process_count() - 1) if workers else []
+    reload.start([child.popen for child in children])
     for fd in (child.bus_fd for child in children if child.bus_fd is not None):
         _background.add(asyncio.create_task(forward(fd, runtime.bus)))
     app = create_app(runtime, workers=workers, owns_runtime=True,
@@ -277,6 +296,7 @@ async def _worker(settings: Settings, parent_pid: int | None = None) -> int:
 
     serve_worker_metrics(settings.host, settings.metrics_port if parent_pid is None else None)
     runtime = await Runtime.open(settings)
+    ReloadOnHangup(runtime.templates).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

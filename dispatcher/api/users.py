@@ -1,4 +1,7 @@
-"""``/v1/users/{id}``: contact data, devices and preferences."""
+"""``/v1/users/{id}``: profile (``name``, ``attributes``), contact data, devices and preferences.
+
+``PUT`` changes only the fields given; ``attributes`` given replaces the stored object whole
+(``null`` clears it)."""
 
 
 from typing import Annotated, Any
@@ -90,8 +93,9 @@ def _normalised(body: UserIn, region: str | None) -> dict[str, Any]:
 
 
 def _user_json(user: UserRecord) -> dict[str, Any]:
-    return {"id": user.id, "email": user.email, "phone": user.phone, "locale": user.locale,
-            "timezone": user.timezone, "preferences": user.preferences.to_json(),
+    return {"id": user.id, "name": user.name, "email": user.email, "phone": user.phone,
+            "locale": user.locale, "timezone": user.timezone,
+            "attributes": dict(user.attributes), "preferences": user.preferences.to_json(),
             "devices": [{"token": d.token, "platform": d.platform, "active": d.active}
                         for d in user.devices],
             "created_at": iso(user.created_at), "updated_at": iso(user.updated_at)}

@@ -26,6 +26,9 @@ users = sa.Table(
     sa.Column("preferences", sa.JSON, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # Added after the first release (nullable): older databases get them at start-up.
+    sa.Column("name", sa.String(200)),
+    sa.Column("attributes", sa.JSON),
 )
 
 devices = sa.Table(

@@ -26,7 +26,11 @@ async def test_errors_are_documented_as_the_error_envelope(client: httpx.AsyncCl
 async def test_request_schemas_carry_their_bounds(client: httpx.AsyncClient) -> None:
     schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
     notification = schemas["NotificationIn"]["properties"]
-    assert notification["recipients"]["items"] == {"type": "string", "minLength": 1, "maxLength": 255}
+    recipient_id = {"type": "string", "minLength": 1, "maxLength": 255}
+    assert notification["recipients"]["items"]["anyOf"] == [
+        recipient_id, {"$ref": "#/components/schemas/RecipientIn"}]
+    assert schemas["RecipientIn"]["properties"]["id"].items() >= recipient_id.items()
+    assert schemas["UserIn"]["properties"]["name"]["anyOf"][0]["maxLength"] == 200
     channel = {"type": "string", "enum": ["in_app", "email", "sms", "push"]}
     assert notification["channels"]["anyOf"][0]["items"] == channel
     assert schemas["PreferencesIn"]["properties"]["channels"]["propertyNames"]["enum"] == channel["enum"]
