@@ -41,20 +41,32 @@ def install_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
+        return _same_origin(get_swagger_ui_html(
             openapi_url="/openapi.json", title=f"{app.title}: API",
             swagger_js_url=f"{_ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{_ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{_ASSETS_URL}/favicon-32x32.png",
             # No badge fetched from validator.swagger.io; the token survives a reload.
-            swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": True})
+            swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": True}))
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title}: API reference",
-                              redoc_js_url=f"{_ASSETS_URL}/redoc.standalone.js",
-                              redoc_favicon_url=f"{_ASSETS_URL}/favicon-32x32.png",
-                              with_google_fonts=False)
+        return _same_origin(get_redoc_html(
+            openapi_url="/openapi.json", title=f"{app.title}: API reference",
+            redoc_js_url=f"{_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{_ASSETS_URL}/favicon-32x32.png", with_google_fonts=False))
+
+
+#: The pages may load nothing from another origin (ReDoc's bundle would fetch its logo from
+#: cdn.redoc.ly; it hides the image when that fails). Their inline script and styles, and
+#: ReDoc's search worker (a blob), stay allowed.
+_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:")
+
+
+def _same_origin(page: HTMLResponse) -> HTMLResponse:
+    page.headers["Content-Security-Policy"] = _CSP
+    return page
 
 
 def _document(app: FastAPI) -> dict[str, Any]:

@@ -31,11 +31,13 @@ prometheus-client leaks into it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -61,10 +63,13 @@ __all__ = ["CONTENT_TYPE", "ENV", "chunks_timed", "deliveries", "exposition", "h
 
 T = TypeVar("T")
 
+log = logging.getLogger("dispatcher.metrics")
+
 #: prometheus-client's multiprocess directory variable.
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _TEMP_PREFIX = "dispatcher-metrics-"
+_ORPHAN_AGE = 3600.0
 
 # Provider calls: 5 ms (a local stand-in) to 10 s (DISPATCHER_PROVIDER_TIMEOUT's default).
 _PROVIDER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -125,10 +130,20 @@ def prepare_multiprocess() -> Path:
 
 
 def _remove_orphaned_temp_dirs() -> None:
+    """The directories of ``serve`` processes that are gone and untouched for an hour: a
+    killed ``serve``'s worker processes finish their chunks before they stop, still writing."""
     for folder in Path(tempfile.gettempdir()).glob(f"{_TEMP_PREFIX}*-*"):
         pid = folder.name[len(_TEMP_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not _alive(int(pid)) and _untouched(folder, _ORPHAN_AGE):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _untouched(folder: Path, seconds: float) -> bool:
+    try:
+        newest = max(p.stat().st_mtime for p in (folder, *folder.iterdir()))
+    except OSError:
+        return False
+    return time.time() - newest > seconds
 
 
 def _alive(pid: int) -> bool:
@@ -194,13 +209,30 @@ class _Fixed:
 # The one-line recorders the core calls ---------------------------------------------------
 
 
+@contextlib.contextmanager
+def _never_raising() -> Iterator[None]:
+    """A sample that can't be recorded (its file gone, the disk full) is lost, never the work
+    being counted: the recorders run right after an outcome is committed, inside a send."""
+    global _lost
+    try:
+        yield
+    except Exception as exc:
+        _lost += 1
+        if _lost == 1 or _lost % 10_000 == 0:
+            log.warning("metrics: %d sample(s) lost so far; last: %s: %s", _lost, type(exc).__name__, exc)
+
+
+_lost = 0
+
+
 def deliveries(rows: Iterable[RowState]) -> None:
     """Count the rows among ``rows`` that are final (sent, failed, skipped)."""
-    counter = _m().deliveries
-    for row in rows:
-        if row.status in FINAL_STATUSES:
-            counter.labels(row.key.channel, row.status.value,
-                           row.reason.value if row.reason else "").inc()
+    with _never_raising():
+        counter = _m().deliveries
+        for row in rows:
+            if row.status in FINAL_STATUSES:
+                counter.labels(row.key.channel, row.status.value,
+                               row.reason.value if row.reason else "").inc()
 
 
 async def chunks_timed(work: Awaitable[T], chunks: int) -> T:
@@ -210,15 +242,17 @@ async def chunks_timed(work: Awaitable[T], chunks: int) -> T:
         return await work
     finally:
         elapsed = time.monotonic() - start
-        histogram = _m().chunk_seconds
-        for _ in range(chunks):
-            histogram.observe(elapsed)
+        with _never_raising():
+            histogram = _m().chunk_seconds
+            for _ in range(chunks):
+                histogram.observe(elapsed)
 
 
 def http_request(method: str, route: str, status: int, seconds: float) -> None:
-    metrics = _m()
-    metrics.http_requests.labels(method, route, str(status)).inc()
-    metrics.http_seconds.labels(method, route).observe(seconds)
+    with _never_raising():
+        metrics = _m()
+        metrics.http_requests.labels(method, route, str(status)).inc()
+        metrics.http_seconds.labels(method, route).observe(seconds)
 
 
 class _TimedProvider:
@@ -234,7 +268,8 @@ class _TimedProvider:
         try:
             return await self._provider.send(message)
         finally:
-            _m().provider_seconds.labels(message.channel).observe(time.monotonic() - start)
+            with _never_raising():
+                _m().provider_seconds.labels(message.channel).observe(time.monotonic() - start)
 
     async def aclose(self) -> None:
         await self._provider.aclose()

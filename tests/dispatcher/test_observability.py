@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,12 +39,34 @@ def test_without_one_a_fresh_directory_is_made_and_dead_runs_ones_removed(tmp_pa
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     dead = tmp_path / f"dispatcher-metrics-{gone.pid}-abc"
+    recent = tmp_path / f"dispatcher-metrics-{gone.pid}-ghi"  # its worker processes may still write
     alive = tmp_path / f"dispatcher-metrics-{os.getpid()}-def"
-    for folder in (dead, alive):
+    hours_ago = time.time() - 7200
+    for folder in (dead, recent, alive):
         folder.mkdir()
+        (folder / "counter_1.db").write_bytes(b"samples")
+    for folder in (dead, alive):
+        for path in (folder / "counter_1.db", folder):
+            os.utime(path, (hours_ago, hours_ago))
     made = _prepare(tmp_path, TMPDIR=str(tmp_path))
     assert made.parent == tmp_path and made.name.startswith("dispatcher-metrics-") and made.is_dir()
-    assert not dead.exists() and alive.exists()
+    assert not dead.exists() and recent.exists() and alive.exists()
+
+
+def test_a_sample_that_cant_be_written_never_stops_the_work(tmp_path: Path) -> None:
+    """The directory removed under a running process: counting fails, quietly; the caller goes on."""
+    script = (
+        "import shutil\n"
+        "from dispatcher.observability.metrics import prepare_multiprocess, deliveries, http_request\n"
+        "from dispatcher.model import DeliveryStatus, RowKey, RowState\n"
+        "shutil.rmtree(prepare_multiprocess())\n"
+        "deliveries([RowState(RowKey('app#1', 'u1', 'sms'), DeliveryStatus.SENT)])\n"
+        "http_request('GET', '/healthz', 200, 0.001)\n"
+        "print('went on')\n")
+    env = {**{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}, "TMPDIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout.strip()) == (0, "went on"), run.stderr
+    assert "metrics: 1 sample(s) lost" in run.stderr
 
 
 def _record(message: str = "hello", **extra: object) -> logging.LogRecord:
