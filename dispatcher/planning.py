@@ -11,9 +11,10 @@ is rendered once per locale per chunk and shared; only the parts that need it ar
 recipient. A render error fails that recipient's rows (every channel, ``template_error`` with
 the message naming the part; for a shared part, every recipient of that locale): never the chunk.
 
-The unsubscribe link differs per recipient but should not make the email per recipient: the
-context's ``unsubscribe_url`` is a placeholder (:data:`UNSUBSCRIBE_PLACEHOLDER`) replaced by the
-recipient's own link after rendering.
+The unsubscribe and preference-centre links differ per recipient but should not make the email
+per recipient: the context's ``unsubscribe_url`` and ``preferences_url`` are placeholders
+(:data:`UNSUBSCRIBE_PLACEHOLDER`, :data:`PREFERENCES_PLACEHOLDER`) replaced by the recipient's
+own links after rendering (a preference link is minted only for a part that has its placeholder).
 
 Quiet hours (``dispatcher.quiet_hours``): during the recipient's window, email, SMS and push
 of a non-critical category stay ``pending`` (reason ``quiet_hours``, the detail says until
@@ -53,11 +54,14 @@ from dispatcher.rendering import Part, TemplateInfo, TemplateRegistry, TemplateS
 from dispatcher.unsubscribe import UnsubscribeLinks
 
 __all__ = ["ChunkPlan", "ChannelSets", "Planner", "UNSUBSCRIBE_PLACEHOLDER", "category_of",
-           "channel_sets", "header_update", "render_context", "trial_render", "user_context"]
+           "channel_sets", "header_update", "render_context", "trial_render", "user_context",
+           "PREFERENCES_PLACEHOLDER"]
 
 #: What ``unsubscribe_url`` renders as; each recipient's link replaces it. Letters, digits and
 #: ``:/.-`` only, so HTML autoescaping leaves it as it is.
 UNSUBSCRIBE_PLACEHOLDER = "https://unsubscribe.dispatcher.invalid/link"
+#: What ``preferences_url`` renders as (the recipient's preference-centre link replaces it).
+PREFERENCES_PLACEHOLDER = "https://preferences.dispatcher.invalid/link"
 
 _SKIPPED, _FAILED = DeliveryStatus.SKIPPED, DeliveryStatus.FAILED
 
@@ -106,12 +110,14 @@ def header_update(message: ChunkMessage, template: TemplateInfo, sets: ChannelSe
 
 
 def render_context(message: ChunkMessage, category: str, locale: str | None,
-                   unsubscribe: bool = False) -> dict[str, Any]:
+                   unsubscribe: bool = False, preferences: bool = False) -> dict[str, Any]:
     """What a template sees: the notification's data, plus its state, category, id, locale,
-    and ``unsubscribe_url`` (the placeholder when email carries a link, else None)."""
+    ``unsubscribe_url`` and ``preferences_url`` (placeholders when email carries such links,
+    else None)."""
     return {**message.data, "state": message.state, "category": category,
             "notification_id": message.id, "locale": locale,
-            "unsubscribe_url": UNSUBSCRIBE_PLACEHOLDER if unsubscribe else None}
+            "unsubscribe_url": UNSUBSCRIBE_PLACEHOLDER if unsubscribe else None,
+            "preferences_url": PREFERENCES_PLACEHOLDER if preferences else None}
 
 
 def user_context(user: UserRecord) -> dict[str, Any]:
@@ -126,7 +132,7 @@ def trial_render(templates: TemplateSet, message: ChunkMessage, category: str,
     the same for all its recipients (uses neither ``user`` nor any of ``personal_keys``, the
     keys some recipient's own data has). Those would fail for everyone: raises TemplateError.
     The other parts may fail for some recipients only, which fails their rows alone."""
-    context = render_context(message, category, message.locale, unsubscribe=True)
+    context = render_context(message, category, message.locale, unsubscribe=True, preferences=True)
     for channel in channels:
         for part in templates.resolve(message.template, channel, message.locale).values():
             if not part.personal and not part.uses_any(personal_keys):
@@ -185,7 +191,8 @@ class Planner:
         category = category_of(message, template)
         channels = sorted(sets.all)
         links = self._links is not None and category not in self._critical
-        renders = _Renders(self._templates.current(), message, category, channels, links)
+        renders = _Renders(self._templates.current(), message, category, channels, links,
+                           preferences=self._links is not None)
         plan = ChunkPlan(message, sets, category=category,
                          caps=() if category in self._critical else self._caps.for_category(category))
         now = self._clock()
@@ -221,6 +228,10 @@ class Planner:
             plan.rows.append(RowState(key, _FAILED, Reason.TEMPLATE_ERROR, str(parts)))
             return
         parts = _with_link(parts, unsubscribe)
+        if any(PREFERENCES_PLACEHOLDER in text for text in parts.values()):
+            link = self._links.preferences_url(user.id) if self._links else None
+            parts = {name: text.replace(PREFERENCES_PLACEHOLDER, link or "")
+                     for name, text in parts.items()}
         if channel == Channel.IN_APP:
             plan.rows.append(RowState(key, DeliveryStatus.SENT))
             plan.feed[user.id] = Feed.entry(
@@ -274,19 +285,20 @@ def _push_data(message: ChunkMessage) -> dict[str, str]:
 
 
 _Rendered = dict[str, str] | TemplateError
-_RESERVED = ("state", "category", "notification_id", "locale", "unsubscribe_url")
+_RESERVED = ("state", "category", "notification_id", "locale", "unsubscribe_url", "preferences_url")
 
 
 class _Renders:
     """One chunk's renders: shared parts once per locale, the others per recipient."""
 
     def __init__(self, templates: TemplateSet, message: ChunkMessage, category: str,
-                 channels: list[str], links: bool) -> None:
+                 channels: list[str], links: bool, *, preferences: bool = False) -> None:
         self._templates = templates
         self._message = message
         self._category = category
         self._channels = channels
         self._links = links
+        self._preferences = preferences
         self._parts: dict[str | None, dict[str, dict[str, Part] | TemplateError]] = {}
         self._contexts: dict[str | None, dict[str, Any]] = {}
         self._shared: dict[tuple[str | None, str, str], str | TemplateError] = {}
@@ -359,7 +371,8 @@ class _Renders:
     def _context(self, locale: str | None) -> dict[str, Any]:
         if locale not in self._contexts:
             self._contexts[locale] = render_context(self._message, self._category, locale,
-                                                    unsubscribe=self._links)
+                                                    unsubscribe=self._links,
+                                                    preferences=self._preferences)
         return self._contexts[locale]
 
     def _resolved(self, locale: str | None) -> dict[str, dict[str, Part] | TemplateError]:

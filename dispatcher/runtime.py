@@ -39,6 +39,7 @@ from dispatcher.render_budget import RenderBudget
 from dispatcher.rendering import TemplateRegistry
 from dispatcher.retry import RetryPolicy
 from dispatcher.scheduler import Scheduler
+from dispatcher.scoped_tokens import ScopedTokens
 from dispatcher.sending import Sender
 from dispatcher.store import Database, Store
 from dispatcher.unsubscribe import UnsubscribeLinks
@@ -172,7 +173,10 @@ def _links(settings: Settings) -> UnsubscribeLinks | None:
         raise ConfigurationError("DISPATCHER_PUBLIC_URL is set, so email carries unsubscribe "
                                  "links: set DISPATCHER_UNSUBSCRIBE_SECRET (or "
                                  "DISPATCHER_USER_TOKEN_SECRET), the same in every process")
-    return UnsubscribeLinks(settings.public_url, key)
+    preferences = (ScopedTokens(settings.user_token_secret, "preferences",
+                                settings.preference_link_lifetime)
+                   if settings.user_token_secret else None)
+    return UnsubscribeLinks(settings.public_url, key, preferences)
 
 
 def _aws_session(settings: Settings) -> aiohttp.ClientSession | None:
