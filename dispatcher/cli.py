@@ -166,7 +166,7 @@ async def _worker(settings: Settings, parent_pid: int | None = None) -> int:
     watchdog = asyncio.create_task(_orphaned(parent_pid, stop)) if parent_pid else None
     log.info("worker started: %d chunks at once", settings.worker_concurrency)
     try:
-        await runtime.worker().run(stop)
+        await asyncio.gather(runtime.worker().run(stop), runtime.webhook_sender().run(stop))
     finally:
         if watchdog:
             watchdog.cancel()

@@ -118,7 +118,7 @@ class Planner:
         self._phone_region = phone_region
 
     def plan(self, message: ChunkMessage, template: TemplateInfo, sets: ChannelSets,
-             users: Mapping[str, UserRecord]) -> ChunkPlan:
+             users: Mapping[str, UserRecord], suppressed: frozenset[str] = frozenset()) -> ChunkPlan:
         category = category_of(message, template)
         renders = _Renders(self._templates, message, category, sorted(sets.all))
         plan = ChunkPlan(message, sets)
@@ -127,6 +127,8 @@ class Planner:
             parts = renders.for_locale(user.locale or message.locale)
             for channel in sorted(sets.all):
                 self._plan_one(plan, category, user, channel, parts)
+        if suppressed:
+            _suppress(plan, suppressed)
         return plan
 
     def _plan_one(self, plan: ChunkPlan, category: str, user: UserRecord, channel: str,
@@ -172,6 +174,17 @@ class Planner:
         if channel == Channel.SMS:
             return [normalize_phone(user.phone, self._phone_region)] if user.phone else []
         return [d.token for d in user.devices if d.active]
+
+
+def _suppress(plan: ChunkPlan, suppressed: frozenset[str]) -> None:
+    """Email rows to a suppressed address (``suppressed``: lower-cased addresses, see
+    ``store.suppressions``) become ``skipped``/``suppressed``, without a provider call."""
+    for i, row in enumerate(plan.rows):
+        sends = plan.sends.get(row.key)
+        if row.key.channel == Channel.EMAIL and sends and all(m.to.lower() in suppressed for m in sends):
+            plan.rows[i] = RowState(row.key, _SKIPPED, Reason.SUPPRESSED,
+                                    f"{sends[0].to} is on the suppression list")
+            del plan.sends[row.key]
 
 
 def _push_data(message: ChunkMessage) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from dispatcher.api import feed, notifications, templates, unsubscribe, users
+from dispatcher.api import feed, notifications, providers, suppressions, templates, unsubscribe, users, webhooks
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.errors import ERROR_RESPONSES, ApiError, install_error_handlers
 from dispatcher.api.limits import BodyLimit, ReadDeadline
@@ -32,6 +32,8 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
         loops = [asyncio.create_task(runtime.worker().run(stop)) for _ in range(workers)]
+        if workers:  # the process that delivers also sends the webhooks (dispatcher.webhooks)
+            loops.append(asyncio.create_task(runtime.webhook_sender().run(stop)))
         try:
             yield
         finally:
@@ -51,8 +53,9 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ReadDeadline, seconds=settings.request_read_timeout)
-    for module in (notifications, users, feed, templates):
+    for module in (notifications, users, feed, templates, suppressions, webhooks):
         app.include_router(module.router(runtime, auth), responses=ERROR_RESPONSES)
+    app.include_router(providers.router(runtime), responses=ERROR_RESPONSES)
     if runtime.links is not None:
         # Pages (text/html), but an invalid link is a JSON error like everywhere else.
         error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}

@@ -28,6 +28,7 @@ from dispatcher.errors import (
     NotFound,
     TemplateError,
     Unavailable,
+    UntrustedMessage,
 )
 from dispatcher.store import STORE_UNAVAILABLE
 
@@ -50,6 +51,7 @@ STATUS: tuple[tuple[type[DispatcherError], int, str], ...] = (
     (InvalidRequest, 422, "invalid"),
     (NotFound, 404, "not_found"),
     (Unavailable, 503, "unavailable"),
+    (UntrustedMessage, 403, "untrusted_message"),
 )
 
 #: What a 503 tells the caller to wait before sending the same request again.

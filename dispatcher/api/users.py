@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Response
 from dispatcher.api.auth import Authenticator, Caller
 from dispatcher.api.errors import ApiError
 from dispatcher.api.schemas import DeviceIn, PreferencesIn, UserIn
+from dispatcher.api.suppressions import suppression_json
 from dispatcher.api.timefmt import iso
 from dispatcher.contacts import normalize_email, normalize_phone
 from dispatcher.model import UserRecord
@@ -34,7 +35,9 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
         user = await users.get(user_id)
         if user is None:
             raise ApiError(404, f"no user {user_id!r}")
-        return _user_json(user)
+        held = await runtime.store.suppressions.get_many(
+            [user.email] if user.email else [], [d.token for d in user.devices])
+        return _user_json(user) | {"suppressions": [suppression_json(s) for s in held]}
 
     @api.post("/devices", status_code=201)
     async def add_device(user_id: str, body: DeviceIn, caller: Auth) -> dict[str, Any]:

@@ -16,7 +16,10 @@ from dispatcher.store.database import Database
 from dispatcher.store.feed import FeedStore
 from dispatcher.store.ledger import LedgerStore
 from dispatcher.store.notifications import NotificationStore
+from dispatcher.store.provider_events import ProviderEventStore
+from dispatcher.store.suppressions import SuppressionStore
 from dispatcher.store.users import UserStore
+from dispatcher.store.webhooks import WebhookStore
 
 __all__ = ["STORE_UNAVAILABLE", "Database", "Store"]
 
@@ -32,8 +35,15 @@ class Store:
     notifications: NotificationStore
     ledger: LedgerStore
     feed: FeedStore
+    suppressions: SuppressionStore
+    webhooks: WebhookStore
+    provider_events: ProviderEventStore
 
     @classmethod
     def from_database(cls, db: Database) -> Store:
         feed, notifications = FeedStore(db), NotificationStore(db)
-        return cls(db, UserStore(db), notifications, LedgerStore(db, notifications, feed), feed)
+        suppressions, webhooks = SuppressionStore(db), WebhookStore(db, notifications)
+        ledger = LedgerStore(db, notifications, feed)
+        ledger.events = webhooks  # webhooks written in the ledger's own transactions
+        return cls(db, UserStore(db), notifications, ledger, feed, suppressions, webhooks,
+                   ProviderEventStore(db, suppressions, webhooks))

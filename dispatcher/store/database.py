@@ -18,7 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from dispatcher.store.schema import metadata
+from dispatcher.store.schema import metadata, upgrade
 
 __all__ = ["Database"]
 
@@ -79,6 +79,7 @@ class Database:
                 await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
                                    {"key": _SCHEMA_LOCK})
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(upgrade)
 
     async def ping(self) -> None:
         async with self.read() as conn:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -42,7 +43,7 @@ from dispatcher.store.feed import FeedStore
 from dispatcher.store.notifications import NotificationStore
 from dispatcher.store.schema import deliveries
 
-__all__ = ["LedgerStore", "Opened"]
+__all__ = ["LedgerEvents", "LedgerStore", "Opened"]
 
 _PENDING, _SENDING = DeliveryStatus.PENDING.value, DeliveryStatus.SENDING.value
 
@@ -63,6 +64,13 @@ class _Current:
     attempts: int
 
 
+class LedgerEvents(Protocol):
+    """Told of each ledger change inside its transaction (the webhook outbox)."""
+
+    async def after_rows(self, conn: AsyncConnection, keys: Sequence[RowKey],
+                         changed_at: int | None) -> None: ...
+
+
 class LedgerStore:
     """Every method is a fixed number of statements, whatever the number of rows or
     notifications: a unit of work of 64 small notifications holds the write lock for a few
@@ -73,6 +81,9 @@ class LedgerStore:
         self._db = db
         self._notifications = notifications
         self._feed = feed
+
+    #: Set by the store: webhooks caused by a change are written in its transaction.
+    events: LedgerEvents | None = None
 
     async def open(self, headers: Sequence[HeaderUpdate], chunks: Sequence[ChunkRows],
                    claim: Claim | None = None) -> Opened:
@@ -96,6 +107,8 @@ class LedgerStore:
             entries = [chunk.feed[k.user_id] for chunk, keys in zip(chunks, won, strict=True)
                        for k in keys if k.channel == "in_app" and k.user_id in chunk.feed]
             await self._feed.write(conn, entries)
+            if self.events is not None:
+                await self.events.after_rows(conn, [k for keys in won for k in keys], now)
         return Opened(won, claimed)
 
     async def _insert(self, conn: AsyncConnection, chunks: Sequence[ChunkRows],
@@ -188,6 +201,8 @@ class LedgerStore:
         ]
         async with self._db.write() as conn:
             await conn.execute(stmt, params)
+            if self.events is not None:
+                await self.events.after_rows(conn, [o.key for o, _ in outcomes], now)
 
     async def claim(self, rows: Iterable[tuple[RowKey, int]], token: str) -> set[RowKey]:
         """Claim ``pending`` rows at the given versions for a send; return those won."""
@@ -233,7 +248,7 @@ class LedgerStore:
         groups: dict[tuple[str, str], list[str]] = defaultdict(list)
         for key in keys:
             groups[(key.notification_id, key.channel)].append(key.user_id)
-        settled = 0
+        settled, now = 0, now_us()
         async with self._db.write() as conn:
             for (nid, channel), user_ids in groups.items():
                 result = await conn.execute(
@@ -241,9 +256,12 @@ class LedgerStore:
                     .where(deliveries.c.notification_id == nid,
                            deliveries.c.channel == channel, deliveries.c.user_id.in_(user_ids),
                            deliveries.c.status == _SENDING, deliveries.c.claimed_at < older_than)
-                    .values(**values, claim_token=None, claimed_at=None, updated_at=now_us())
+                    .values(**values, claim_token=None, claimed_at=None, updated_at=now)
                 )
                 settled += result.rowcount
+            if self.events is not None:
+                await self.events.after_rows(
+                    conn, [RowKey(n, u, c) for (n, c), us in groups.items() for u in us], now)
         return settled
 
 

@@ -1,0 +1,66 @@
+"""``/v1/providers/ses/events``: SES events as SNS delivers them over HTTP(S).
+
+No API key: SNS can't send one. The SNS signature is the credential (``dispatcher.sns_messages``):
+anything unsigned, badly signed, signed with a certificate from elsewhere, or from a topic
+not in ``DISPATCHER_SNS_TOPIC_ARNS`` is a 403 and changes nothing. Answers are 2xx once a
+message is applied (or needs nothing): SNS retries 5xx answers, so a store outage (503)
+delivers the event again later.
+"""
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from dispatcher.api.errors import ApiError
+from dispatcher.errors import UntrustedMessage
+from dispatcher.runtime import Runtime
+from dispatcher.ses_events import parse_ses_event
+from dispatcher.sns_messages import parse_sns_message
+from dispatcher.store.provider_events import SoftBounces
+
+__all__ = ["MAX_SNS_BODY", "router"]
+
+log = logging.getLogger("dispatcher.api.providers")
+
+#: An SNS message is at most 256 KiB; its envelope (JSON-escaped, with the signature and the
+#: URLs) stays well under twice that.
+MAX_SNS_BODY = 512 * 1024
+
+
+def router(runtime: Runtime) -> APIRouter:
+    api = APIRouter(prefix="/v1/providers", tags=["providers"])
+    soft = SoftBounces(runtime.settings.soft_bounce_limit, runtime.settings.soft_bounce_window)
+
+    @api.post("/ses/events", openapi_extra={"requestBody": {"required": True, "content": {
+        "text/plain": {"schema": {"type": "string", "description": "an SNS message (JSON)"}}}}})
+    async def ses_events(request: Request) -> dict[str, Any]:
+        message = parse_sns_message(await _bounded_body(request))
+        verifier = runtime.sns
+        if verifier is None:
+            raise UntrustedMessage("SNS messages can't be verified in this process")
+        await verifier.verify(message)
+        if message.type == "SubscriptionConfirmation":
+            await verifier.confirm(message)
+            log.info("confirmed the SNS subscription to %s", message.topic_arn)
+            return {"subscription": "confirmed", "topic": message.topic_arn}
+        if message.type == "UnsubscribeConfirmation":
+            log.warning("SNS says this endpoint was unsubscribed from %s", message.topic_arn)
+            return {"subscription": "unsubscribed", "topic": message.topic_arn}
+        event = parse_ses_event(message.message, message.message_id)
+        if event is None:
+            return {"applied": False, "reason": "an event type that changes nothing"}
+        applied = await runtime.store.provider_events.apply(event, soft)
+        return {"applied": applied.moved, "event": event.kind,
+                "matched": applied.row is not None, "suppressed": list(applied.suppressed)}
+
+    return api
+
+
+async def _bounded_body(request: Request) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_SNS_BODY:
+            raise ApiError(413, f"an SNS message is at most {MAX_SNS_BODY} bytes")
+    return bytes(body)
