@@ -151,7 +151,7 @@ class WebhookSender:
         self._concurrency = concurrency
         self._timeout = timeout
         self._poll = poll_interval
-        self._lease_us = int((timeout + 30) * 1e6)
+        self._lease_us = int((timeout + 10) * 1e6)  # the request, then its settle
 
     async def run(self, stop: asyncio.Event) -> None:
         """Send due webhooks until ``stop`` is set."""
