@@ -1,10 +1,11 @@
 """``/v1/notifications``: accept, read and inspect notifications (services only)."""
 
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher.api.auth import Authenticator, Caller
 from dispatcher.api.critical import CriticalSenders
@@ -13,7 +14,8 @@ from dispatcher.api.errors import ApiError
 from dispatcher.api.schemas import NotificationIn, bounded_notification
 from dispatcher.api.timefmt import iso
 from dispatcher.errors import InvalidNotificationId
-from dispatcher.model import DeliveryStatus, NotificationHeader, parse_notification_id
+from dispatcher.model import DeliveryStatus, NotificationHeader, Reason, parse_notification_id
+from dispatcher.resend import Resender
 from dispatcher.runtime import Runtime
 
 __all__ = ["router"]
@@ -56,7 +58,26 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
             notification_id, limit=limit, cursor=cursor, status=status.value if status else None)
         return {"items": [_delivery_json(r) for r in rows], "next_cursor": next_cursor}
 
+    @api.post("/{notification_id}/resend")
+    async def resend(notification_id: str, body: ResendIn, caller: Auth) -> dict[str, Any]:
+        header = await _owned(runtime, notification_id, caller.require_service())
+        resent = await Resender(runtime.store, runtime.queue, runtime.settings.chunk_size).resend(
+            header, reasons=[r.value for r in body.reasons] if body.reasons else None,
+            channels=body.channels)
+        return {"id": header.id, "version": header.version, "resent": resent}
+
     return api
+
+
+class ResendIn(BaseModel):
+    """Which rows to send again: ``failed`` ones (the only status that can be resent), of
+    these reasons (default: any) and channels (default: email, SMS and push)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["failed"] = "failed"
+    reasons: list[Reason] | None = Field(default=None, min_length=1, max_length=20)
+    channels: list[Literal["email", "sms", "push"]] | None = Field(default=None, min_length=1, max_length=3)
 
 
 async def _owned(runtime: Runtime, notification_id: str, service: str) -> NotificationHeader:

@@ -17,6 +17,7 @@ from dispatcher.store.feed import FeedStore
 from dispatcher.store.ledger import LedgerStore
 from dispatcher.store.notifications import NotificationStore
 from dispatcher.store.provider_events import ProviderEventStore
+from dispatcher.store.resend import ResendStore
 from dispatcher.store.suppressions import SuppressionStore
 from dispatcher.store.users import UserStore
 from dispatcher.store.webhooks import WebhookStore
@@ -38,6 +39,7 @@ class Store:
     suppressions: SuppressionStore
     webhooks: WebhookStore
     provider_events: ProviderEventStore
+    resend: ResendStore
 
     @classmethod
     def from_database(cls, db: Database) -> Store:
@@ -46,4 +48,4 @@ class Store:
         ledger = LedgerStore(db, notifications, feed)
         ledger.events = webhooks  # webhooks written in the ledger's own transactions
         return cls(db, UserStore(db), notifications, ledger, feed, suppressions, webhooks,
-                   ProviderEventStore(db, suppressions, webhooks))
+                   ProviderEventStore(db, suppressions, webhooks), ResendStore(db))
