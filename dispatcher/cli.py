@@ -3,7 +3,8 @@
 * ``serve``: the API and the workers in one process (the embedded default: SQLite, no
   infrastructure needed);
 * ``gateway``: the API only; ``worker``: the workers only (production: many of each);
-* ``dlq``: list the dead-letter queue of the embedded queue, with reasons.
+* ``dlq``: list the dead-letter queue of the embedded queue, with reasons;
+* ``webhooks failed | replay``: list failed webhooks, or send them again with their ids.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "dlq":
             return _run(_dlq(settings, args.limit))
+        if args.command == "webhooks":
+            return _run(_webhooks(settings, args))
         if args.command == "worker":
             return _run(_worker(settings, args.parent_pid))
         return _run(_COMMANDS[args.command](settings))
@@ -87,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     dlq = commands.add_parser("dlq", help="list dead-lettered messages and why")
     dlq.add_argument("--limit", type=int, default=100)
+    hooks = commands.add_parser("webhooks", help="list failed webhooks, or send them again (same ids)")
+    hooks.add_argument("action", choices=["failed", "replay"])
+    hooks.add_argument("--service", help="only this service's webhooks (replay: default all)")
+    hooks.add_argument("--id", help="replay: only this webhook")
+    hooks.add_argument("--limit", type=int, default=100)
     return parser
 
 
@@ -190,6 +198,27 @@ async def _dlq(settings: Settings, limit: int = 100) -> int:
         for letter in await runtime.queue.dead_letters(limit):
             print(json.dumps({"id": letter.id, "reason": letter.reason,
                               "receive_count": letter.receive_count, "body": letter.body}))
+    finally:
+        await runtime.close()
+    return 0
+
+
+async def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
+    """``failed``: one JSON line per failed webhook of ``--service``; ``replay``: make failed
+    webhooks due again (the worker processes send them, with their ids)."""
+    from dispatcher.runtime import Runtime
+
+    runtime = await Runtime.open(settings)
+    try:
+        if args.action == "replay":
+            print(json.dumps({"replayed": await runtime.store.webhooks.replay(args.service, args.id)}))
+            return 0
+        if not args.service:
+            print("dispatcher: webhooks failed needs --service", file=sys.stderr)
+            return 2
+        for entry in await runtime.store.webhooks.entries(args.service, status="failed", limit=args.limit):
+            print(json.dumps({"id": entry.id, "event": entry.event, "attempts": entry.attempts,
+                              "last_error": entry.last_error, "payload": json.loads(entry.payload)}))
     finally:
         await runtime.close()
     return 0
