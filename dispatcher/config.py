@@ -152,6 +152,8 @@ class Settings(BaseSettings):
     webhook_retry_max_delay: float = Field(default=3600.0, ge=0)
     webhook_retry_period: float = Field(default=86400.0, ge=0)
     webhook_poll_interval: float = Field(default=1.0, gt=0)
+    #: Seconds delivered and failed webhooks stay listed (and replayable) after their last attempt.
+    webhook_retention: float = Field(default=7 * 86400, gt=0)
     #: Networks (CIDR, comma-separated) webhook URLs may reach although they are not public
     #: (private, loopback, link-local, …); empty: only public addresses.
     webhook_allowed_networks: Names = frozenset()

@@ -25,6 +25,7 @@ from dispatcher.queue.enqueue import Enqueuer, HeadersThenMessages, InOneTransac
 from dispatcher.queue.local import LocalQueue
 from dispatcher.render_budget import RenderBudget
 from dispatcher.rendering import TemplateRegistry
+from dispatcher.resend import Resender
 from dispatcher.retry import RetryPolicy
 from dispatcher.sending import Sender
 from dispatcher.sns_messages import SnsVerifier
@@ -50,6 +51,7 @@ class Runtime:
     links: UnsubscribeLinks | None
     owned: list[aiohttp.ClientSession] = field(default_factory=list)
     sns: SnsVerifier | None = None
+    resender: Resender | None = None
 
     @classmethod
     async def open(cls, settings: Settings,
@@ -87,6 +89,8 @@ class Runtime:
         runtime = cls(settings, store, queue, bus, feed, templates, built, fan_out, deliverer, links,
                       owned)
         runtime.sns = _sns_verifier(settings, owned)
+        runtime.resender = Resender(store, queue, settings.chunk_size, enqueue_in=(
+            queue.send_batch_in if isinstance(queue, LocalQueue) else None))
         return runtime
 
     def webhook_sender(self) -> WebhookSender:
@@ -96,7 +100,7 @@ class Runtime:
                              Backoff(s.webhook_retry_base_delay, s.webhook_retry_max_delay,
                                      s.webhook_retry_period),
                              concurrency=s.webhook_concurrency, timeout=s.webhook_timeout,
-                             poll_interval=s.webhook_poll_interval)
+                             poll_interval=s.webhook_poll_interval, retention=s.webhook_retention)
 
     def worker(self) -> Worker:
         return Worker(self.queue, self.deliverer, concurrency=self.settings.worker_concurrency,

@@ -22,7 +22,8 @@ so a process killed mid-request leaves it to be sent again, same id, by whoever 
 A non-2xx answer or no answer is retried after ``base * 2**(attempt-1)`` seconds (at most
 ``max_delay``) while the backoff schedule stays within ``period``; then the webhook is kept
 as ``failed`` (``GET /v1/webhooks/deliveries?status=failed``), and can be replayed
-(``POST /v1/webhooks/deliveries/replay``, ``dispatcher webhooks replay``).
+(``POST /v1/webhooks/deliveries/replay``, ``dispatcher webhooks replay``). Delivered and
+failed webhooks are forgotten ``DISPATCHER_WEBHOOK_RETENTION`` seconds after their last attempt.
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ class Backoff:
 
 class WebhookSender:
     def __init__(self, store: WebhookStore, guard: AddressGuard, backoff: Backoff, *,
-                 concurrency: int, timeout: float, poll_interval: float) -> None:
+                 concurrency: int, timeout: float, poll_interval: float,
+                 retention: float = 7 * 86400) -> None:
         self._store = store
         self._guard = guard
         self._backoff = backoff
@@ -152,6 +154,8 @@ class WebhookSender:
         self._timeout = timeout
         self._poll = poll_interval
         self._lease_us = int((timeout + 10) * 1e6)  # the request, then its settle
+        self._retention_us = int(retention * 1e6)
+        self._next_prune = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Send due webhooks until ``stop`` is set."""
@@ -159,6 +163,7 @@ class WebhookSender:
         async with aiohttp.ClientSession(connector=connector) as http:
             tasks: set[asyncio.Task[None]] = set()
             while not stop.is_set():
+                await self._prune()
                 free = self._concurrency - len(tasks)
                 taken = []
                 if free > 0:
@@ -175,6 +180,16 @@ class WebhookSender:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _prune(self) -> None:
+        """Once a minute: forget settled webhooks older than the retention."""
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + 60
+        try:
+            await self._store.prune(now_us() - self._retention_us)
+        except Exception:
+            log.exception("could not prune the webhook outbox")
 
     async def _deliver(self, http: aiohttp.ClientSession, entry: OutboxEntry,
                        endpoint: WebhookEndpoint | None) -> None:

@@ -61,7 +61,8 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     @api.post("/{notification_id}/resend")
     async def resend(notification_id: str, body: ResendIn, caller: Auth) -> dict[str, Any]:
         header = await _owned(runtime, notification_id, caller.require_service())
-        resent = await Resender(runtime.store, runtime.queue, runtime.settings.chunk_size).resend(
+        resender = runtime.resender or Resender(runtime.store, runtime.queue, runtime.settings.chunk_size)
+        resent = await resender.resend(
             header, reasons=[r.value for r in body.reasons] if body.reasons else None,
             channels=body.channels)
         return {"id": header.id, "version": header.version, "resent": resent}

@@ -84,11 +84,10 @@ class NotificationStore:
             bucket["pending"] = max(header.recipients - final, 0)
         return counts
 
-    async def lock_in(self, conn: AsyncConnection, notification_id: str) -> NotificationHeader | None:
-        """The header, locked until the caller's transaction ends (PostgreSQL; SQLite's writer
-        holds the whole file)."""
+    async def get_in(self, conn: AsyncConnection, notification_id: str) -> NotificationHeader | None:
+        """:meth:`get` inside the caller's transaction."""
         row = (await conn.execute(
-            sa.select(notifications).where(notifications.c.id == notification_id).with_for_update()
+            sa.select(notifications).where(notifications.c.id == notification_id)
         )).one_or_none()
         return None if row is None else _header(row, {})
 

@@ -3,8 +3,9 @@ version (the worker then claims them as a new attempt: ``attempts`` goes on coun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -27,8 +28,11 @@ class ResendStore:
         self._db = db
 
     async def reopen(self, notification_id: str, version: int, *, reasons: Sequence[str] | None,
-                     channels: Sequence[str]) -> list[Reopened]:
-        """Make the notification's ``failed`` rows matching the filter ``pending`` at ``version``."""
+                     channels: Sequence[str],
+                     enqueue_in: Callable[[Any, list[Reopened]], Awaitable[None]] | None = None,
+                     ) -> list[Reopened]:
+        """Make the notification's ``failed`` rows matching the filter ``pending`` at ``version``;
+        ``enqueue_in(conn, rows)``, when given, enqueues their messages in the same transaction."""
         query = (sa.select(deliveries.c.user_id, deliveries.c.channel, deliveries.c.reason, deliveries.c.detail)
                  .where(deliveries.c.notification_id == notification_id,
                         deliveries.c.status == DeliveryStatus.FAILED.value,
@@ -48,7 +52,11 @@ class ResendStore:
                     .values(status=DeliveryStatus.PENDING.value, version=version, reason=None,
                             detail="resend requested", claim_token=None, claimed_at=None, updated_at=now),
                     [{"b_user": r.user_id, "b_channel": r.channel} for r in rows])
-        return [Reopened(RowKey(notification_id, r.user_id, r.channel), r.reason, r.detail) for r in rows]
+            reopened = [Reopened(RowKey(notification_id, r.user_id, r.channel), r.reason, r.detail)
+                        for r in rows]
+            if reopened and enqueue_in is not None:
+                await enqueue_in(conn, reopened)
+        return reopened
 
     async def restore(self, rows: Sequence[Reopened]) -> None:
         """Put rows :meth:`reopen` made ``pending`` back as they were (the enqueue failed)."""

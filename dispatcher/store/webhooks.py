@@ -12,13 +12,17 @@ read of ``webhook_endpoints`` per transaction for the feature.
 so a bulk with 1,000 failures makes tens of webhooks, not 1,000.
 
 ``notification.completed`` is noticed by whichever transaction makes the last row final.
-On PostgreSQL the check locks the notification's header row first, so two transactions
-finishing the last rows at once take turns and the second sees the first's rows; a
-notice twice is one row anyway (``dedupe_key``).
+On PostgreSQL the check takes a transaction-scoped advisory lock per notification after the
+transaction's own updates, so two transactions finishing the last rows at once take turns and
+the second (reading committed data afresh) sees the first's rows. Not the header's row lock:
+``open`` locks headers before rows, and a check locking the header after its rows could
+deadlock with it; the advisory lock is taken by checks only, which wait for nothing else
+while holding it. A notice twice is one row anyway (``dedupe_key``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections import defaultdict
@@ -134,7 +138,9 @@ class WebhookStore:
                               {"notification_id": nid, "deliveries": items})
 
     async def _completed(self, conn: AsyncConnection, nid: str) -> None:
-        header = await self._notifications.lock_in(conn, nid)
+        if self._db.dialect == "postgresql":
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(nid)})
+        header = await self._notifications.get_in(conn, nid)
         if header is None:
             return
         # Cheap first: any row still open (the usual answer mid-bulk) ends the check.
@@ -200,6 +206,14 @@ class WebhookStore:
                                        .limit(limit))).all()
         return [_entry(r) for r in rows]
 
+    async def prune(self, older_than: int) -> int:
+        """Forget delivered and failed webhooks last touched before ``older_than`` (µs)."""
+        async with self._db.write() as conn:
+            result = await conn.execute(webhook_outbox.delete().where(
+                webhook_outbox.c.status.in_(["delivered", "failed"]),
+                webhook_outbox.c.updated_at < older_than))
+        return int(result.rowcount)
+
     async def replay(self, service: str | None, entry_id: str | None = None) -> int:
         """Send failed webhooks again (one by id, or all of a service's, or all): same ids,
         attempts counted from 0, due now."""
@@ -213,6 +227,12 @@ class WebhookStore:
             result = await conn.execute(query.values(status="pending", attempts=0, next_attempt_at=now,
                                                      updated_at=now))
         return int(result.rowcount)
+
+
+def _lock_key(notification_id: str) -> int:
+    """A signed 64-bit advisory-lock key for the notification's completion check."""
+    return int.from_bytes(hashlib.sha256(b"completed:" + notification_id.encode()).digest()[:8], "big",
+                          signed=True)
 
 
 def _service(notification_id: str) -> str:

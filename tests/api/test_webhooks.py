@@ -7,6 +7,10 @@ package; the sender loop runs as it does in a worker process."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -156,6 +160,30 @@ async def test_a_failing_receiver_gets_retries_with_the_same_id_then_it_is_kept_
     await until(lambda: kept["id"] in receiver.accepted, "the replayed webhook")
     r = await client.get("/v1/webhooks/deliveries", params={"status": "delivered"})
     assert [i["id"] for i in r.json()["items"]] == [kept["id"]]
+
+
+async def test_failed_webhooks_are_listed_and_replayed_from_the_cli(
+        client: httpx.AsyncClient, runtime: Runtime, receiver: Receiver, settings: Settings) -> None:
+    await register(client, receiver, events=["notification.completed"])
+    receiver.failing = True
+    await notify(client, runtime, await users(client, good=1, bad=0))
+    [kept] = await until(lambda: _failed_ids(client), "the webhook to be kept as failed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    env |= {"DISPATCHER_DATABASE_URL": settings.database_url, "DISPATCHER_API_KEYS": API_KEYS}
+    cli = [sys.executable, "-m", "dispatcher", "--log-level", "error", "webhooks"]
+    listed = subprocess.run([*cli, "failed", "--service", "app"], env=env, capture_output=True, text=True,
+                            timeout=120, check=True)
+    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [kept]
+    receiver.failing = False
+    replayed = subprocess.run([*cli, "replay", "--id", kept], env=env, capture_output=True, text=True,
+                              timeout=120, check=True)
+    assert json.loads(replayed.stdout) == {"replayed": 1}
+    await until(lambda: kept in receiver.accepted, "the webhook replayed from the CLI")
+
+
+async def _failed_ids(client: httpx.AsyncClient) -> list[str]:
+    r = await client.get("/v1/webhooks/deliveries", params={"status": "failed"})
+    return [i["id"] for i in r.json()["items"]]
 
 
 async def test_a_bounce_is_told_to_the_service(client: httpx.AsyncClient, runtime: Runtime,
