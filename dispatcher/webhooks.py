@@ -55,6 +55,7 @@ __all__ = ["EVENTS", "AddressGuard", "Backoff", "WebhookSender", "new_secret", "
 log = logging.getLogger("dispatcher.webhooks")
 
 _MAX_URL = 2048
+_DNS_TIMEOUT = 5.0
 _ANSWER_BYTES = 4096  # of a receiver's answer kept (in last_error)
 
 
@@ -83,7 +84,10 @@ class AddressGuard:
         """Raise :class:`InvalidRequest` (field ``url``) for a URL webhooks may not use."""
         host = _host(url)
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            infos = await asyncio.wait_for(
+                asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM), _DNS_TIMEOUT)
+        except TimeoutError:
+            raise InvalidRequest("url", f"host {host!r} did not resolve within {_DNS_TIMEOUT:g} s") from None
         except OSError as exc:
             raise InvalidRequest("url", f"host {host!r} does not resolve ({exc.strerror or exc})") from None
         refused = sorted({str(i[4][0]) for i in infos if not self.allows(str(i[4][0]))})

@@ -4,20 +4,23 @@ No API key: SNS can't send one. The SNS signature is the credential (``dispatche
 anything unsigned, badly signed, signed with a certificate from elsewhere, or from a topic
 not in ``DISPATCHER_SNS_TOPIC_ARNS`` is a 403 and changes nothing. Answers are 2xx once a
 message is applied (or needs nothing): SNS retries 5xx answers, so a store outage (503)
-delivers the event again later.
+delivers the event again later. Concurrent events are applied in one transaction
+(``dispatcher.group_commit``): a burst costs a few commits, not one per event.
 """
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from dispatcher.api.errors import ApiError
 from dispatcher.errors import UntrustedMessage
+from dispatcher.group_commit import GroupCommit
 from dispatcher.runtime import Runtime
-from dispatcher.ses_events import parse_ses_event
+from dispatcher.ses_events import ProviderEvent, parse_ses_event
 from dispatcher.sns_messages import parse_sns_message
-from dispatcher.store.provider_events import SoftBounces
+from dispatcher.store.provider_events import Applied, SoftBounces
 
 __all__ = ["MAX_SNS_BODY", "router"]
 
@@ -31,6 +34,13 @@ MAX_SNS_BODY = 512 * 1024
 def router(runtime: Runtime) -> APIRouter:
     api = APIRouter(prefix="/v1/providers", tags=["providers"])
     soft = SoftBounces(runtime.settings.soft_bounce_limit, runtime.settings.soft_bounce_window)
+
+    async def flush(batch: list[_Pending]) -> None:
+        applied = await runtime.store.provider_events.apply_many([p.event for p in batch], soft)
+        for pending, result in zip(batch, applied, strict=True):
+            pending.applied = result
+
+    commit: GroupCommit[_Pending] = GroupCommit(flush)
 
     @api.post("/ses/events", openapi_extra={"requestBody": {"required": True, "content": {
         "text/plain": {"schema": {"type": "string", "description": "an SNS message (JSON)"}}}}})
@@ -50,11 +60,22 @@ def router(runtime: Runtime) -> APIRouter:
         event = parse_ses_event(message.message, message.message_id)
         if event is None:
             return {"applied": False, "reason": "an event type that changes nothing"}
-        applied = await runtime.store.provider_events.apply(event, soft)
+        pending = _Pending(event)
+        await commit.submit([pending])
+        applied = pending.applied
+        assert applied is not None
         return {"applied": applied.moved, "event": event.kind,
                 "matched": applied.row is not None, "suppressed": list(applied.suppressed)}
 
     return api
+
+
+@dataclass
+class _Pending:
+    """One event waiting for its group commit, and what applying it did."""
+
+    event: ProviderEvent
+    applied: Applied | None = None
 
 
 async def _bounded_body(request: Request) -> bytes:

@@ -5,11 +5,13 @@ The row whose ``provider_message_id`` the event names moves up (never down) the 
 counted; and the webhook it causes (``delivery.bounced``, ``delivery.complained``,
 ``delivery.failed``) is written to the outbox, all together. SNS delivers at least once and
 in any order: a duplicate or a lower-ranked late event finds the row already there and changes
-nothing (a soft bounce counts once per event id).
+nothing (a soft bounce counts once per event id). Concurrent events are group-committed by the
+caller (:meth:`ProviderEventStore.apply_many`): a burst of thousands is a few hundred commits.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -50,20 +52,28 @@ class ProviderEventStore:
         self._webhooks = webhooks
 
     async def apply(self, event: ProviderEvent, soft: SoftBounces) -> Applied:
+        [applied] = await self.apply_many([event], soft)
+        return applied
+
+    async def apply_many(self, events: Sequence[ProviderEvent], soft: SoftBounces) -> list[Applied]:
+        """Apply ``events`` in order, in one transaction (one commit for a burst of them)."""
         async with self._db.write() as conn:
-            row = (await conn.execute(
-                sa.select(deliveries.c.notification_id, deliveries.c.user_id, deliveries.c.channel,
-                          deliveries.c.version, deliveries.c.status, deliveries.c.attempts)
-                .where(deliveries.c.channel == "email",
-                       deliveries.c.provider_message_id == event.provider_message_id)
-                .with_for_update())).first()
-            key = None if row is None else RowKey(row.notification_id, row.user_id, row.channel)
-            moved = False
-            if row is not None and key is not None:
-                moved = await self._move(conn, key, row.status, event)
-                if moved and event.status in _WEBHOOK:
-                    await self._webhook(conn, key, row.version, row.attempts, event)
-            suppressed = await self._suppress(conn, event, soft)
+            return [await self._apply_in(conn, event, soft) for event in events]
+
+    async def _apply_in(self, conn: AsyncConnection, event: ProviderEvent, soft: SoftBounces) -> Applied:
+        row = (await conn.execute(
+            sa.select(deliveries.c.notification_id, deliveries.c.user_id, deliveries.c.channel,
+                      deliveries.c.version, deliveries.c.status, deliveries.c.attempts)
+            .where(deliveries.c.channel == "email",
+                   deliveries.c.provider_message_id == event.provider_message_id)
+            .with_for_update())).first()
+        key = None if row is None else RowKey(row.notification_id, row.user_id, row.channel)
+        moved = False
+        if row is not None and key is not None:
+            moved = await self._move(conn, key, row.status, event)
+            if moved and event.status in _WEBHOOK:
+                await self._webhook(conn, key, row.version, row.attempts, event)
+        suppressed = await self._suppress(conn, event, soft)
         return Applied(key, moved, tuple(suppressed))
 
     async def _move(self, conn: AsyncConnection, key: RowKey, status: str, event: ProviderEvent) -> bool:

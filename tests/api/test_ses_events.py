@@ -222,3 +222,28 @@ async def test_unregistered_devices_are_listed_with_the_users_suppressions(
         ("tok-1", "push", "unregistered_device")]
     await client.post("/v1/users/u1/devices", json={"token": "tok-1", "platform": "android"})
     assert (await client.get("/v1/users/u1")).json()["suppressions"] == []
+
+
+async def test_a_concurrent_burst_with_duplicates_is_applied_exactly(
+        client: httpx.AsyncClient, runtime: Runtime, sns: FakeSns) -> None:
+    import asyncio
+
+    for i in range(100):
+        await client.put(f"/v1/users/b{i}", json={"email": f"b{i}@example.com"})
+    nid = new_id()
+    r = await client.post("/v1/notifications", json={"id": nid, "recipients": [f"b{i}" for i in range(100)],
+                                                      "template": "app-install", "data": {"app_name": "Foo"},
+                                                      "channels": ["email"]})
+    assert r.status_code == 202
+    await runtime.worker().drain()
+    items = (await client.get(f"/v1/notifications/{path_id(nid)}/deliveries", params={"limit": 1000})).json()["items"]
+    bodies = []
+    for i, row in enumerate(items):
+        kind = "Bounce" if i % 10 == 0 else "Delivery"
+        body = sns.notification(ses_event(kind, row["provider_message_id"], f"{row['user_id']}@example.com"))
+        bodies += [body, body]  # every event delivered twice by SNS
+    answers = await asyncio.gather(*(post(client, b) for b in bodies))
+    assert {a.status_code for a in answers} == {200}
+    assert sum(a.json()["applied"] for a in answers) == 100  # each event moved its row once
+    counts = (await client.get(f"/v1/notifications/{path_id(nid)}")).json()["counts"]["email"]
+    assert (counts["sent"], counts["delivered"], counts["bounced"]) == (100, 90, 10)
