@@ -45,6 +45,36 @@ class Applied:
     suppressed: tuple[str, ...]  # addresses suppressed by this event
 
 
+@dataclass
+class _Row:
+    """A ledger row as a batch of events sees it (``changed``: to be written)."""
+
+    key: RowKey
+    version: int
+    status: str
+    reason: str | None
+    detail: str | None
+    attempts: int
+    changed: bool = False
+
+
+def _move(row: _Row, event: ProviderEvent) -> bool:
+    """Apply ``event`` to ``row`` in memory; whether its status moved. Only up the ranks of
+    ``AFTER_SENT``; a delay only explains a row still ``sent``."""
+    current = DeliveryStatus(row.status)
+    if current not in AFTER_SENT:
+        return False  # not sent (yet, or at all): a provider event can't concern it
+    if event.status is None:
+        if current == DeliveryStatus.SENT:
+            row.detail, row.changed = event.detail[:1000], True
+        return False
+    if AFTER_SENT[event.status] <= AFTER_SENT[current]:
+        return False
+    row.status, row.detail, row.changed = event.status.value, event.detail[:1000], True
+    row.reason = None if event.reason is None else event.reason.value
+    return True
+
+
 class ProviderEventStore:
     def __init__(self, db: Database, suppressions: SuppressionStore, webhooks: WebhookStore) -> None:
         self._db = db
@@ -56,51 +86,65 @@ class ProviderEventStore:
         return applied
 
     async def apply_many(self, events: Sequence[ProviderEvent], soft: SoftBounces) -> list[Applied]:
-        """Apply ``events`` in order, in one transaction (one commit for a burst of them)."""
+        """Apply ``events`` in order, in one transaction and a fixed number of statements (one
+        read of their rows, one batched update), plus the suppressions and webhooks they cause."""
         async with self._db.write() as conn:
-            return [await self._apply_in(conn, event, soft) for event in events]
+            rows = await self._rows_in(conn, {e.provider_message_id for e in events})
+            results: list[Applied] = []
+            told: list[tuple[_Row, ProviderEvent]] = []
+            for event in events:
+                row = rows.get(event.provider_message_id)
+                moved = row is not None and _move(row, event)
+                if row is not None and moved and event.status in _WEBHOOK:
+                    told.append((row, event))
+                suppressed = await self._suppress(conn, event, soft)
+                results.append(Applied(None if row is None else row.key, moved, tuple(suppressed)))
+            await self._update(conn, [r for r in rows.values() if r.changed])
+            await self._webhooks_in(conn, told)
+        return results
 
-    async def _apply_in(self, conn: AsyncConnection, event: ProviderEvent, soft: SoftBounces) -> Applied:
-        row = (await conn.execute(
+    async def _rows_in(self, conn: AsyncConnection, message_ids: set[str]) -> dict[str, _Row]:
+        result = await conn.execute(
             sa.select(deliveries.c.notification_id, deliveries.c.user_id, deliveries.c.channel,
-                      deliveries.c.version, deliveries.c.status, deliveries.c.attempts)
-            .where(deliveries.c.channel == "email",
-                   deliveries.c.provider_message_id == event.provider_message_id)
-            .with_for_update())).first()
-        key = None if row is None else RowKey(row.notification_id, row.user_id, row.channel)
-        moved = False
-        if row is not None and key is not None:
-            moved = await self._move(conn, key, row.status, event)
-            if moved and event.status in _WEBHOOK:
-                await self._webhook(conn, key, row.version, row.attempts, event)
-        suppressed = await self._suppress(conn, event, soft)
-        return Applied(key, moved, tuple(suppressed))
+                      deliveries.c.version, deliveries.c.status, deliveries.c.reason, deliveries.c.detail,
+                      deliveries.c.attempts, deliveries.c.provider_message_id)
+            # 'email' as a literal, not a parameter: only then may the planner use the partial
+            # index (its WHERE must be implied by the query's; a bound value proves nothing).
+            .where(deliveries.c.channel == sa.literal_column("'email'"),
+                   deliveries.c.provider_message_id.in_(sorted(message_ids)))
+            .with_for_update())
+        return {r.provider_message_id: _Row(RowKey(r.notification_id, r.user_id, r.channel), r.version,
+                                            r.status, r.reason, r.detail, r.attempts) for r in result}
 
-    async def _move(self, conn: AsyncConnection, key: RowKey, status: str, event: ProviderEvent) -> bool:
-        current = DeliveryStatus(status)
-        if current not in AFTER_SENT:
-            return False  # not sent (yet, or at all): a provider event can't concern it
-        values: dict[str, object] = {"detail": event.detail[:1000], "updated_at": now_us()}
-        if event.status is None:  # a delay: only the detail, and only while nothing else is known
-            if current != DeliveryStatus.SENT:
-                return False
-        elif AFTER_SENT[event.status] > AFTER_SENT[current]:
-            values |= {"status": event.status.value,
-                       "reason": None if event.reason is None else event.reason.value}
-        else:
-            return False
-        await conn.execute(deliveries.update().where(
-            deliveries.c.notification_id == key.notification_id, deliveries.c.user_id == key.user_id,
-            deliveries.c.channel == key.channel, deliveries.c.status == status).values(**values))
-        return event.status is not None
+    async def _update(self, conn: AsyncConnection, rows: list[_Row]) -> None:
+        if not rows:
+            return
+        now = now_us()
+        await conn.execute(
+            deliveries.update().where(
+                deliveries.c.notification_id == sa.bindparam("b_nid"),
+                deliveries.c.user_id == sa.bindparam("b_user"), deliveries.c.channel == sa.bindparam("b_channel"))
+            .values(status=sa.bindparam("b_status"), reason=sa.bindparam("b_reason"),
+                    detail=sa.bindparam("b_detail"), updated_at=now),
+            [{"b_nid": r.key.notification_id, "b_user": r.key.user_id, "b_channel": r.key.channel,
+              "b_status": r.status, "b_reason": r.reason, "b_detail": r.detail} for r in rows])
+
+    async def _webhooks_in(self, conn: AsyncConnection, told: list[tuple[_Row, ProviderEvent]]) -> None:
+        if not told:
+            return
+        wanted = await self._webhooks.subscribed_in(
+            conn, sorted({r.key.notification_id.partition("#")[0] for r, _ in told}))
+        for row, event in told:
+            assert event.status is not None
+            service = row.key.notification_id.partition("#")[0]
+            if _WEBHOOK[event.status] in wanted.get(service, set()):
+                await self._webhook(conn, row.key, row.version, row.attempts, event)
 
     async def _webhook(self, conn: AsyncConnection, key: RowKey, version: int, attempts: int,
                        event: ProviderEvent) -> None:
         assert event.status is not None
         name = _WEBHOOK[event.status]
         service = key.notification_id.partition("#")[0]
-        if name not in (await self._webhooks.subscribed_in(conn, [service])).get(service, set()):
-            return
         delivery = {"user_id": key.user_id, "channel": key.channel, "version": version,
                     "status": event.status.value,
                     "reason": None if event.reason is None else event.reason.value,
