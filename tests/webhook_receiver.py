@@ -20,16 +20,23 @@ class Receiver:
         self.secret: str | None = None
         self.fail_first = fail_first     # answer 500 to this many attempts (then 204)
         self.failing = False             # answer 500 to every attempt while set
+        self.holding = False             # answer nothing until ``release`` is set, while set
+        self.release = threading.Event()
         self.attempts: Counter[str] = Counter()
         self.accepted: dict[str, dict[str, Any]] = {}   # webhook-id -> payload, answered 2xx
         self.accepted_twice: list[str] = []
         self.bad_signatures = 0
+        self.held = 0
         self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                if receiver.holding:
+                    with receiver.lock:
+                        receiver.held += 1
+                    receiver.release.wait(120)
                 self.send_response(receiver.answer(body, dict(self.headers.items())))
                 self.send_header("content-length", "0")
                 self.end_headers()

@@ -51,3 +51,45 @@ def test_a_webhook_survives_kill_9_and_keeps_its_id(dispatcher_env, start_server
         assert receiver.bad_signatures == 0
     finally:
         receiver.close()
+
+
+def test_a_receiver_that_never_answers_does_not_hold_up_delivery(dispatcher_env, start_server, wait_until):
+    """Every webhook request hangs; notifications after it are still delivered to the end."""
+    receiver = Receiver()
+    receiver.holding = True
+    env = dispatcher_env | {"DISPATCHER_WORKER_PROCESSES": "1", "DISPATCHER_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+                            "DISPATCHER_WEBHOOK_POLL_INTERVAL": "0.1", "DISPATCHER_WEBHOOK_CONCURRENCY": "2",
+                            "DISPATCHER_WEBHOOK_TIMEOUT": "60"}
+    try:
+        server = start_server(env)
+        with server.client() as client:
+            r = client.put("/v1/webhooks", json={"url": receiver.url})
+            receiver.secret = r.json()["secret"]
+            for i in range(50):
+                client.put(f"/v1/users/u{i}", json={"email": f"u{i}@example.com"})
+            ids = []
+            for n in range(6):  # 6 completed webhooks for 2 request slots, all hanging
+                nid = f"app#{uuid.uuid4()}"
+                ids.append(nid)
+                assert client.post("/v1/notifications", json={
+                    "id": nid, "recipients": [f"u{i}" for i in range(50)], "template": "app-install",
+                    "data": {"app_name": "Foo"}}).status_code == 202
+
+            def all_final() -> bool:
+                for nid in ids:
+                    counts = client.get(f"/v1/notifications/{nid.replace('#', '%23')}").json()["counts"]
+                    if any(c["pending"] for c in counts.values()):
+                        return False
+                return True
+
+            wait_until(lambda: receiver.held >= 2, timeout=60, what="the receiver to hold two webhook requests")
+            wait_until(all_final, timeout=120, what="every notification to be delivered while webhooks hang")
+            pending = client.get("/v1/webhooks/deliveries", params={"status": "pending"}).json()["items"]
+            assert len(pending) == 6 and receiver.accepted == {}  # none told yet: all waiting
+        receiver.holding = False
+        receiver.release.set()
+        wait_until(lambda: len(receiver.of_type("notification.completed")) == 6, timeout=120,
+                   what="the six webhooks once the receiver answers")
+    finally:
+        receiver.release.set()
+        receiver.close()
