@@ -151,7 +151,8 @@ class ProviderEventStore:
                     "detail": event.detail[:1000], "attempts": attempts,
                     "provider_message_id": event.provider_message_id}
         await self._webhooks.add_in(conn, service, name, f"event:{event.event_id}",
-                                    {"notification_id": key.notification_id, "deliveries": [delivery]})
+                                    {"notification_id": key.notification_id, "version": version,
+                                     "deliveries": [delivery]})
 
     async def _suppress(self, conn: AsyncConnection, event: ProviderEvent, soft: SoftBounces) -> list[str]:
         if event.suppress == Suppress.NOW:

@@ -127,15 +127,18 @@ class WebhookStore:
                    deliveries.c.status == DeliveryStatus.FAILED.value,
                    deliveries.c.updated_at == changed_at))).all()
             if RowKey(nid, r.user_id, r.channel) in wanted]
-        rows.sort(key=lambda r: (r.user_id, r.channel))
-        for start in range(0, len(rows), FAILED_BATCH):
-            batch = rows[start:start + FAILED_BATCH]
-            items = [{"user_id": r.user_id, "channel": r.channel, "version": r.version,
-                      "status": "failed", "reason": r.reason, "detail": r.detail,
-                      "attempts": r.attempts} for r in batch]
-            key = "failed:" + nid + ":" + uuid.uuid4().hex  # one per transaction and batch
-            await self.add_in(conn, _service(nid), "delivery.failed", key,
-                              {"notification_id": nid, "deliveries": items})
+        rows.sort(key=lambda r: (r.version, r.user_id, r.channel))
+        by_version: dict[int, list[Any]] = defaultdict(list)
+        for r in rows:
+            by_version[r.version].append(r)
+        for version, of_version in sorted(by_version.items()):
+            for start in range(0, len(of_version), FAILED_BATCH):
+                items = [{"user_id": r.user_id, "channel": r.channel, "version": r.version,
+                          "status": "failed", "reason": r.reason, "detail": r.detail,
+                          "attempts": r.attempts} for r in of_version[start:start + FAILED_BATCH]]
+                key = "failed:" + nid + ":" + uuid.uuid4().hex  # one per transaction and batch
+                await self.add_in(conn, _service(nid), "delivery.failed", key,
+                                  {"notification_id": nid, "version": version, "deliveries": items})
 
     async def _completed(self, conn: AsyncConnection, nid: str) -> None:
         if self._db.dialect == "postgresql":

@@ -135,7 +135,7 @@ async def test_failures_are_batched_and_completion_is_told_once_with_counts(
     told = [(d["user_id"], d["reason"]) for p in failed for d in p["data"]["deliveries"]]
     assert sorted(told) == [(u, "invalid_contact") for u in recipients[:260]]
     assert len(failed) < 260 / 10, f"{len(failed)} webhooks for 260 failures: not batched"
-    assert all(len(p["data"]["deliveries"]) <= 100 for p in failed)
+    assert all(len(p["data"]["deliveries"]) <= 100 and p["data"]["version"] == 1 for p in failed)
     assert receiver.bad_signatures == 0 and receiver.accepted_twice == []
 
 
@@ -198,7 +198,7 @@ async def test_a_bounce_is_told_to_the_service(client: httpx.AsyncClient, runtim
         r = await client.post("/v1/providers/ses/events", content=body)
         assert r.status_code == 200
     [bounced] = await until(lambda: receiver.of_type("delivery.bounced"), "delivery.bounced")
-    assert bounced["data"]["notification_id"] == nid
+    assert (bounced["data"]["notification_id"], bounced["data"]["version"]) == (nid, 1)
     told = bounced["data"]["deliveries"][0]
     assert (told["user_id"], told["status"], told["reason"]) == ("u0000", "bounced", "hard_bounce")
     assert max(receiver.attempts.values()) == 2  # the 500 was retried, same id
