@@ -21,6 +21,8 @@ Workloads:
           gateway with no worker.
   smoke   the embedded default in one process with the log providers: one bulk of N.
   memory  peak RSS of each dispatcher process on one big bulk (1,000,000 in-app by default).
+  ratelimit  DISPATCHER_EMAIL_RATE_LIMIT's accuracy: target vs the rate the SES stand-in saw
+          on an email-only bulk with 2 worker processes, and the same bulk unlimited.
 """
 
 from __future__ import annotations
@@ -71,7 +73,16 @@ def cli(argv: list[str] | None = None) -> int:
     m = sub.add_parser("memory", help="peak RSS of each dispatcher process on one big bulk")
     m.add_argument("--recipients", type=int, default=1_000_000)
     m.add_argument("--channels", default="in_app", help="comma-separated (default in_app)")
+    q = sub.add_parser("ratelimit", help="the email rate limit: target vs measured at the stand-in")
+    q.add_argument("--rates", type=_floats, default=[50.0, 500.0], help="targets, messages/s (50,500)")
+    q.add_argument("--messages", type=int, default=10_000, help="emails per bulk (10,000)")
+    q.add_argument("--stack", default="embedded", choices=["embedded", "production"])
+    q.add_argument("--workers", type=int, default=2, help="worker processes (2)")
+    q.add_argument("--no-unlimited", action="store_true", help="skip the unlimited run")
+    q.add_argument("--out", type=Path, help="write the JSON report here")
     args = parser.parse_args(argv)
+    if args.workload == "ratelimit":
+        return _ratelimit(args)
     if args.workload == "smoke":
         return _smoke(args)
     if args.workload == "memory":
@@ -135,6 +146,19 @@ def _small(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(small_tables(report))
+    return 0
+
+
+def _ratelimit(args: argparse.Namespace) -> int:
+    from bench.ratelimit import measure
+
+    report = measure(args.rates, args.messages, kind=args.stack, workers=args.workers,
+                     unlimited=not args.no_unlimited)
+    report["command"] = "python -m bench " + " ".join(sys.argv[1:])
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
     return 0
 
 

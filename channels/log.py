@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import ClassVar
@@ -37,6 +38,7 @@ class LogProvider:
             "to": message.to, "notification_id": message.notification_id,
             "user_id": message.user_id, "category": message.category,
             "parts": dict(message.parts), "data": dict(message.data),
+            "at": round(time.time(), 6),  # when it was handed over (seconds since the epoch)
         }, ensure_ascii=False)
         if self._fd is not None:
             os.write(self._fd, (line + "\n").encode())

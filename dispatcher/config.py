@@ -10,13 +10,16 @@ import ipaddress
 import os
 import re
 import secrets
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dispatcher.errors import ConfigurationError
+from dispatcher.frequency import FrequencyCaps
+from dispatcher.quiet_hours import QuietHours
 from dispatcher.templates_path import shipped_templates
 
 __all__ = ["ConfigurationError", "Settings", "SHIPPED_TEMPLATES"]
@@ -78,6 +81,15 @@ class Settings(BaseSettings):
     #: Longest user-token lifetime accepted, in seconds: a token whose ``exp`` is further ahead
     #: (or not a number) is a 401.
     user_token_max_lifetime: float = Field(default=30 * 86400, gt=0)
+    #: Longest life of a preference-centre link (``POST /v1/users/{id}/preference-link``), in
+    #: seconds; a request may ask for less.
+    preference_link_lifetime: float = Field(default=7 * 86400, gt=0, le=90 * 86400)
+    #: Life of a live-feed stream token (``?stream_token=`` for browsers' EventSource), in
+    #: seconds: it only has to last until the stream opens.
+    stream_token_lifetime: float = Field(default=60, gt=0, le=3600)
+    #: Web origins allowed to call the API from a browser (the embeddable inbox on an app's own
+    #: site), comma-separated, e.g. ``https://app.example.com``. Empty: same origin only.
+    cors_origins: Names = frozenset()
     templates_dir: Path = SHIPPED_TEMPLATES
     #: Longest time one template part may take to render (the part fails with template_error).
     render_timeout: float = Field(default=1.0, gt=0, le=60)
@@ -113,6 +125,20 @@ class Settings(BaseSettings):
     worker_batch_linger: float = Field(default=0.005, ge=0, le=1)
     send_concurrency: int = Field(default=512, ge=1)
     queue_visibility_timeout: float = Field(default=30.0, gt=0)
+    #: Provider rate limits, messages per second across every worker process (unset: none).
+    email_rate_limit: float | None = Field(default=None, gt=0, le=100_000)
+    sms_rate_limit: float | None = Field(default=None, gt=0, le=100_000)
+    push_rate_limit: float | None = Field(default=None, gt=0, le=100_000)
+    #: Per-user frequency caps, ``marketing:push=3/1d,marketing:email=1/7d`` (dispatcher.frequency).
+    frequency_caps: str | None = None
+    #: Quiet hours for users who set none, ``22:00-07:00`` (in each user's timezone); unset: none.
+    quiet_hours: str | None = None
+    #: The time zone of users who have none (quiet hours are read on its clock).
+    default_timezone: str = "UTC"
+    #: ``send_at``: how far ahead a notification may be scheduled, in days.
+    schedule_horizon_days: float = Field(default=30.0, gt=0, le=366)
+    #: How often each worker process looks for scheduled messages that are due (seconds).
+    scheduler_poll_interval: float = Field(default=0.5, gt=0, le=60)
     queue_max_receives: int = Field(default=5, ge=1)
     #: How often an idle worker looks at the embedded queue (a read; it takes no write lock).
     queue_poll_interval: float = Field(default=0.05, gt=0)
@@ -194,6 +220,39 @@ class Settings(BaseSettings):
 
     def uses_sqs(self) -> bool:
         return self.queue_url != "sqlite"
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours(cls, value: str | None) -> str | None:
+        if value:
+            QuietHours.from_setting(value)  # ValueError names the problem
+        return value or None
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like Asia/Seoul)") from None
+        return value
+
+    def rate_limits(self) -> dict[str, float]:
+        return {channel: rate for channel, rate in (("email", self.email_rate_limit),
+                                                    ("sms", self.sms_rate_limit),
+                                                    ("push", self.push_rate_limit))
+                if rate is not None}
+
+    @model_validator(mode="after")
+    def _caps(self) -> Settings:
+        self.frequency_caps_parsed()  # ValueError names the entry at fault
+        return self
+
+    def frequency_caps_parsed(self) -> FrequencyCaps:
+        return FrequencyCaps.parse(self.frequency_caps, self.critical_categories)
+
+    def quiet_hours_default(self) -> QuietHours | None:
+        return QuietHours.from_setting(self.quiet_hours) if self.quiet_hours else None
 
     def unsubscribe_key(self) -> str | None:
         return self.unsubscribe_secret or self.user_token_secret

@@ -24,8 +24,17 @@ from dataclasses import dataclass
 from channels.base import Message
 from dispatcher.errors import ChannelNotInTemplate, ChunkNotSettled, PoisonMessage, UnknownTemplate
 from dispatcher.feed import Feed
-from dispatcher.messages import ChunkMessage
-from dispatcher.model import DeliveryStatus, HeaderUpdate, RowKey, RowState, Unfinished, UserRecord, now_us
+from dispatcher.messages import ChunkMessage, encode_chunk
+from dispatcher.model import (
+    DeliveryStatus,
+    HeaderUpdate,
+    Held,
+    RowKey,
+    RowState,
+    Unfinished,
+    UserRecord,
+    now_us,
+)
 from dispatcher.planning import ChunkPlan, Planner, channel_sets, header_update
 from dispatcher.rendering import TemplateRegistry
 from dispatcher.sending import Outbound, Sender
@@ -104,10 +113,11 @@ class Deliverer:
         work, announce the in-app entries won, send the rows won; per plan, whether every row
         it opened was won and is final now."""
         rows = todo or [plan.rows for plan in plans]
+        chunks = [plan.chunk_rows(r, _held(plan) if todo is None else ())
+                  for plan, r in zip(plans, rows, strict=True)]
         claim = self._sender.new_claim()
         try:
-            opened = await self._store.ledger.open(
-                headers, [plan.chunk_rows(r) for plan, r in zip(plans, rows, strict=True)], claim)
+            opened = await self._store.ledger.open(headers, chunks, claim)
         except BaseException:
             self._sender.drop_claim(claim)
             raise
@@ -116,6 +126,7 @@ class Deliverer:
                                   for k in sorted(keys)
                                   if k.channel == "in_app" and k.user_id in plan.feed)
         sends = [_outbound(plan.message.version, plan.sends, keys)
+                 if plan.message.id not in opened.cancelled else []
                  for plan, keys in zip(plans, won, strict=True)]
         finished = await self._sender.send([o for per_plan in sends for o in per_plan], claim,
                                            opened.claimed)
@@ -163,10 +174,21 @@ def _still_open(plan: ChunkPlan, rows: list[Unfinished],
     Open again: rows not final at this version or below, and rows an older version was
     sending last round that have finished since (this version takes them over)."""
     version = plan.message.version
+    deferred = plan.deferred_keys  # waiting for quiet hours: a held copy of the chunk sends them
+    rows = [r for r in rows if r.key not in deferred]
     unfinished = {r.key for r in rows}
     keys = {r.key for r in rows if r.version <= version} | (older - unfinished)
     sending_older = {r.key for r in rows if r.version < version and r.key.channel in plan.sets.reset}
     return [r for r in plan.rows if r.key in keys], sending_older
+
+
+def _held(plan: ChunkPlan) -> list[Held]:
+    """The chunk again, for the recipients and channels waiting for quiet hours to end: one
+    message per release time, held until then."""
+    return [Held(plan.message.id, plan.message.version, release, encode_chunk(plan.message.model_copy(
+                update={"recipients": tuple(sorted(users)),
+                        "channels": tuple(sorted(set().union(*users.values())))})))
+            for release, users in sorted(plan.deferred.items())]
 
 
 def _outbound(version: int, sends: Mapping[RowKey, list[Message]],

@@ -43,6 +43,7 @@ __all__ = [
     "UnknownTemplate",
     "Unavailable",
     "UntrustedMessage",
+    "NotificationCancelled",
 ]
 
 
@@ -115,6 +116,14 @@ class UnknownTemplate(NotFound):
 class UntrustedMessage(DispatcherError):
     """An inbound provider message (an SNS delivery) that is unsigned, badly signed, signed
     with a certificate from the wrong place, or from a topic we don't trust."""
+
+
+class NotificationCancelled(DispatcherError):
+    """A new version of a notification its service has cancelled: nothing more is sent."""
+
+    def __init__(self, notification_id: str) -> None:
+        super().__init__(f"notification {notification_id!r} was cancelled; send a new id")
+        self.notification_id = notification_id
 
 
 class Unavailable(DispatcherError):

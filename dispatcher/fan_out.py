@@ -9,15 +9,15 @@ render), so a bad request is a 4xx now instead of a dead letter later.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from dispatcher.errors import InvalidRequest, TemplateError, UnknownTemplate
+from dispatcher.errors import InvalidRequest, NotificationCancelled, TemplateError, UnknownTemplate
 from dispatcher.group_commit import GroupCommit
 from dispatcher.messages import ChunkMessage, encode_chunk
-from dispatcher.model import HeaderUpdate
+from dispatcher.model import HeaderUpdate, now_us
 from dispatcher.planning import category_of, channel_sets, header_update, render_context
-from dispatcher.queue.enqueue import Enqueuer
+from dispatcher.queue.enqueue import Enqueuer, Intake
 from dispatcher.rendering import TemplateRegistry
 
 __all__ = ["Accepted", "FanOut"]
@@ -40,21 +40,25 @@ class FanOut:
         self._chunk_size = chunk_size
         self._limit = max_message_bytes
 
-        async def flush(batch: list[tuple[HeaderUpdate, list[str]]]) -> None:
-            await enqueue([h for h, _ in batch], [b for _, bodies in batch for b in bodies])
+        self._commit: GroupCommit[Intake, set[str]] = GroupCommit(enqueue)
 
-        self._commit: GroupCommit[tuple[HeaderUpdate, list[str]]] = GroupCommit(flush)
-
-    async def accept(self, service: str, request: dict[str, Any]) -> Accepted:
-        """``request`` holds the fields of ``POST /v1/notifications`` (id already checked).
-        Raises :class:`~dispatcher.errors.InvalidRequest` naming the field at fault."""
+    async def accept(self, service: str, request: dict[str, Any],
+                     send_at: int | None = None) -> Accepted:
+        """``request`` holds the fields of ``POST /v1/notifications`` (id already checked);
+        ``send_at`` (µs since the epoch): hold its messages until then. Raises
+        :class:`~dispatcher.errors.InvalidRequest` naming the field at fault, and
+        :class:`~dispatcher.errors.NotificationCancelled` for a cancelled notification."""
         recipients = list(dict.fromkeys(request["recipients"]))
         base = ChunkMessage(service=service, recipients=tuple(recipients[:1]),
                             recipients_total=len(recipients), **_fields(request))
         header = await self._check(base)
+        if send_at is not None and send_at > now_us():
+            header = replace(header, send_at=send_at)
         bodies = [body for i in range(0, len(recipients), self._chunk_size)
                   for body in self._encode(base, recipients[i:i + self._chunk_size])]
-        await self._commit.submit([(header, bodies)])
+        refused = await self._commit.submit([Intake(header, bodies)])
+        if base.id in refused:
+            raise NotificationCancelled(base.id)
         return Accepted(base.id, len(recipients), len(bodies))
 
     def _encode(self, base: ChunkMessage, recipients: list[str]) -> list[str]:

@@ -12,10 +12,13 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dispatcher.errors import ForeignNotification, InvalidNotificationId
 from dispatcher.preferences import Preferences
+
+if TYPE_CHECKING:
+    from dispatcher.frequency import Cap
 
 __all__ = [
     "AFTER_SENT",
@@ -101,6 +104,12 @@ class Reason(StrEnum):
     COMPLAINT = "complaint"
     #: The address is on the suppression list (a hard bounce, a complaint, repeated soft bounces).
     SUPPRESSED = "suppressed"
+    #: The service cancelled the notification before this row was sent.
+    CANCELLED = "cancelled"
+    #: ``pending``: waiting for the end of the user's quiet hours (the detail says until when).
+    QUIET_HOURS = "quiet_hours"
+    #: Over the user's frequency cap for the category and channel (``DISPATCHER_FREQUENCY_CAPS``).
+    RATE_LIMITED = "rate_limited"
 
 
 _ID_RE = re.compile(r"(?P<service>[A-Za-z0-9_.-]{1,64})#(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
@@ -167,6 +176,35 @@ class ChunkRows:
     insert: frozenset[str]
     reset: frozenset[str]
     feed: Mapping[str, FeedEntry]
+    #: Messages to hold with the rows (the rest of the chunk, for after quiet hours).
+    held: Sequence[Held] = ()
+    #: The notification's category, and its frequency caps (``dispatcher.frequency``).
+    category: str = "default"
+    caps: Sequence[Cap] = ()
+
+
+@dataclass(frozen=True)
+class Held:
+    """A chunk message held until ``due_at`` (µs since the epoch): a notification's
+    ``send_at``, or the end of a recipient's quiet hours."""
+
+    notification_id: str
+    version: int
+    due_at: int
+    body: str
+
+
+@dataclass(frozen=True)
+class CancelSummary:
+    """What a cancel did: rows it cancelled (including rows not made yet, which will open as
+    cancelled), rows still in flight (they end as they really end), and whether this call was
+    the one that cancelled."""
+
+    notification_id: str
+    cancelled_at: int
+    first: bool
+    cancelled: int
+    in_flight: int
 
 
 @dataclass(frozen=True)
@@ -175,6 +213,8 @@ class Claim:
 
     token: str
     limit: int
+    #: Channels whose rows are not claimed this way (they wait for a rate limit first).
+    exclude: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -214,14 +254,18 @@ class HeaderUpdate:
     locale: str | None
     channels: tuple[str, ...]
     recipients: int
+    #: µs since the epoch: this version is held until then (``send_at``); None: at once.
+    send_at: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class NotificationHeader(HeaderUpdate):
-    """The stored header: the highest version's fields, all channels, the most recipients."""
+    """The stored header: the highest version's fields, all channels, the most recipients;
+    ``cancelled_at`` once its service cancelled it."""
 
     created_at: int
     updated_at: int
+    cancelled_at: int | None = None
 
 
 @dataclass(frozen=True)

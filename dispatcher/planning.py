@@ -5,18 +5,26 @@ no I/O happens here. For each recipient and channel the plan says: skip (with th
 fail (a template error), deliver in-app, or send these provider messages. Contact data is
 validated again here, since it may predate a rule change or come from outside the API.
 Templates are rendered once per locale per chunk, not per recipient.
+
+Quiet hours (``dispatcher.quiet_hours``): during the recipient's window, email, SMS and push
+of a non-critical category stay ``pending`` (reason ``quiet_hours``, the detail says until
+when) and the plan lists them in ``deferred``, by release time; the deliverer holds a copy of
+the chunk for them until then. In-app is immediate; critical categories go at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from channels.base import Message
 from dispatcher.contacts import normalize_email, normalize_phone
 from dispatcher.errors import ChannelNotInTemplate, InvalidContact, TemplateError
 from dispatcher.feed import Feed
+from dispatcher.frequency import Cap, FrequencyCaps
 from dispatcher.messages import ChunkMessage
 from dispatcher.model import (
     Channel,
@@ -24,12 +32,14 @@ from dispatcher.model import (
     DeliveryStatus,
     FeedEntry,
     HeaderUpdate,
+    Held,
     Reason,
     RowKey,
     RowState,
     UserRecord,
 )
 from dispatcher.part_limits import bounded
+from dispatcher.quiet_hours import QuietHours
 from dispatcher.rendering import TemplateInfo, TemplateRegistry
 from dispatcher.unsubscribe import UnsubscribeLinks
 
@@ -97,42 +107,74 @@ class ChunkPlan:
     rows: list[RowState] = field(default_factory=list)
     feed: dict[str, FeedEntry] = field(default_factory=dict)
     sends: dict[RowKey, list[Message]] = field(default_factory=dict)
+    #: Rows waiting for the end of quiet hours: release time (µs) -> user -> channels.
+    deferred: dict[int, dict[str, set[str]]] = field(default_factory=dict)
+    category: str = "default"
+    caps: tuple[Cap, ...] = ()
+
+    @property
+    def deferred_keys(self) -> set[RowKey]:
+        return {RowKey(self.message.id, user, channel) for users in self.deferred.values()
+                for user, channels in users.items() for channel in channels}
 
     @property
     def users(self) -> list[str]:
         return list(dict.fromkeys(self.message.recipients))
 
-    def chunk_rows(self, rows: list[RowState] | None = None) -> ChunkRows:
+    def chunk_rows(self, rows: list[RowState] | None = None,
+                   held: Sequence[Held] = ()) -> ChunkRows:
         """What the ledger needs to open ``rows`` (default: all of them)."""
         return ChunkRows(self.message.id, self.message.version,
                          self.rows if rows is None else rows,
-                         insert=self.sets.insert, reset=self.sets.reset, feed=self.feed)
+                         insert=self.sets.insert, reset=self.sets.reset, feed=self.feed,
+                         held=held, category=self.category, caps=self.caps)
 
 
 class Planner:
     def __init__(self, templates: TemplateRegistry, *, critical: frozenset[str],
-                 phone_region: str | None, links: UnsubscribeLinks | None = None) -> None:
+                 phone_region: str | None, links: UnsubscribeLinks | None = None,
+                 quiet_default: QuietHours | None = None, default_timezone: str = "UTC",
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 caps: FrequencyCaps | None = None) -> None:
+        self._caps = caps or FrequencyCaps()
         self._templates = templates
         self._links = links
         self._critical = critical
         self._phone_region = phone_region
+        self._quiet_default = quiet_default
+        self._default_zone = ZoneInfo(default_timezone)
+        self._clock = clock
 
     def plan(self, message: ChunkMessage, template: TemplateInfo, sets: ChannelSets,
              users: Mapping[str, UserRecord], suppressed: frozenset[str] = frozenset()) -> ChunkPlan:
         category = category_of(message, template)
         renders = _Renders(self._templates, message, category, sorted(sets.all))
-        plan = ChunkPlan(message, sets)
+        plan = ChunkPlan(message, sets, category=category,
+                         caps=() if category in self._critical else self._caps.for_category(category))
+        now = self._clock()
         for user_id in plan.users:
             user = users.get(user_id) or UserRecord(id=user_id)
             parts = renders.for_locale(user.locale or message.locale)
+            release = self._quiet_until(user, category, now)
             for channel in sorted(sets.all):
-                self._plan_one(plan, category, user, channel, parts)
+                self._plan_one(plan, category, user, channel, parts, release)
         if suppressed:
             _suppress(plan, suppressed)
         return plan
 
+    def _quiet_until(self, user: UserRecord, category: str, now: datetime) -> int | None:
+        """When the user's quiet hours end (µs), if they are on now and the category waits."""
+        if category in self._critical:
+            return None
+        window = user.preferences.quiet(self._quiet_default)
+        if window is None:
+            return None
+        zone = ZoneInfo(user.timezone) if user.timezone else self._default_zone
+        end = window.release_at(now, zone)
+        return None if end is None else int(end.timestamp() * 1_000_000)
+
     def _plan_one(self, plan: ChunkPlan, category: str, user: UserRecord, channel: str,
-                  parts: dict[str, dict[str, str]] | TemplateError) -> None:
+                  parts: dict[str, dict[str, str]] | TemplateError, release: int | None) -> None:
         message = plan.message
         key = RowKey(message.id, user.id, channel)
         if isinstance(parts, TemplateError):
@@ -153,6 +195,12 @@ class Planner:
             return
         if not addresses:
             plan.rows.append(RowState(key, _SKIPPED, Reason.NO_CONTACT))
+            return
+        if release is not None:
+            until = datetime.fromtimestamp(release / 1e6, UTC).isoformat().replace("+00:00", "Z")
+            plan.rows.append(RowState(key, DeliveryStatus.PENDING, Reason.QUIET_HOURS,
+                                      f"quiet hours until {until}"))
+            plan.deferred.setdefault(release, {}).setdefault(user.id, set()).add(channel)
             return
         plan.rows.append(RowState(key, DeliveryStatus.PENDING))
         unsubscribe = self._unsubscribe_url(user.id, channel, category)

@@ -6,6 +6,7 @@ needs. ``Runtime.open`` creates the schema when it is missing.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -21,12 +22,21 @@ from dispatcher.fan_out import FanOut
 from dispatcher.feed import Feed
 from dispatcher.planning import Planner
 from dispatcher.queue import Queue
-from dispatcher.queue.enqueue import Enqueuer, HeadersThenMessages, InOneTransaction
+from dispatcher.queue.enqueue import (
+    Enqueuer,
+    HeadersThenMessages,
+    InOneTransaction,
+    ReleaseInOneTransaction,
+    Releaser,
+    ReleaseUnderLease,
+)
 from dispatcher.queue.local import LocalQueue
+from dispatcher.ratelimit import RateGate, RateLimits, Reserver
 from dispatcher.render_budget import RenderBudget
 from dispatcher.rendering import TemplateRegistry
 from dispatcher.resend import Resender
 from dispatcher.retry import RetryPolicy
+from dispatcher.scheduler import Scheduler
 from dispatcher.sending import Sender
 from dispatcher.sns_messages import SnsVerifier
 from dispatcher.store import Database, Store
@@ -49,7 +59,9 @@ class Runtime:
     fan_out: FanOut
     deliverer: Deliverer
     links: UnsubscribeLinks | None
+    release: Releaser
     owned: list[aiohttp.ClientSession] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     sns: SnsVerifier | None = None
     resender: Resender | None = None
 
@@ -66,7 +78,7 @@ class Runtime:
         http = _aws_session(settings)
         owned = [http] if http else []
         try:
-            queue, enqueue = _queue(settings, store, http)
+            queue, enqueue, release = _queue(settings, store, http)
             built = {**await _providers(settings, http), **(providers or {})}
         except BaseException:
             await _close_sessions(owned)
@@ -75,19 +87,23 @@ class Runtime:
         bus = _bus(settings)
         feed = Feed(bus)
         planner = Planner(templates, critical=settings.critical_categories,
-                          phone_region=settings.default_phone_region, links=links)
+                          phone_region=settings.default_phone_region, links=links,
+                          quiet_default=settings.quiet_hours_default(),
+                          default_timezone=settings.default_timezone,
+                          caps=settings.frequency_caps_parsed())
+        limits, closers = _rate_limits(settings, store)
         sender = Sender(built, store.ledger, RetryPolicy(
             settings.retry_max_attempts, settings.retry_base_delay, settings.retry_max_delay),
             window=max(settings.send_concurrency // settings.worker_concurrency, 8),
             slots=settings.send_concurrency,
-            deactivate=store.users.deactivate_devices)
+            deactivate=store.users.deactivate_devices, limits=limits)
         deliverer = Deliverer(store, templates, planner, sender, feed,
                               SettleTimes(lease_seconds=settings.send_lease_seconds),
                               resend_stale=settings.recovery == "resend")
         fan_out = FanOut(enqueue, templates, settings.chunk_size,
                          queue.max_message_bytes)
         runtime = cls(settings, store, queue, bus, feed, templates, built, fan_out, deliverer, links,
-                      owned)
+                      release, owned, closers)
         runtime.sns = _sns_verifier(settings, owned)
         runtime.resender = Resender(store, queue, settings.chunk_size, enqueue_in=(
             queue.send_batch_in if isinstance(queue, LocalQueue) else None))
@@ -108,7 +124,9 @@ class Runtime:
                       wait_seconds=self.settings.queue_wait_seconds,
                       known_services=frozenset(self.settings.service_keys().values()),
                       batching=Batching(self.settings.worker_batch_messages, self.settings.chunk_size,
-                                        self.settings.worker_batch_linger))
+                                        self.settings.worker_batch_linger),
+                      scheduler=Scheduler(self.release,
+                                          poll_interval=self.settings.scheduler_poll_interval))
 
     async def ready(self) -> None:
         """Raise when the store, the queue or the bus is unreachable."""
@@ -121,6 +139,8 @@ class Runtime:
             await provider.aclose()
         await self.queue.close()
         await self.bus.close()
+        for close in self.closers:
+            await close()
         await _close_sessions(self.owned)
         await self.store.db.close()
 
@@ -153,14 +173,15 @@ def _aws_session(settings: Settings) -> aiohttp.ClientSession | None:
 
 
 def _queue(settings: Settings, store: Store,
-           http: aiohttp.ClientSession | None) -> tuple[Queue, Enqueuer]:
-    """The queue, and how the gateway commits to it: in one transaction with the headers when
-    the queue lives in the store's database; headers first otherwise."""
+           http: aiohttp.ClientSession | None) -> tuple[Queue, Enqueuer, Releaser]:
+    """The queue, how the gateway commits to it, and how held messages reach it: in one
+    transaction with the store when the queue lives in the store's database; headers first,
+    and held messages under a lease, otherwise."""
     if not settings.uses_sqs():
         local = LocalQueue(store.db, visibility_timeout=settings.queue_visibility_timeout,
                            max_receives=settings.queue_max_receives,
                            poll_interval=settings.queue_poll_interval)
-        return local, InOneTransaction(store, local)
+        return local, InOneTransaction(store, local), ReleaseInOneTransaction(store, local)
     from dispatcher.queue.sqs import SqsQueue
     from transport.aws import AwsClient
 
@@ -168,7 +189,28 @@ def _queue(settings: Settings, store: Store,
     client = AwsClient.from_environment(http, "sqs", timeout=settings.queue_wait_seconds + 10)
     sqs = SqsQueue(client, settings.queue_url, visibility_timeout=settings.queue_visibility_timeout,
                    dead_letter_url=settings.dead_letter_queue_url)
-    return sqs, HeadersThenMessages(store, sqs)
+    return (sqs, HeadersThenMessages(store, sqs),
+            ReleaseUnderLease(store, sqs, lease_seconds=settings.queue_visibility_timeout))
+
+
+def _rate_limits(settings: Settings,
+                 store: Store) -> tuple[RateLimits, list[Callable[[], Awaitable[None]]]]:
+    """The provider rate limits, shared through Redis when it is configured, else the store."""
+    rates = settings.rate_limits()
+    if not rates:
+        return RateLimits(), []
+    closers: list[Callable[[], Awaitable[None]]] = []
+    reserver: Reserver
+    if settings.redis_url:
+        from dispatcher.ratelimit.redis import RedisReserver
+
+        redis_reserver = RedisReserver.from_url(settings.redis_url)
+        reserver, closers = redis_reserver, [redis_reserver.close]
+    else:
+        from dispatcher.store.rate_limits import DatabaseReserver
+
+        reserver = DatabaseReserver(store.db)
+    return RateLimits({c: RateGate(c, rate, reserver) for c, rate in rates.items()}), closers
 
 
 def _bus(settings: Settings) -> Bus:

@@ -5,7 +5,8 @@ once: the process has ``slots`` sends in flight at most (``DISPATCHER_SEND_CONCU
 the HTTP connection pools are sized to match), and a row is claimed only after a slot is
 taken for it. Its slot is given back once its outcome is committed, or once it is released
 (``pending`` again) to wait for a retry: a row waiting for its backoff, or for a connection,
-is never ``sending``. So what a crash can leave as ``outcome_unknown`` (see
+is never ``sending``; neither is a row waiting for a provider rate limit (``dispatcher.ratelimit``:
+its send time comes first, then its slot, then its claim). So what a crash can leave as ``outcome_unknown`` (see
 ``dispatcher.store.ledger``) is the requests in flight at that moment and the few outcomes
 being committed, never rows that were only queued. Within one call, rows are claimed in
 batches as room opens in a window of ``window`` rows (when it is half empty), so claims are
@@ -33,6 +34,7 @@ from channels.base import (
 )
 from dispatcher.group_commit import GroupCommit
 from dispatcher.model import Claim, DeliveryStatus, Reason, RowKey, RowState
+from dispatcher.ratelimit import RateLimits
 from dispatcher.retry import RetryPolicy
 from dispatcher.store.ledger import LedgerStore
 
@@ -104,14 +106,17 @@ class Slots:
 class Sender:
     def __init__(self, providers: Mapping[str, Provider], ledger: LedgerStore,
                  policy: RetryPolicy, *, window: int, slots: int,
-                 deactivate: Callable[[list[str]], Awaitable[None]]) -> None:
+                 deactivate: Callable[[list[str]], Awaitable[None]],
+                 limits: RateLimits | None = None) -> None:
         self._providers = providers
         self._ledger = ledger
         self._policy = policy
         self._window = max(window, 1)
         self._slots = Slots(slots)
+        self._limits = limits or RateLimits()
+        self._claims: GroupCommit[tuple[RowKey, int, str], set[RowKey]] = GroupCommit(self._claim_batch)
         self._deactivate = deactivate
-        self._outcomes: GroupCommit[tuple[RowState, str]] = GroupCommit(ledger.record)
+        self._outcomes: GroupCommit[tuple[RowState, str], None] = GroupCommit(ledger.record)
 
     @property
     def slots(self) -> Slots:
@@ -122,7 +127,8 @@ class Sender:
         as many rows as there are slots free now, up to the window; those slots are taken.
         Pass it to :meth:`send` (which gives back what the store did not claim), or to
         :meth:`drop_claim` if the rows were never opened."""
-        return Claim(uuid.uuid4().hex, self._slots.take_now(self._window))
+        return Claim(uuid.uuid4().hex, self._slots.take_now(self._window),
+                     exclude=self._limits.channels)
 
     def drop_claim(self, claim: Claim) -> None:
         """The store claimed nothing under ``claim`` (its transaction failed): free its slots."""
@@ -145,6 +151,10 @@ class Sender:
         active: set[asyncio.Future[RowKey | None]] = {
             asyncio.ensure_future(self._deliver(o, token)) for o in first}
         waiting = [o for o in unique if claimed.get(o.key) != o.version]
+        # Rate-limited channels: each row waits for its send time first, then claims.
+        active |= {asyncio.ensure_future(self._limited(o, token))
+                   for o in waiting if o.key.channel in self._limits.channels}
+        waiting = [o for o in waiting if o.key.channel not in self._limits.channels]
         slot_freed: asyncio.Future[None] | None = None
         try:
             while waiting or active:
@@ -181,6 +191,27 @@ class Sender:
         self._slots.give(taken - len(start))
         return {asyncio.ensure_future(self._deliver(o, token)) for o in start}
 
+    async def _limited(self, row: Outbound, token: str) -> RowKey | None:
+        """A row of a rate-limited channel: its send time, then a slot, then its claim (claims
+        of rows whose times come together are made in one statement), then the send."""
+        await self._limits.permit(row.key.channel, len(row.messages))
+        await self._slots.take()
+        try:
+            won = await self._claims.submit([(row.key, row.version, token)])
+        except BaseException:
+            self._slots.give()
+            raise
+        if row.key not in won:
+            self._slots.give()
+            return None
+        return await self._deliver(row, token)
+
+    async def _claim_batch(self, rows: list[tuple[RowKey, int, str]]) -> set[RowKey]:
+        won: set[RowKey] = set()
+        for token in dict.fromkeys(t for _, _, t in rows):
+            won |= await self._ledger.claim([(k, v) for k, v, t in rows if t == token], token)
+        return won
+
     async def _record(self, outcome: RowState, token: str) -> None:
         await self._outcomes.submit([(outcome, token)])
 
@@ -209,6 +240,7 @@ class Sender:
                 self._slots.give()
                 holding = False
                 await asyncio.sleep(self._policy.delay(attempts, result.retry_after))
+                await self._limits.permit(key.channel, len(result.retry))
                 await self._slots.take()
                 holding = True
                 if not await self._ledger.claim([(key, row.version)], token):

@@ -34,6 +34,7 @@ from dispatcher.delivery import Deliverer
 from dispatcher.errors import PoisonMessage
 from dispatcher.messages import ChunkMessage, decode_chunk
 from dispatcher.queue import Queue, QueuedMessage
+from dispatcher.scheduler import Scheduler
 
 __all__ = ["Batching", "Worker"]
 
@@ -59,7 +60,7 @@ class Worker:
     def __init__(self, queue: Queue, deliverer: Deliverer, *, concurrency: int,
                  visibility_timeout: float, known_services: frozenset[str] | None,
                  wait_seconds: float = 1.0, retry_delay: float = 5.0,
-                 batching: Batching = Batching()) -> None:
+                 batching: Batching = Batching(), scheduler: Scheduler | None = None) -> None:
         self._queue = queue
         self._deliverer = deliverer
         self._concurrency = concurrency
@@ -68,10 +69,21 @@ class Worker:
         self._retry_delay = retry_delay
         self._wait = wait_seconds
         self._batching = batching
+        self._scheduler = scheduler
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process messages until ``stop`` is set; then finish the batches in progress."""
+        """Process messages until ``stop`` is set; then finish the batches in progress. The
+        scheduler (held ``send_at`` messages) runs beside it."""
+        scheduling = (asyncio.create_task(self._scheduler.run(stop))
+                      if self._scheduler is not None else None)
+        try:
+            await self._loop(stop)
+        finally:
+            if scheduling is not None:
+                await asyncio.gather(scheduling, return_exceptions=True)
+
+    async def _loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             free = self._concurrency - len(self._tasks)
             if free <= 0:
@@ -94,6 +106,8 @@ class Worker:
         """Process messages until the queue has none visible; return how many were handled."""
         handled = 0
         while True:
+            if self._scheduler is not None:
+                await self._scheduler.release_due()
             batches = await self._take(self._concurrency, 0)
             if not batches:
                 return handled

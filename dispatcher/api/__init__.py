@@ -13,11 +13,13 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from dispatcher.api import feed, notifications, providers, suppressions, templates, unsubscribe, users, webhooks
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.errors import ERROR_RESPONSES, ApiError, install_error_handlers
 from dispatcher.api.limits import BodyLimit, ReadDeadline
+from dispatcher.pages import routes as pages
 from dispatcher.runtime import Runtime
 
 __all__ = ["create_app"]
@@ -55,12 +57,20 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
     app.add_middleware(ReadDeadline, seconds=settings.request_read_timeout)
     for module in (notifications, users, feed, templates, suppressions, webhooks):
         app.include_router(module.router(runtime, auth), responses=ERROR_RESPONSES)
+    # The people's pages (preference centre, inbox) and their files: see dispatcher.pages.
+    page_set = pages.build_pages(runtime)
+    app.include_router(pages.router(runtime, auth, page_set), responses=ERROR_RESPONSES)
+    if settings.cors_origins:  # the embeddable inbox on an app's own origin
+        app.add_middleware(CORSMiddleware, allow_origins=sorted(settings.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
+                           max_age=600)
     app.include_router(providers.router(runtime), responses=ERROR_RESPONSES)
     if runtime.links is not None:
-        # Pages (text/html), but an invalid link is a JSON error like everywhere else.
+        # Pages (text/html), an invalid link included: a person follows it.
         error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
-        app.include_router(unsubscribe.router(runtime, runtime.links), responses={
-            404: {"description": "Not a valid link", "content": error},
+        page = {"text/html": {"schema": {"type": "string"}}}
+        app.include_router(unsubscribe.router(runtime, runtime.links, page_set), responses={
+            404: {"description": "Not a valid link (a page saying so)", "content": page},
             409: {"description": "The link has no effect (a page saying why)",
                   "content": {"text/html": {"schema": {"type": "string"}}}},
             422: {"description": "Invalid request", "content": error}})

@@ -26,6 +26,7 @@ from dispatcher.errors import (
     InvalidNotificationId,
     InvalidRequest,
     NotFound,
+    NotificationCancelled,
     TemplateError,
     Unavailable,
     UntrustedMessage,
@@ -50,6 +51,7 @@ STATUS: tuple[tuple[type[DispatcherError], int, str], ...] = (
     (TemplateError, 422, "template_error"),
     (InvalidRequest, 422, "invalid"),
     (NotFound, 404, "not_found"),
+    (NotificationCancelled, 409, "cancelled"),
     (Unavailable, 503, "unavailable"),
     (UntrustedMessage, 403, "untrusted_message"),
 )

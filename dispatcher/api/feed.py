@@ -1,4 +1,12 @@
-"""``/v1/users/{id}/notifications``: the in-app feed, read marks and the live stream (SSE)."""
+"""``/v1/users/{id}/notifications``: the in-app feed, read marks and the live stream (SSE).
+
+A browser's ``EventSource`` cannot send an ``Authorization`` header, so the stream also takes
+``?stream_token=``: a short-lived token for that one user's stream only (minted by
+``POST .../stream-token`` with the usual credentials; see
+:class:`~dispatcher.api.auth.ScopedTokens`). The long-lived credential never goes in a URL
+(where access logs, proxies and browser history keep it); a stream token that leaks there
+is worth one stream opened within ``DISPATCHER_STREAM_TOKEN_LIFETIME`` seconds.
+"""
 
 
 import asyncio
@@ -7,10 +15,10 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
-from dispatcher.api.auth import Authenticator, Caller
+from dispatcher.api.auth import Authenticator, Caller, ScopedTokenError, ScopedTokens
 from dispatcher.api.errors import ApiError
 from dispatcher.api.timefmt import iso
 from dispatcher.bus import Bus
@@ -27,6 +35,8 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     api = APIRouter(prefix="/v1/users/{user_id}/notifications", tags=["feed"])
     Auth = Annotated[Caller, Depends(auth)]
     feed = runtime.store.feed
+    stream_tokens = ScopedTokens(runtime.settings.user_token_secret or "", "stream",
+                                 runtime.settings.stream_token_lifetime)
 
     @api.get("")
     async def list_feed(
@@ -55,15 +65,40 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
         return {"id": notification_id, "read": True,
                 "unread_count": await feed.unread_count(user_id)}
 
-    @api.get("/stream")
-    async def stream(user_id: str, caller: Auth) -> StreamingResponse:
-        """Server-sent events: ``notification`` (new or updated entry), ``read``, ``read_all``."""
+    @api.post("/stream-token")
+    async def stream_token(user_id: str, caller: Auth) -> dict[str, Any]:
+        """A short-lived token for ``GET .../stream?stream_token=`` (browsers' EventSource)."""
         caller.require_user(user_id)
+        token, expires = stream_tokens.mint(user_id)
+        return {"token": token, "expires_at": iso(expires * 1_000_000)}
+
+    @api.get("/stream")
+    async def stream(
+        user_id: str, request: Request,
+        stream_token: Annotated[str | None, Query(max_length=2048, description=(
+            "A token from POST .../stream-token, for clients that can't send headers"))] = None,
+    ) -> StreamingResponse:
+        """Server-sent events: ``notification`` (new or updated entry), ``read``, ``read_all``.
+
+        Authenticated by the ``Authorization`` header, or by ``stream_token``."""
+        if stream_token is None:
+            (await auth(request)).require_user(user_id)
+        else:
+            _check_stream_token(stream_tokens, stream_token, user_id)
         return StreamingResponse(_events(runtime.bus, feed_topic(user_id)),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return api
+
+
+def _check_stream_token(tokens: ScopedTokens, token: str, user_id: str) -> None:
+    try:
+        owner = tokens.verify(token)
+    except ScopedTokenError as exc:
+        raise ApiError(401, str(exc)) from None
+    if owner != user_id:
+        raise ApiError(403, "a stream token only opens its own user's stream")
 
 
 async def _events(bus: Bus, topic: str) -> AsyncIterator[str]:

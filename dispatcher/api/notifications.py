@@ -13,8 +13,8 @@ from dispatcher.api.data_bounds import DataBounds
 from dispatcher.api.errors import ApiError
 from dispatcher.api.schemas import NotificationIn, bounded_notification
 from dispatcher.api.timefmt import iso
-from dispatcher.errors import InvalidNotificationId
-from dispatcher.model import DeliveryStatus, NotificationHeader, Reason, parse_notification_id
+from dispatcher.errors import InvalidNotificationId, InvalidRequest
+from dispatcher.model import DeliveryStatus, NotificationHeader, Reason, now_us, parse_notification_id
 from dispatcher.resend import Resender
 from dispatcher.runtime import Runtime
 
@@ -39,8 +39,25 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
         except InvalidNotificationId as exc:  # another service's id too: it can't be sent
             raise ApiError(400, str(exc), "invalid_id") from None
         critical.check(service, body.template, body.category)
-        accepted = await runtime.fan_out.accept(service, body.model_dump())
-        return JSONResponse({"id": accepted.id, "accepted": accepted.recipients}, 202)
+        send_at = _send_at(body, runtime.settings.schedule_horizon_days)
+        accepted = await runtime.fan_out.accept(service, body.model_dump(exclude={"send_at"}),
+                                                send_at)
+        answer: dict[str, Any] = {"id": accepted.id, "accepted": accepted.recipients}
+        if send_at is not None and send_at > now_us():
+            answer["send_at"] = iso(send_at)
+        return JSONResponse(answer, 202)
+
+    @api.post("/{notification_id}/cancel")
+    async def cancel(notification_id: str, caller: Auth) -> dict[str, Any]:
+        """Cancel: every row not sent yet becomes skipped/cancelled, scheduled messages are
+        dropped, in-app entries not shown yet never appear; rows in flight end as they end."""
+        await _owned(runtime, notification_id, caller.require_service())
+        summary = await runtime.store.ledger.cancel(notification_id)
+        if summary is None:
+            raise ApiError(404, f"no notification {notification_id!r}")
+        return {"id": notification_id, "cancelled_at": iso(summary.cancelled_at),
+                "already_cancelled": not summary.first, "cancelled": summary.cancelled,
+                "in_flight": summary.in_flight}
 
     @api.get("/{notification_id}")
     async def read(notification_id: str, caller: Auth) -> dict[str, Any]:
@@ -61,6 +78,8 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     @api.post("/{notification_id}/resend")
     async def resend(notification_id: str, body: ResendIn, caller: Auth) -> dict[str, Any]:
         header = await _owned(runtime, notification_id, caller.require_service())
+        if header.cancelled_at is not None:
+            raise ApiError(409, f"notification {notification_id!r} was cancelled: nothing is resent", "cancelled")
         resender = runtime.resender or Resender(runtime.store, runtime.queue, runtime.settings.chunk_size)
         resent = await resender.resend(
             header, reasons=[r.value for r in body.reasons] if body.reasons else None,
@@ -68,6 +87,16 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
         return {"id": header.id, "version": header.version, "resent": resent}
 
     return api
+
+
+def _send_at(body: NotificationIn, horizon_days: float) -> int | None:
+    if body.send_at is None:
+        return None
+    at = int(body.send_at.timestamp() * 1_000_000)
+    if at > now_us() + int(horizon_days * 86_400 * 1_000_000):
+        raise InvalidRequest("send_at", f"send_at {body.send_at.isoformat()} is more than "
+                             f"{horizon_days:g} days ahead (DISPATCHER_SCHEDULE_HORIZON_DAYS)")
+    return at
 
 
 class ResendIn(BaseModel):
@@ -93,6 +122,9 @@ def _header_json(h: NotificationHeader) -> dict[str, Any]:
     return {"id": h.id, "state": h.state, "version": h.version, "category": h.category,
             "template": h.template, "data": h.data, "locale": h.locale,
             "channels": list(h.channels), "recipients": h.recipients,
+            "send_at": iso(h.send_at) if h.send_at is not None else None,
+            "scheduled": h.send_at is not None and h.send_at > now_us() and h.cancelled_at is None,
+            "cancelled_at": iso(h.cancelled_at) if h.cancelled_at is not None else None,
             "created_at": iso(h.created_at), "updated_at": iso(h.updated_at)}
 
 

@@ -40,7 +40,7 @@ def router(runtime: Runtime) -> APIRouter:
         for pending, result in zip(batch, applied, strict=True):
             pending.applied = result
 
-    commit: GroupCommit[_Pending] = GroupCommit(flush)
+    commit: GroupCommit[_Pending, None] = GroupCommit(flush)
 
     @api.post("/ses/events", openapi_extra={"requestBody": {"required": True, "content": {
         "text/plain": {"schema": {"type": "string", "description": "an SNS message (JSON)"}}}}})

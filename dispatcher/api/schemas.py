@@ -5,7 +5,7 @@ from __future__ import annotations
 import zoneinfo
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from dispatcher.api.data_bounds import DataBounds
 from dispatcher.messages import MAX_RECIPIENTS
@@ -35,6 +35,9 @@ class NotificationIn(_Strict):
     state: str | None = Field(default=None, max_length=64)
     version: int = Field(default=1, ge=1, le=2**31 - 1)
     locale: str | None = Field(default=None, max_length=35, pattern=LOCALE_PATTERN)
+    send_at: AwareDatetime | None = Field(
+        default=None, description="RFC 3339 with an offset: nothing is delivered, on any channel, "
+        "before then (up to DISPATCHER_SCHEDULE_HORIZON_DAYS ahead; a past time means now)")
 
     #: Replaced by the settings' bounds in :func:`bounded_notification`.
     data_bounds: ClassVar[DataBounds] = DataBounds()
@@ -84,9 +87,18 @@ class DeviceIn(_Strict):
     platform: Literal["android", "ios", "web"]
 
 
+class QuietHoursIn(_Strict):
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$", examples=["22:00"],
+                       description="HH:MM or HH:MM:SS, wall-clock time in the user's timezone")
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$", examples=["07:00"])
+
+
 class PreferencesIn(_Strict):
     channels: dict[ChannelName, bool] = Field(default_factory=dict)
-    categories: dict[str, dict[ChannelName, bool]] = Field(default_factory=dict)
+    categories: dict[str, dict[ChannelName, bool]] = Field(default_factory=dict, max_length=256)
+    quiet_hours: QuietHoursIn | None = Field(
+        default=None, description="email, SMS and push of non-critical categories wait until the "
+        "window ends; null: none (even when the service has a default); omitted: unchanged")
 
     @field_validator("channels")
     @classmethod

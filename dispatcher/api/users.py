@@ -61,7 +61,10 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     @api.put("/preferences")
     async def put_preferences(user_id: str, body: PreferencesIn, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
-        patch = Preferences.from_json(body.model_dump())
+        raw = body.model_dump()
+        if "quiet_hours" not in body.model_fields_set:
+            raw.pop("quiet_hours")  # omitted: unchanged (null: none)
+        patch = Preferences.from_json(raw)
         return (await users.merge_preferences(_checked_id(user_id), patch)).to_json()
 
     return api

@@ -51,6 +51,8 @@ class LocalQueue:
 
     async def send_batch_in(self, conn: AsyncConnection, bodies: Sequence[str]) -> None:
         """Enqueue inside the caller's write transaction (visible when it commits)."""
+        if not bodies:
+            return
         now = now_us()
         await conn.execute(queue_messages.insert(), [
             {"queue": self._name, "body": b, "visible_at": now, "receive_count": 0,

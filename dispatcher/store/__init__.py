@@ -18,11 +18,12 @@ from dispatcher.store.ledger import LedgerStore
 from dispatcher.store.notifications import NotificationStore
 from dispatcher.store.provider_events import ProviderEventStore
 from dispatcher.store.resend import ResendStore
+from dispatcher.store.schedule import Held, ScheduleStore
 from dispatcher.store.suppressions import SuppressionStore
 from dispatcher.store.users import UserStore
 from dispatcher.store.webhooks import WebhookStore
 
-__all__ = ["STORE_UNAVAILABLE", "Database", "Store"]
+__all__ = ["STORE_UNAVAILABLE", "Database", "Held", "Store"]
 
 #: What the store raises when its database does not answer (an outage, not a bug): the API
 #: answers 503 for these. The driver's errors are the store's own business.
@@ -36,6 +37,7 @@ class Store:
     notifications: NotificationStore
     ledger: LedgerStore
     feed: FeedStore
+    schedule: ScheduleStore
     suppressions: SuppressionStore
     webhooks: WebhookStore
     provider_events: ProviderEventStore
@@ -43,9 +45,9 @@ class Store:
 
     @classmethod
     def from_database(cls, db: Database) -> Store:
-        feed, notifications = FeedStore(db), NotificationStore(db)
+        feed, notifications, schedule = FeedStore(db), NotificationStore(db), ScheduleStore(db)
         suppressions, webhooks = SuppressionStore(db), WebhookStore(db, notifications)
-        ledger = LedgerStore(db, notifications, feed)
+        ledger = LedgerStore(db, notifications, feed, schedule)
         ledger.events = webhooks  # webhooks written in the ledger's own transactions
-        return cls(db, UserStore(db), notifications, ledger, feed, suppressions, webhooks,
+        return cls(db, UserStore(db), notifications, ledger, feed, schedule, suppressions, webhooks,
                    ProviderEventStore(db, suppressions, webhooks), ResendStore(db))

@@ -18,7 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from dispatcher.store.schema import metadata, upgrade
+from dispatcher.store.schema import add_missing_indexes, metadata
 
 __all__ = ["Database"]
 
@@ -72,14 +72,16 @@ class Database:
         return (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(table)
 
     async def create_schema(self) -> None:
-        """Create missing tables. Processes starting together (a gateway and its workers)
-        take turns: an advisory lock on PostgreSQL, the write lock on SQLite."""
+        """Create missing tables, and add missing nullable columns to existing ones (a database
+        made by an older release upgrades in place). Processes starting together (a gateway
+        and its workers) take turns: an advisory lock on PostgreSQL, the write lock on SQLite."""
         async with self.write() as conn:
             if self.dialect == "postgresql":
                 await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
                                    {"key": _SCHEMA_LOCK})
             await conn.run_sync(metadata.create_all)
-            await conn.run_sync(upgrade)
+            await conn.run_sync(_add_missing_columns)
+            await conn.run_sync(add_missing_indexes)
 
     async def ping(self) -> None:
         async with self.read() as conn:
@@ -87,6 +89,22 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def _add_missing_columns(conn: sa.Connection) -> None:
+    """``ALTER TABLE … ADD COLUMN`` for each column the schema has and the table lacks. Only
+    additive changes happen this way, so a new column must be nullable or have a default."""
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable and column.server_default is None:
+                raise RuntimeError(f"cannot add {table.name}.{column.name} to an existing database: "
+                                   "a new column must be nullable or have a server default")
+            ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
 
 
 def _engine_args(url: str) -> dict[str, Any]:

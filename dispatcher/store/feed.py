@@ -90,3 +90,13 @@ class FeedStore:
                 .values(read=True)
             )
         return int(result.rowcount)
+
+    async def categories(self, user_id: str, *, limit: int = 100) -> tuple[str, ...]:
+        """The categories of the user's feed entries (at most ``limit``; the feed index's
+        user prefix serves it)."""
+        async with self._db.read() as conn:
+            rows = (await conn.execute(
+                sa.select(inbox.c.category).where(inbox.c.user_id == user_id)
+                .distinct().order_by(inbox.c.category).limit(limit)
+            )).all()
+        return tuple(str(r[0]) for r in rows)

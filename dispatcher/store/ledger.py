@@ -10,6 +10,12 @@ How the ledger turns at-least-once queue delivery into exactly-once sending:
 * :meth:`claim` turns ``pending`` rows into ``sending`` with the caller's token, right before
   the caller sends them; only one caller wins each row. The claim holder records the outcome
   right after (:meth:`record`), so a redelivered chunk finds the row final and sends nothing.
+* :meth:`cancel` (the service cancels a notification): its ``pending`` rows become
+  ``skipped``/``cancelled`` and its held (scheduled) messages are dropped, in one transaction
+  that holds the header, so every unit of work touching the notification runs wholly before
+  or wholly after it. After it, chunks still on the queue open their rows as cancelled (no
+  in-app entry appears), a row released for a retry is cancelled instead of sent, and rows
+  in flight finish and are recorded as they really ended: a cancel and a send never both win.
 * A crash between the provider accepting a message and :meth:`record` leaves a ``sending``
   row behind: only the rows claimed and not yet recorded, which the sender keeps to a small
   window. :meth:`resolve_stale` settles rows whose claim is older than the lease: as
@@ -21,13 +27,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from dispatcher.frequency import Cap
 from dispatcher.model import (
+    CancelSummary,
     ChunkRows,
     Claim,
     DeliveryStatus,
@@ -41,7 +49,8 @@ from dispatcher.model import (
 from dispatcher.store.database import Database
 from dispatcher.store.feed import FeedStore
 from dispatcher.store.notifications import NotificationStore
-from dispatcher.store.schema import deliveries
+from dispatcher.store.schedule import ScheduleStore
+from dispatcher.store.schema import deliveries, frequency_log, notifications
 
 __all__ = ["LedgerEvents", "LedgerStore", "Opened"]
 
@@ -55,6 +64,7 @@ class Opened:
 
     won: list[set[RowKey]]
     claimed: dict[RowKey, int]  # key -> the version claimed
+    cancelled: frozenset[str] = frozenset()  # notifications whose rows opened as cancelled
 
 
 @dataclass
@@ -77,10 +87,12 @@ class LedgerStore:
     statements, not a few hundred (measured: SQLite's one writer was what small traffic
     queued on)."""
 
-    def __init__(self, db: Database, notifications: NotificationStore, feed: FeedStore) -> None:
+    def __init__(self, db: Database, notifications: NotificationStore, feed: FeedStore,
+                 schedule: ScheduleStore) -> None:
         self._db = db
         self._notifications = notifications
         self._feed = feed
+        self._schedule = schedule
 
     #: Set by the store: webhooks caused by a change are written in its transaction.
     events: LedgerEvents | None = None
@@ -96,7 +108,11 @@ class LedgerStore:
         in the same batch as its notification takes over the notification's new rows."""
         async with self._db.write() as conn:
             await self._notifications.upsert_many_in(conn, headers)
+            cancelled = await self._notifications.lock_cancelled_in(
+                conn, [c.notification_id for c in chunks])
+            chunks = [_as_cancelled(c) if c.notification_id in cancelled else c for c in chunks]
             now = now_us()
+            chunks = await self._within_caps(conn, chunks, now)
             inserted = await self._insert(conn, chunks, now)
             current = await self._current(conn, chunks, inserted)
             won, changes = _take_over(chunks, inserted, current)
@@ -107,9 +123,96 @@ class LedgerStore:
             entries = [chunk.feed[k.user_id] for chunk, keys in zip(chunks, won, strict=True)
                        for k in keys if k.channel == "in_app" and k.user_id in chunk.feed]
             await self._feed.write(conn, entries)
+            await self._schedule.add_in(conn, [h for chunk in chunks for h in chunk.held])
             if self.events is not None:
                 await self.events.after_rows(conn, [k for keys in won for k in keys], now)
-        return Opened(won, claimed)
+        return Opened(won, claimed, frozenset(cancelled))
+
+    async def _within_caps(self, conn: AsyncConnection, chunks: Sequence[ChunkRows],
+                           now: int) -> list[ChunkRows]:
+        """Frequency caps (``dispatcher.frequency``): rows to send over their cap become
+        skipped/rate_limited; the others are admitted (logged). Serialised per user."""
+        wanted = {(r.key.user_id, c.category, r.key.channel) for c in chunks for r in c.rows
+                  if _cap_of(c, r) is not None}
+        if not wanted:
+            return list(chunks)
+        users = sorted({u for u, _, _ in wanted})
+        if self._db.dialect == "postgresql":
+            await conn.execute(sa.text(
+                "SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest(CAST(:keys AS text[])) AS k "
+                "ORDER BY k"), {"keys": [f"frequency:{u}" for u in users]})
+        oldest = now - max(cap.period_us for c in chunks for cap in c.caps)
+        seen: dict[tuple[str, str, str], dict[str, int]] = defaultdict(dict)  # key -> nid -> at
+        for start in range(0, len(users), _IN_BATCH):
+            entries = await conn.execute(
+                sa.select(frequency_log.c.user_id, frequency_log.c.category, frequency_log.c.channel,
+                          frequency_log.c.notification_id, frequency_log.c.at)
+                .where(frequency_log.c.user_id.in_(users[start:start + _IN_BATCH]),
+                       frequency_log.c.at >= oldest))
+            for e in entries:
+                seen[(e.user_id, e.category, e.channel)][e.notification_id] = e.at
+        admitted: list[dict[str, object]] = []
+        out: list[ChunkRows] = []
+        for chunk in chunks:
+            rows: list[RowState] = []
+            for r in chunk.rows:
+                cap = _cap_of(chunk, r)
+                if cap is None:
+                    rows.append(r)
+                    continue
+                log = seen[(r.key.user_id, chunk.category, r.key.channel)]
+                others = sum(1 for nid, at in log.items()
+                             if nid != chunk.notification_id and at >= now - cap.period_us)
+                if chunk.notification_id in log or others < cap.limit:
+                    if chunk.notification_id not in log:
+                        log[chunk.notification_id] = now
+                        admitted.append({"notification_id": chunk.notification_id,
+                                         "user_id": r.key.user_id, "channel": r.key.channel,
+                                         "category": chunk.category, "at": now})
+                    rows.append(r)
+                else:
+                    rows.append(RowState(r.key, DeliveryStatus.SKIPPED, Reason.RATE_LIMITED,
+                                         cap.describe(chunk.category)))
+            out.append(replace(chunk, rows=rows))
+        if admitted:
+            await conn.execute(self._db.insert(frequency_log).on_conflict_do_nothing(), admitted)
+        return out
+
+    async def cancel(self, notification_id: str) -> CancelSummary | None:
+        """Cancel a notification (see the module docstring); None if there is no such id."""
+        now = now_us()
+        async with self._db.write() as conn:
+            header = (await conn.execute(
+                sa.select(notifications.c.recipients, notifications.c.channels,
+                          notifications.c.cancelled_at)
+                .where(notifications.c.id == notification_id).with_for_update())).one_or_none()
+            if header is None:
+                return None
+            first = header.cancelled_at is None
+            cancelled_at = now if first else int(header.cancelled_at)
+            if first:
+                await conn.execute(notifications.update()
+                                   .where(notifications.c.id == notification_id)
+                                   .values(cancelled_at=now, updated_at=now))
+            await self._schedule.cancel_in(conn, notification_id)
+            result = await conn.execute(
+                deliveries.update()
+                .where(deliveries.c.notification_id == notification_id,
+                       deliveries.c.status == _PENDING)
+                .values(status=_SKIPPED, reason=Reason.CANCELLED.value, detail=_CANCELLED_DETAIL,
+                        claim_token=None, claimed_at=None, updated_at=now))
+            if self.events is not None:  # the cancel may finish the notification
+                await self.events.after_rows(conn, [RowKey(notification_id, "", "")], None)
+            by_status: dict[str, int] = {status: int(n) for status, n in (await conn.execute(
+                sa.select(deliveries.c.status, sa.func.count())
+                .where(deliveries.c.notification_id == notification_id)
+                .group_by(deliveries.c.status))).all()}
+        made = sum(by_status.values())
+        never_made = max(header.recipients * len(header.channels) - made, 0) if first else 0
+        in_flight = int(by_status.get(_SENDING, 0))
+        return CancelSummary(notification_id, cancelled_at, first,
+                             cancelled=int(result.rowcount or 0) + never_made,
+                             in_flight=in_flight)
 
     async def _insert(self, conn: AsyncConnection, chunks: Sequence[ChunkRows],
                       now: int) -> dict[RowKey, int]:
@@ -199,8 +302,11 @@ class LedgerStore:
              "b_detail": _clip(o.detail), "b_provider_id": o.provider_message_id, "b_now": now}
             for o, token in outcomes
         ]
+        released = sorted({o.key.notification_id for o, _ in outcomes
+                            if o.status == DeliveryStatus.PENDING})
         async with self._db.write() as conn:
             await conn.execute(stmt, params)
+            await _cancel_released_in(conn, released, now)
             if self.events is not None:
                 await self.events.after_rows(conn, [o.key for o, _ in outcomes], now)
 
@@ -259,10 +365,46 @@ class LedgerStore:
                     .values(**values, claim_token=None, claimed_at=None, updated_at=now)
                 )
                 settled += result.rowcount
+            if resend:
+                await _cancel_released_in(conn, sorted({nid for nid, _ in groups}), now)
             if self.events is not None:
                 await self.events.after_rows(
                     conn, [RowKey(n, u, c) for (n, c), us in groups.items() for u in us], now)
         return settled
+
+
+_SKIPPED = DeliveryStatus.SKIPPED.value
+_CANCELLED_DETAIL = "the service cancelled the notification before this was sent"
+
+
+def _cap_of(chunk: ChunkRows, row: RowState) -> Cap | None:
+    """The frequency cap a row to send falls under, if any."""
+    if row.status != DeliveryStatus.PENDING or row.reason is not None:
+        return None
+    return next((cap for cap in chunk.caps if cap.channel == row.key.channel), None)
+
+
+def _as_cancelled(chunk: ChunkRows) -> ChunkRows:
+    """A chunk of a cancelled notification: its rows open as skipped/cancelled, no feed entry,
+    and it takes over nothing of an older version (what was sent stays sent)."""
+    rows = [RowState(r.key, DeliveryStatus.SKIPPED, Reason.CANCELLED, _CANCELLED_DETAIL)
+            for r in chunk.rows]
+    return ChunkRows(chunk.notification_id, chunk.version, rows, chunk.insert, frozenset(), {})
+
+
+async def _cancel_released_in(conn: AsyncConnection, notification_ids: Sequence[str], now: int) -> None:
+    """Rows just released (``pending``, for a retry) of cancelled notifications are cancelled."""
+    if not notification_ids:
+        return
+    cancelled = (sa.select(notifications.c.id)
+                 .where(notifications.c.id.in_(list(notification_ids)),
+                        notifications.c.cancelled_at.is_not(None)))
+    await conn.execute(
+        deliveries.update()
+        .where(deliveries.c.notification_id.in_(cancelled.scalar_subquery()),
+               deliveries.c.status == _PENDING)
+        .values(status=_SKIPPED, reason=Reason.CANCELLED.value, detail=_CANCELLED_DETAIL,
+                claim_token=None, claimed_at=None, updated_at=now))
 
 
 def _row(version: int, r: RowState, now: int) -> dict[str, object]:
@@ -345,7 +487,8 @@ def _claimable(chunks: Sequence[ChunkRows], won: list[set[RowKey]],
     for chunk, chunk_won in zip(chunks, won, strict=True):
         for r in chunk.rows:
             cur = current.get(r.key)
-            if (r.key in chunk_won and r.status == DeliveryStatus.PENDING and cur is not None
+            if (r.key in chunk_won and r.status == DeliveryStatus.PENDING and r.reason is None
+                    and r.key.channel not in claim.exclude and cur is not None
                     and cur.version == chunk.version and cur.status == _PENDING
                     and r.key not in keys):
                 keys.append(r.key)

@@ -32,22 +32,40 @@ class NotificationStore:
         async with self._db.write() as conn:
             await self.upsert_many_in(conn, updates)
 
-    async def upsert_many_in(self, conn: AsyncConnection, updates: Sequence[HeaderUpdate]) -> None:
-        """:meth:`upsert_many` inside the caller's write transaction."""
+    async def upsert_many_in(self, conn: AsyncConnection,
+                             updates: Sequence[HeaderUpdate]) -> set[str]:
+        """:meth:`upsert_many` inside the caller's write transaction; the headers stay locked
+        (PostgreSQL) until it ends. Returns the ids already cancelled: those are not changed."""
         if not updates:
-            return
+            return set()
         now = now_us()
         await conn.execute(self._db.insert(notifications).on_conflict_do_nothing(
             index_elements=[notifications.c.id]), [_insert_values(u, now) for u in updates])
         ids = list(dict.fromkeys(u.id for u in updates))
         rows = {r.id: dict(r._mapping) for r in (await conn.execute(
-            sa.select(notifications).where(notifications.c.id.in_(ids)).with_for_update()
+            sa.select(notifications).where(notifications.c.id.in_(ids))
+            .order_by(notifications.c.id).with_for_update()
         )).all()}
+        cancelled = {nid for nid in ids if rows[nid]["cancelled_at"] is not None}
         for nid in ids:
+            if nid in cancelled:
+                continue
             changes = _fold(rows[nid], [u for u in updates if u.id == nid])
             if changes:
                 await conn.execute(notifications.update().where(notifications.c.id == nid)
                                    .values(**changes, updated_at=now))
+        return cancelled
+
+    async def lock_cancelled_in(self, conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
+        """Lock the headers of ``ids`` (PostgreSQL; SQLite has one writer) for the caller's
+        transaction, so a cancel waits for it or it for the cancel; return the cancelled ones."""
+        if not ids:
+            return set()
+        rows = (await conn.execute(
+            sa.select(notifications.c.id, notifications.c.cancelled_at)
+            .where(notifications.c.id.in_(sorted(set(ids)))).order_by(notifications.c.id)
+            .with_for_update())).all()
+        return {r.id for r in rows if r.cancelled_at is not None}
 
     async def get(self, notification_id: str) -> NotificationHeader | None:
         async with self._db.read() as conn:
@@ -60,7 +78,9 @@ class NotificationStore:
         """Per channel: pending (including not yet fanned out), sent, failed, skipped; and
         what the provider told after ``sent``: delivered, bounced, complained. ``sent``
         counts every row the provider accepted, those three included (they are sub-states
-        of sent), so pending + sent + failed + skipped is the number of recipients."""
+        of sent), so pending + sent + failed + skipped is the number of recipients. Once
+        the notification is cancelled, the rows never made count as skipped: only the sends
+        in flight at the cancel are still pending."""
         async with self._db.read() as conn:
             return await self.counts_in(conn, header)
 
@@ -72,6 +92,7 @@ class NotificationStore:
             .group_by(deliveries.c.channel, deliveries.c.status)
         )).all()
         counts = {c: _empty_counts() for c in CHANNELS if c in header.channels}
+        open_rows: dict[str, int] = {}
         for channel, status, n in rows:
             bucket = counts.setdefault(channel, _empty_counts())
             if status in _AFTER_SENT:
@@ -79,9 +100,15 @@ class NotificationStore:
                 bucket["sent"] += n
             elif status in (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED):
                 bucket[status] += n
-        for bucket in counts.values():
+            else:
+                open_rows[channel] = open_rows.get(channel, 0) + n
+        for channel, bucket in counts.items():
             final = bucket["sent"] + bucket["failed"] + bucket["skipped"]
             bucket["pending"] = max(header.recipients - final, 0)
+            if header.cancelled_at is not None:
+                in_flight = min(open_rows.get(channel, 0), bucket["pending"])
+                bucket["skipped"] += bucket["pending"] - in_flight
+                bucket["pending"] = in_flight
         return counts
 
     async def get_in(self, conn: AsyncConnection, notification_id: str) -> NotificationHeader | None:
@@ -127,7 +154,7 @@ def _insert_values(u: HeaderUpdate, now: int) -> dict[str, Any]:
     return {"id": u.id, "service": u.service, "version": u.version, "template": u.template,
             "data": u.data, "state": u.state, "category": u.category, "locale": u.locale,
             "channels": list(u.channels), "recipients": u.recipients, "created_at": now,
-            "updated_at": now}
+            "updated_at": now, "send_at": u.send_at}
 
 
 def _fold(row: dict[str, Any], updates: list[HeaderUpdate]) -> dict[str, Any]:
@@ -149,7 +176,8 @@ def _changes(row: dict[str, Any], update: HeaderUpdate) -> dict[str, Any]:
         changes["recipients"] = update.recipients
     if update.version > row["version"]:
         changes.update(version=update.version, template=update.template, data=update.data,
-                       state=update.state, category=update.category, locale=update.locale)
+                       state=update.state, category=update.category, locale=update.locale,
+                       send_at=update.send_at)
     return changes
 
 

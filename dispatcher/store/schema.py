@@ -9,8 +9,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = ["metadata", "users", "devices", "notifications", "deliveries", "inbox",
-           "queue_messages", "dead_letters", "suppressions", "soft_bounces", "webhook_endpoints",
-           "webhook_outbox", "upgrade"]
+           "queue_messages", "dead_letters", "scheduled_messages", "rate_limits",
+           "frequency_log", "suppressions", "soft_bounces", "webhook_endpoints", "webhook_outbox",
+           "add_missing_indexes"]
 
 metadata = sa.MetaData()
 
@@ -52,6 +53,9 @@ notifications = sa.Table(
     sa.Column("recipients", sa.Integer, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # The highest version's send_at (µs), and when the service cancelled the notification.
+    sa.Column("send_at", sa.BigInteger),
+    sa.Column("cancelled_at", sa.BigInteger),
 )
 
 # The delivery ledger: one row per (notification, user, channel).
@@ -115,6 +119,42 @@ dead_letters = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
 
+# Chunk messages held until their notification's send_at (any queue: SQS delays stop at
+# 15 minutes). Released to the queue by the scheduler of every worker process, once: in one
+# transaction with the embedded queue; under a lease (``claimed_until``) with SQS.
+scheduled_messages = sa.Table(
+    "scheduled_messages", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("notification_id", ID, nullable=False, index=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("due_at", sa.BigInteger, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("claimed_until", sa.BigInteger),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_scheduled_due", "due_at", "id"),
+)
+
+# Provider rate limits without Redis (dispatcher.ratelimit): per channel, the GCRA's
+# theoretical arrival time of the next message (µs).
+rate_limits = sa.Table(
+    "rate_limits", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("tat", sa.BigInteger, nullable=False),
+)
+
+# Frequency caps (dispatcher.frequency): one entry per (notification, user, channel) admitted
+# to be sent in a capped category, counted per user, category and channel over a window.
+frequency_log = sa.Table(
+    "frequency_log", metadata,
+    sa.Column("notification_id", ID, primary_key=True),
+    sa.Column("user_id", ID, primary_key=True),
+    sa.Column("channel", sa.String(16), primary_key=True),
+    sa.Column("category", sa.String(64), nullable=False),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Index("ix_frequency_user", "user_id", "category", "channel", "at"),
+)
+
+
 # Addresses (normalised, lower case) and device tokens not to send to, and why.
 suppressions = sa.Table(
     "suppressions", metadata,
@@ -165,21 +205,14 @@ webhook_outbox = sa.Table(
 )
 
 
-def upgrade(conn: sa.Connection) -> None:
-    """Bring a database made by an older release up to :data:`metadata`, additively.
-
-    ``create_all`` creates missing tables (with their indexes) but leaves existing tables as
-    they are: here, missing nullable columns are added and missing indexes created. Nothing
-    is dropped or altered."""
+def add_missing_indexes(conn: sa.Connection) -> None:
+    """Create the indexes :data:`metadata` has and an existing table lacks (``create_all``
+    creates a missing table with its indexes, but leaves an existing table as it is; columns
+    are added by ``database._add_missing_columns``). Nothing is dropped or altered."""
     inspector = sa.inspect(conn)
     for table in metadata.sorted_tables:
         if not inspector.has_table(table.name):
             continue
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in present and column.nullable:
-                kind = column.type.compile(dialect=conn.dialect)
-                conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
         indexes = {i["name"] for i in inspector.get_indexes(table.name)}
         for index in table.indexes:
             if index.name not in indexes:

@@ -16,9 +16,7 @@ of 8 rows, would claim 32 rows with a connection pool of 24 and 8 slots.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -26,84 +24,16 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from aiohttp import web
+from servers.holding_ses import HoldingSes
 
 USERS = 200
 SEND_CONCURRENCY = 8
 THROTTLED = 30  # the first requests get a throttling error, then every request is held
 
 
-class HoldingSes:
-    """An SES v2 endpoint on its own thread: throttles, then holds, then (released) accepts."""
-
-    def __init__(self) -> None:
-        self.throttled: list[str] = []
-        self.held: list[str] = []      # recipients of requests received and never answered
-        self.accepted: list[str] = []  # recipients answered with a MessageId
-        self._holding = True
-        self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._release: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self.url = ""
-
-    def __enter__(self) -> HoldingSes:
-        self._thread.start()
-        self.url = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.accept_from_now_on()  # held handlers end, so the server can stop
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(30)
-
-    def held_count(self) -> int:
-        with self._lock:
-            return len(self.held)
-
-    def accept_from_now_on(self) -> None:
-        """Answer every request (held ones included) with success."""
-        def release() -> None:
-            self._holding = False
-            assert self._release is not None
-            self._release.set()
-        self._loop.call_soon_threadsafe(release)
-
-    async def _start(self) -> str:
-        self._release = asyncio.Event()
-        app = web.Application()
-        app.router.add_post("/v2/email/outbound-emails", self._send_email)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        return f"http://{host}:{port}"
-
-    async def _send_email(self, request: web.Request) -> web.Response:
-        [to] = (await request.json())["Destination"]["ToAddresses"]
-        with self._lock:
-            if len(self.throttled) < THROTTLED:
-                self.throttled.append(to)
-                return web.json_response(
-                    {"message": "Maximum sending rate exceeded."}, status=429,
-                    headers={"x-amzn-ErrorType": "TooManyRequestsException:", "Retry-After": "0.2"})
-            holding = self._holding
-            if holding:
-                self.held.append(to)
-        if holding:
-            assert self._release is not None
-            await self._release.wait()
-            return web.json_response({"message": "the sender is gone"}, status=500)
-        with self._lock:
-            self.accepted.append(to)
-        return web.json_response({"MessageId": f"ses-{uuid.uuid4()}"})
-
-
 @pytest.fixture
 def ses() -> Iterator[HoldingSes]:
-    with HoldingSes() as server:
+    with HoldingSes(throttle_first=THROTTLED) as server:
         yield server
 
 
