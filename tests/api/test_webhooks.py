@@ -246,3 +246,24 @@ async def test_no_endpoint_no_outbox_rows(client: httpx.AsyncClient, runtime: Ru
     await notify(client, runtime, await users(client, good=2, bad=2))
     r = await client.get("/v1/webhooks/deliveries")
     assert r.json()["items"] == []
+
+
+async def test_a_cancelled_scheduled_notification_is_told_completed_with_its_skips(
+        client: httpx.AsyncClient, runtime: Runtime, receiver: Receiver) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    await register(client, receiver, events=["notification.completed"])
+    recipients = await users(client, good=3, bad=0)
+    nid = new_id()
+    at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    r = await client.post("/v1/notifications", json={"id": nid, "recipients": recipients, "template": "app-install",
+                                                      "data": {"app_name": "Foo"}, "channels": ["email"],
+                                                      "send_at": at})
+    assert r.status_code == 202, r.text
+    await runtime.worker().drain()
+    assert (await client.post(f"/v1/notifications/{path_id(nid)}/cancel")).status_code == 200
+    [done] = await until(lambda: receiver.of_type("notification.completed"), "notification.completed")
+    assert done["data"]["notification_id"] == nid
+    assert done["data"]["counts"]["email"]["skipped"] == 3 and done["data"]["counts"]["email"]["pending"] == 0
+    resend = await client.post(f"/v1/notifications/{path_id(nid)}/resend", json={})
+    assert resend.status_code == 409 and resend.json()["error"]["code"] == "cancelled"
