@@ -8,11 +8,11 @@ from typing import ClassVar
 
 import httpx
 import pytest
+from support import new_id, path_id
 
 from channels.base import InvalidRecipient, Message, Receipt
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
-from support import new_id, path_id
 
 
 class FlakyEmail:

@@ -6,6 +6,7 @@ local server that ``DISPATCHER_SNS_CERT_URL_PATTERN`` points at."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sns_signing import TOPIC, FakeSns, ses_event
+from support import API_KEYS, USER_SECRET, new_id, path_id, sent_lines
 
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
-from sns_signing import TOPIC, FakeSns, ses_event
-from support import API_KEYS, USER_SECRET, new_id, path_id, sent_lines
 
 EVENTS = "/v1/providers/ses/events"
 
@@ -226,8 +227,6 @@ async def test_unregistered_devices_are_listed_with_the_users_suppressions(
 
 async def test_a_concurrent_burst_with_duplicates_is_applied_exactly(
         client: httpx.AsyncClient, runtime: Runtime, sns: FakeSns) -> None:
-    import asyncio
-
     for i in range(100):
         await client.put(f"/v1/users/b{i}", json={"email": f"b{i}@example.com"})
     nid = new_id()

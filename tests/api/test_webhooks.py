@@ -13,18 +13,19 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
 import pytest
+from sns_signing import TOPIC, FakeSns, ses_event
+from support import API_KEYS, USER_SECRET, new_id, path_id
+from webhook_receiver import Receiver
 
 from channels.base import InvalidRecipient, Message, Receipt
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
-from sns_signing import TOPIC, FakeSns, ses_event
-from support import API_KEYS, USER_SECRET, new_id, path_id
-from webhook_receiver import Receiver
 
 
 class RefusingEmail:
@@ -250,8 +251,6 @@ async def test_no_endpoint_no_outbox_rows(client: httpx.AsyncClient, runtime: Ru
 
 async def test_a_cancelled_scheduled_notification_is_told_completed_with_its_skips(
         client: httpx.AsyncClient, runtime: Runtime, receiver: Receiver) -> None:
-    from datetime import UTC, datetime, timedelta
-
     await register(client, receiver, events=["notification.completed"])
     recipients = await users(client, good=3, bad=0)
     nid = new_id()

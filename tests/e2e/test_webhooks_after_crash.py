@@ -68,7 +68,7 @@ def test_a_receiver_that_never_answers_does_not_hold_up_delivery(dispatcher_env,
             for i in range(50):
                 client.put(f"/v1/users/u{i}", json={"email": f"u{i}@example.com"})
             ids = []
-            for n in range(6):  # 6 completed webhooks for 2 request slots, all hanging
+            for _ in range(6):  # 6 completed webhooks for 2 request slots, all hanging
                 nid = f"app#{uuid.uuid4()}"
                 ids.append(nid)
                 assert client.post("/v1/notifications", json={
