@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 from sns_signing import TOPIC, FakeSns, ses_event
-from support import API_KEYS, USER_SECRET, new_id, path_id, sent_lines
+from support import API_KEYS, USER_SECRET, new_id, path_id, sent_lines, verify_sender
 
+from dispatcher.api import create_app
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
 
@@ -246,3 +247,26 @@ async def test_a_concurrent_burst_with_duplicates_is_applied_exactly(
     assert sum(a.json()["applied"] for a in answers) == 100  # each event moved its row once
     counts = (await client.get(f"/v1/notifications/{path_id(nid)}")).json()["counts"]["email"]
     assert (counts["sent"], counts["delivered"], counts["bounced"]) == (100, 90, 10)
+
+
+async def test_an_event_about_a_message_sent_through_ses_finds_its_row(
+        aws: str, settings: Settings, sns: FakeSns) -> None:
+    """Real SES message ids (moto_server's SES v2 over HTTP), matched by the events."""
+    verify_sender("noreply@example.com")
+    rt = await Runtime.open(settings.model_copy(update={"email_provider": "ses",
+                                                        "email_from": "noreply@example.com"}))
+    try:
+        transport = httpx.ASGITransport(app=create_app(rt))
+        async with httpx.AsyncClient(transport=transport, base_url="http://dispatcher",
+                                     headers={"Authorization": "Bearer app-key"}) as client:
+            row = await send_email(client, rt, "u1", "u1@example.com")
+            assert row["status"] == "sent" and not row["provider_message_id"].startswith("log-")
+            r = await post(client, sns.notification(ses_event("Complaint", row["provider_message_id"],
+                                                                "u1@example.com")))
+            assert r.json()["matched"] is True and r.json()["applied"] is True
+            after = await email_row(client, row["notification_id"])
+            assert (after["status"], after["reason"]) == ("complained", "complaint")
+            held = await send_email(client, rt, "u1", "u1@example.com")
+            assert (held["status"], held["reason"]) == ("skipped", "suppressed")
+    finally:
+        await rt.close()
