@@ -3,7 +3,8 @@
 Builds the wheel from this checkout, installs it into a fresh venv in a temporary folder
 outside the checkout, runs ``dispatcher serve`` from another folder on a free port with a
 temporary SQLite file, then PUTs a user, POSTs one notification and waits until its in-app
-row is ``sent`` (``GET /v1/notifications/{id}``). Only the standard library, so any Python
+row is ``sent`` (``GET /v1/notifications/{id}``), and that the API pages' assets are served
+from the wheel (``/docs`` works offline). Only the standard library, so any Python
 >= 3.11 runs it: ``python .ci/wheel_smoke.py``.
 """
 
@@ -82,6 +83,8 @@ def _exercise(base: str, server: subprocess.Popen[bytes], log: Path) -> None:
     path = "/v1/notifications/" + notification_id.replace("#", "%23")
     _wait(lambda: _call(base, "GET", path)[1].get("counts", {}).get("in_app", {}).get("sent") == 1,
           server, log, "the in-app row to be sent")
+    for asset in ("/docs", "/redoc", "/docs/assets/swagger-ui-bundle.js", "/docs/assets/redoc.standalone.js"):
+        assert _fetch(base, asset) == 200, f"{asset} is not served by the installed wheel"
 
 
 def _call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -95,6 +98,15 @@ def _call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any
         return exc.code, json.loads(exc.read() or b"null")
     except OSError:
         return 0, {}
+
+
+def _fetch(base: str, path: str) -> int:
+    try:
+        with urllib.request.urlopen(base + path, timeout=10) as response:
+            response.read()
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def _wait(check: Any, server: subprocess.Popen[bytes], log: Path, what: str) -> None:

@@ -54,6 +54,8 @@ def cli(argv: list[str] | None = None) -> int:
                    help="also a run of this size for the memory figure (e.g. 1000000)")
     r.add_argument("--sizes", default="2000", help="extra bulk sizes for the chart, comma-separated")
     r.add_argument("--no-production", action="store_true")
+    r.add_argument("--no-personalised", action="store_true",
+                   help="skip the personalised mixed workload (user.name in every part)")
     r.add_argument("--no-peers", action="store_true")
     r.add_argument("--small-users", type=int, default=20_000,
                    help="small workload: users seeded (20,000)")
@@ -197,6 +199,7 @@ def _run(args: argparse.Namespace) -> int:
                    inapp_recipients=args.inapp_recipients, big_recipients=args.big_recipients,
                    sizes=[int(x) for x in args.sizes.split(",") if x], out=args.out,
                    production=not args.no_production, peers=not args.no_peers,
+                   personalised=not args.no_personalised,
                    small=not args.no_small, small_users=args.small_users,
                    small_rate=args.small_rate, small_seconds=args.small_seconds,
                    small_budget=args.small_budget, small_step_seconds=args.small_step_seconds)

@@ -1,7 +1,8 @@
 """``python -m bench run``: the dispatcher and its peers, side by side, in one run.
 
 Order per round (rounds interleave contenders so the machine's noise spreads evenly):
-dispatcher embedded, dispatcher production with 1 and 2 worker processes, the Celery peer,
+dispatcher embedded, the same personalised (``Hi {{ user.name }}`` in every part of email, SMS
+and push: rendered per recipient), dispatcher production with 1 and 2 worker processes, the Celery peer,
 the Apprise peer. Then, once: the ceiling, the gateway workload on both stacks, the in-app
 fan-out, the small workload (:mod:`bench.small_suite`: a fixed open-loop offer and the
 sustainable-rate search per contender, the gateway alone), and optionally a large run for
@@ -23,8 +24,8 @@ from typing import Any
 
 from bench.ceiling import measure_ceiling
 from bench.standins import StandIns
-from bench.workloads import (GatewayResult, MixedResult, run_gateway, run_mixed, seed, start_stack,
-                             stop_stack, users)
+from bench.workloads import (PERSONAL_TEMPLATE, TEMPLATE, GatewayResult, MixedResult, run_gateway,
+                             run_mixed, seed, start_stack, stop_stack, users)
 
 __all__ = ["Options", "run"]
 
@@ -38,6 +39,7 @@ class Options:
     big_recipients: int = 0            # e.g. 1,000,000 for the memory comparison; 0 skips it
     sizes: list[int] = field(default_factory=lambda: [2_000])   # extra points for the chart
     production: bool = True
+    personalised: bool = True          # the personalised mixed workload, next to the mixed one
     peers: bool = True
     out: Path = Path("docs")
     small: bool = True                 # the small workload (bench.small_suite)
@@ -56,17 +58,17 @@ def _log(text: str) -> None:
 
 
 def _mixed(kind: str, standins: StandIns, opts: Options, n: int, workers: int,
-           update: bool = True, only: list[str] | None = None) -> MixedResult:
+           update: bool = True, only: list[str] | None = None, template: str = TEMPLATE) -> MixedResult:
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as folder:
         stack = start_stack(kind, standins, Path(folder), workers=workers,
                             postgres_admin_url=opts.postgres_admin_url, redis_url=opts.redis_url)
         try:
             people = users(n)
             seed(stack.database_url, people)
-            result = run_mixed(stack, standins, people, update=update, only=only)
+            result = run_mixed(stack, standins, people, update=update, only=only, template=template)
         finally:
             stop_stack(stack, opts.postgres_admin_url)
-    _log(f"{kind} x{workers} n={n} {only or 'all'}: {result.external_per_second:,.0f} email+sms+push/s "
+    _log(f"{kind} x{workers} n={n} {only or 'all'} {template}: {result.external_per_second:,.0f} email+sms+push/s "
          f"({result.seconds:.1f}s), update {result.update_seconds or 0:.2f}s")
     return result
 
@@ -154,6 +156,9 @@ def _small(standins: StandIns, opts: Options) -> dict[str, Any]:
 def _round(standins: StandIns, opts: Options) -> dict[str, Any]:
     n = opts.recipients
     out: dict[str, Any] = {"embedded": _mixed_json(_mixed("embedded", standins, opts, n, 2))}
+    if opts.personalised:
+        out["personalised"] = _mixed_json(_mixed("embedded", standins, opts, n, 2,
+                                                 template=PERSONAL_TEMPLATE))
     for channel in ("email", "sms", "push"):  # each channel alone: its own rate
         out[f"only_{channel}"] = _mixed_json(_mixed("embedded", standins, opts, n, 2,
                                                     update=False, only=[channel]))
@@ -203,7 +208,7 @@ def _median(rounds: list[dict[str, Any]], contender: str, key: str) -> float | N
 def summarise(report: dict[str, Any]) -> dict[str, Any]:
     rounds = report["rounds"]
     s: dict[str, Any] = {}
-    for contender in ("embedded", "production_1", "production_2"):
+    for contender in ("embedded", "personalised", "production_1", "production_2"):
         for key in ("external_per_second", "email_per_second", "sms_per_second",
                     "push_per_second", "update_seconds"):
             s[f"{contender}.{key}"] = _median(rounds, contender, key)

@@ -78,6 +78,7 @@ def _one(kind: str, standins: StandIns, opts: Options, messages: int, workers: i
             try:
                 people = users(messages)
                 seed(stack.database_url, people)
+                standins.reset()  # the sampler must not see the previous run's count
                 with _Sampler(standins) as sampler:
                     result = run_mixed(stack, standins, people, update=False, only=["email"],
                                        timeout=max(600.0, 3 * messages / (rate or 1000)))

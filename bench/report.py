@@ -56,6 +56,11 @@ def bars(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append(("a 10,000-recipient request accepted in", "< 250 ms",
                      "; ".join(f"{k}: {_f(g['bulk_accept_ms'])} ms" for k, g in gw.items()),
                      _verdict(min(g["bulk_accept_ms"] for g in gw.values()) < 250)))
+    personal = s.get("personalised.external_per_second")
+    if personal:
+        rows.append(("personalised mixed (Hi {{ user.name }} in email, SMS, push) vs mixed, embedded",
+                     "≥ 0.8×", f"{_ratio(personal, emb)} ({_f(personal)} vs {_f(emb)}/s)",
+                     _verdict(personal / emb >= 0.8 if emb else None)))
     if prod1 and prod2:
         rows.append(("2 worker processes vs 1 (production, mixed)", "≥ 1.7×",
                      f"{_ratio(prod2, prod1)} ({_f(prod2)} vs {_f(prod1)}/s)", _verdict(prod2 / prod1 >= 1.7)))
@@ -103,6 +108,7 @@ def rounds_table(report: dict[str, Any]) -> str:
     head = "| contender | " + " | ".join(f"round {i + 1}" for i in range(len(report["rounds"]))) + " | median |"
     lines = [head, "|---" * (len(report["rounds"]) + 2) + "|"]
     names = {"embedded": "dispatcher, embedded (SQLite, 2 processes)",
+             "personalised": "dispatcher, embedded, personalised (user.name in every part)",
              "production_1": "dispatcher, production, 1 worker process",
              "production_2": "dispatcher, production, 2 worker processes",
              "celery": "Celery 5 + boto3 + pyfcm (prefork 2)", "apprise": "Apprise (2 processes)"}

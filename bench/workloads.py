@@ -3,6 +3,9 @@
 * **mixed**: N users with email, phone and one device; a few percent opted out of SMS and a
   few with an invalid email; one ``POST /v1/notifications`` per 10,000 recipients with the
   ``app-install`` template; timed from the first request to the last ledger row final.
+* **personalised** (mixed, personalised): the same, with ``app-install-personal``
+  (``bench/templates/``), which says ``Hi {{ user.name }}`` in every part of email, SMS and
+  push, so those parts are rendered per recipient; every user has a name.
 * **update**: the same bulk again with ``state: completed, version: 2`` (in-app only).
 * **gateway**: many single-recipient requests from a concurrent client: rate, p50/p99; and
   the latency of one 10,000-recipient request.
@@ -36,13 +39,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from bench.standins import StandIns
 
-__all__ = ["MixedResult", "Stack", "GatewayResult", "engine_for", "run_gateway", "run_mixed"]
+__all__ = ["MixedResult", "PERSONAL_TEMPLATE", "Stack", "GatewayResult", "engine_for", "run_gateway",
+           "run_mixed"]
 
 API_KEY = "bench-key"
 MAX_PER_REQUEST = 10_000
 SMS_OPT_OUT_EVERY = 33      # ~3 % opted out of SMS
 BAD_EMAIL_EVERY = 50        # 2 % with an email address that no longer validates
 SENDER = "no-reply@example.com"
+TEMPLATE = "app-install"
+#: The personalised workload's template (bench/templates/), next to the shipped ones.
+PERSONAL_TEMPLATE = "app-install-personal"
+BENCH_TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 @dataclass
@@ -79,10 +87,24 @@ def _base_env(standins: StandIns, folder: Path) -> dict[str, str]:
     return env
 
 
+def templates_folder(folder: Path) -> Path:
+    """The shipped templates plus the benchmark's own (the personalised workload's)."""
+    import shutil
+
+    from dispatcher.templates_path import shipped_templates
+
+    target = folder / "templates"
+    shutil.copytree(shipped_templates(), target, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(BENCH_TEMPLATES, target, dirs_exist_ok=True)
+    return target
+
+
 def start_stack(kind: str, standins: StandIns, folder: Path, *, workers: int,
                 postgres_admin_url: str, redis_url: str) -> Stack:
     folder.mkdir(parents=True, exist_ok=True)
     env = _base_env(standins, folder)
+    env["DISPATCHER_TEMPLATES_DIR"] = str(templates_folder(folder))
     stack = Stack(kind, workers, env=env)
     try:
         if kind == "gateway-alone":  # embedded gateway, no worker: its queue just fills
@@ -144,7 +166,7 @@ def stop_stack(stack: Stack, postgres_admin_url: str) -> None:
 
 def users(n: int) -> list[dict[str, Any]]:
     """The recipients every contender gets: the same people, the same opt-outs."""
-    return [{"id": f"u{i}",
+    return [{"id": f"u{i}", "name": f"User {i}",
              "email": f"user{i}@example" if i % BAD_EMAIL_EVERY == 7 else f"user{i}@example.com",
              "phone": f"+8210{10_000_000 + i % 90_000_000}", "token": f"token-{i}",
              "locale": "ko-KR" if i % 3 == 0 else None, "sms_opt_out": i % SMS_OPT_OUT_EVERY == 5}
@@ -164,7 +186,8 @@ def seed(database_url: str, people: list[dict[str, Any]]) -> None:
         for start in range(0, len(people), 20_000):
             part = people[start:start + 20_000]
             conn.execute(users_table.insert(), [
-                {"id": p["id"], "email": p["email"], "phone": p["phone"], "locale": p["locale"],
+                {"id": p["id"], "name": p.get("name"), "email": p["email"], "phone": p["phone"],
+                 "locale": p["locale"],
                  "timezone": None, "created_at": now, "updated_at": now,
                  "preferences": {"channels": {"sms": False} if p["sms_opt_out"] else {},
                                  "categories": {}}} for p in part])
@@ -230,14 +253,14 @@ class MixedResult:
 
 
 def _post_bulk(gateway: str, nid: str, recipients: list[str], version: int, state: str,
-               channels: list[str] | None = None) -> float:
+               channels: list[str] | None = None, template: str = TEMPLATE) -> float:
     started = time.perf_counter()
     with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {API_KEY}"},
                       timeout=120, trust_env=False) as client:
         for start in range(0, len(recipients), MAX_PER_REQUEST):
             body: dict[str, Any] = {
                 "id": nid, "recipients": recipients[start:start + MAX_PER_REQUEST],
-                "template": "app-install", "data": {"app_name": "Bench"}, "state": state,
+                "template": template, "data": {"app_name": "Bench"}, "state": state,
                 "version": version}
             if channels:
                 body["channels"] = channels
@@ -263,15 +286,16 @@ def _wait_final(database_url: str, nid: str, expected: int, version: int, channe
 
 def run_mixed(stack: Stack, standins: StandIns, people: list[dict[str, Any]], *,
               update: bool = True, timeout: float = 3600,
-              only: list[str] | None = None) -> MixedResult:
-    """``only``: send just these channels (the per-channel figures); default all four."""
+              only: list[str] | None = None, template: str = TEMPLATE) -> MixedResult:
+    """``only``: send just these channels (the per-channel figures); default all four.
+    ``template``: :data:`PERSONAL_TEMPLATE` for the personalised workload."""
     recipients = [p["id"] for p in people]
     nid = f"app#{uuid.uuid4()}"
     standins.reset()
     channels = set(only or ("in_app", "email", "sms", "push"))
     with ResourceMonitor(stack.dispatcher_pids()) as monitor:
         started = time.perf_counter()
-        accept = _post_bulk(stack.gateway.url, nid, recipients, 1, "installing", only)
+        accept = _post_bulk(stack.gateway.url, nid, recipients, 1, "installing", only, template)
         progress = _wait_final(stack.database_url, nid, len(recipients) * len(channels), 1,
                                channels, timeout)
         seconds = time.perf_counter() - started
@@ -286,7 +310,7 @@ def run_mixed(stack: Stack, standins: StandIns, people: list[dict[str, Any]], *,
         peak_rss_mb={n: r / 2**20 for n, r in monitor.peak_rss.items()})
     if update and "in_app" in channels:
         started = time.perf_counter()
-        _post_bulk(stack.gateway.url, nid, recipients, 2, "completed")
+        _post_bulk(stack.gateway.url, nid, recipients, 2, "completed", template=template)
         _wait_final(stack.database_url, nid, len(recipients), 2, {"in_app"}, timeout)
         result.update_seconds = time.perf_counter() - started
     return result

@@ -1,31 +1,44 @@
-"""``dispatcher serve | gateway | worker | dlq``: the process entry points.
+"""``dispatcher``: the command line. ``dispatcher --help`` lists the commands, each has ``--help``.
 
-* ``serve``: the API and the workers in one process (the embedded default: SQLite, no
-  infrastructure needed);
-* ``gateway``: the API only; ``worker``: the workers only (production: many of each);
-* ``dlq``: list the dead-letter queue of the embedded queue, with reasons;
-* ``webhooks failed | replay``: list failed webhooks, or send them again with their ids.
+* processes: ``serve`` (the API and the workers in one process tree: the embedded default,
+  SQLite, no infrastructure needed), ``gateway`` (the API only), ``worker`` (workers only);
+* through the HTTP API (``DISPATCHER_URL``, ``DISPATCHER_API_KEY``): ``send``, ``status``;
+* on the queue itself (the settings of the processes): ``dlq list | count | replay | purge``;
+* on the store: ``webhooks failed | replay`` (webhooks the receivers never took);
+* ``token``: an end user's JWT, signed with ``DISPATCHER_USER_TOKEN_SECRET``.
+
+Global options (``--log-level``) go before or after the command. Exit status: 0 done;
+1 the work failed (rows failed, the API refused a request); 2 usage or configuration (a bad
+setting, a database, queue or API that can't be reached: one line on stderr, no traceback);
+3 ``--wait`` / ``--watch`` timed out.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
+import enum
+import functools
+import inspect
 import logging
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Coroutine, Sequence
+import typing
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from pydantic import ValidationError
 
 from dispatcher.bus.pipe import forward
+from dispatcher.client import ApiRefused, ClientError
+from dispatcher.commands import dlq, send, status, token, webhooks
 from dispatcher.config import ConfigurationError, Settings
-from dispatcher.rendering import TemplateError
+from dispatcher.errors import TemplateError, Unavailable
+from dispatcher.observability.logs import configure as configure_logs
+from dispatcher.template_reload import ReloadOnHangup
 
 __all__ = ["main"]
 
@@ -33,31 +46,179 @@ log = logging.getLogger("dispatcher")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["templates"]:  # its own parser: dispatcher.template_cli (check, preview)
+        from dispatcher.template_cli import main as templates_main
+
+        configure_logging("warning")
+        return templates_main(argv[1:])
     try:
-        settings = Settings()
+        app(args=list(argv) if argv is not None else None, prog_name="dispatcher")
+    except SystemExit as exc:  # typer's own ending: help, usage errors (2), typer.Exit
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     except ValidationError as exc:
-        print(f"dispatcher: invalid configuration:\n{exc}", file=sys.stderr)
-        return 2
-    overrides = {k: v for k, v in (("host", getattr(args, "host", None)),
-                                   ("port", getattr(args, "port", None)),
-                                   ("worker_concurrency", getattr(args, "concurrency", None)),
-                                   ("worker_processes", getattr(args, "processes", None)))
-                 if v is not None}
-    settings = settings.model_copy(update=overrides)
-    try:
-        if args.command == "dlq":
-            return _run(_dlq(settings, args.limit))
-        if args.command == "webhooks":
-            return _run(_webhooks(settings, args))
-        if args.command == "worker":
-            return _run(_worker(settings, args.parent_pid))
-        return _run(_COMMANDS[args.command](settings))
-    except (ConfigurationError, TemplateError) as exc:
-        print(f"dispatcher: {exc}", file=sys.stderr)
-        return 2
+        return _fail(2, "invalid configuration: " + "; ".join(map(_setting_error, exc.errors())))
+    except (ConfigurationError, TemplateError, Unavailable) as exc:
+        return _fail(2, str(exc))
+    except ApiRefused as exc:
+        return _fail(2 if exc.status == 401 else 1, f"the API refused: {exc}")
+    except ClientError as exc:
+        return _fail(2, str(exc))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def configure_logging(level: str) -> None:
+    """The process's logging, set once, after the global options were read."""
+    configure_logs(level, os.environ.get("DISPATCHER_LOG_FORMAT", "text"))
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"dispatcher: {message.splitlines()[0] if message else 'failed'}", file=sys.stderr)
+    return code
+
+
+def _setting_error(error: Any) -> str:
+    """``DISPATCHER_X: what is wrong``, once (a validator's message may name it already)."""
+    name = "DISPATCHER_" + "_".join(map(str, error["loc"])).upper() if error["loc"] else "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return message if message.startswith(name) else f"{name}: {message}"
+
+
+# -- global options: accepted before the command (by the app) and after it (by each command) --
+
+class Level(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+LogLevel = Annotated[Level | None, typer.Option(
+    "--log-level", help="Log level (default info); before or after the command.",
+    show_default=False, case_sensitive=False)]
+_before: dict[str, str] = {}
+
+
+def _level(value: Level | None) -> str | None:
+    return value.value if value is not None else None
+
+
+def _with_global_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` with the global options added to its parameters; logging is set up
+    before it runs (the option given after the command wins over the one before)."""
+    signature = inspect.signature(function, eval_str=True)
+    extra = inspect.Parameter("log_level", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=LogLevel)
+
+    @functools.wraps(function)
+    def run(*args: Any, log_level: Level | None = None, **kwargs: Any) -> Any:
+        configure_logging(_level(log_level) or _before.get("log_level") or "info")
+        return function(*args, **kwargs)
+
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), extra])
+    run.__annotations__ = {**typing.get_type_hints(function, include_extras=True), "log_level": LogLevel}
+    return run
+
+
+_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+app = typer.Typer(context_settings=_SETTINGS, no_args_is_help=True, add_completion=False,
+                  rich_markup_mode="rich", pretty_exceptions_enable=False, help=(
+    "The notification dispatcher: run its processes, send and follow notifications, manage the "
+    "dead letters, mint user tokens. Settings come from DISPATCHER_* variables or a .env file in "
+    "the working directory (the environment wins)."), epilog=(
+    "Exit status: 0 done; 1 the work failed (rows failed, the API refused a request); 2 usage or "
+    "configuration (a bad setting; a database, queue or API that can't be reached); 3 a wait timed out."))
+
+
+@app.callback()
+def _options_before_the_command(log_level: LogLevel = None) -> None:
+    level = _level(log_level)
+    if level:
+        _before["log_level"] = level
+
+
+def _command(name: str, function: Callable[..., Any], examples: str, on: typer.Typer = app) -> None:
+    on.command(name, epilog=_examples(examples), context_settings=_SETTINGS)(_with_global_options(function))
+
+
+def _examples(text: str) -> str:
+    """An epilog of example command lines, one per line (rich help joins single newlines)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return "[b]Examples[/b]\n" + "\n".join(f"  {line}" for line in lines)
+
+
+# -- the processes ----------------------------------------------------------------------------
+
+Host = Annotated[str | None, typer.Option(help="Listen address (DISPATCHER_HOST, default 127.0.0.1).")]
+Port = Annotated[int | None, typer.Option(min=1, max=65535, help="Listen port (DISPATCHER_PORT, default 8000).")]
+Concurrency = Annotated[int | None, typer.Option(
+    min=1, help="Batches in progress at once per process (DISPATCHER_WORKER_CONCURRENCY, default 4).")]
+
+
+def serve_command(host: Host = None, port: Port = None, concurrency: Concurrency = None,
+                  processes: Annotated[int | None, typer.Option(
+                      min=1, help="Worker processes, this one included (DISPATCHER_WORKER_PROCESSES; "
+                                  "default: the CPUs this process may use, cgroup quota included).")] = None,
+                  ) -> None:
+    """The API and the workers in one process tree (the embedded default)."""
+    settings = _settings(host=host, port=port, worker_concurrency=concurrency, worker_processes=processes)
+    raise typer.Exit(_run(_serve(settings)))
+
+
+def gateway_command(host: Host = None, port: Port = None) -> None:
+    """The API only (workers run as `dispatcher worker`)."""
+    raise typer.Exit(_run(_gateway(_settings(host=host, port=port))))
+
+
+def worker_command(concurrency: Concurrency = None,
+                   parent_pid: Annotated[int | None, typer.Option(hidden=True)] = None) -> None:
+    """Workers only: take chunks from the queue and deliver them."""
+    raise typer.Exit(_run(_worker(_settings(worker_concurrency=concurrency), parent_pid)))
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+_command("serve", serve_command, """
+    dispatcher serve
+    dispatcher serve --port 9000 --processes 2 --log-level warning
+    DISPATCHER_DATABASE_URL=postgresql://u:p@db/dispatcher dispatcher serve --host 0.0.0.0""")
+_command("gateway", gateway_command, """
+    dispatcher gateway --host 0.0.0.0 --port 8000""")
+_command("worker", worker_command, """
+    dispatcher worker --concurrency 8""")
+_command("send", send.send, send.EXAMPLES)
+_command("status", status.status, status.EXAMPLES)
+_command("token", token.token, token.EXAMPLES)
+
+
+@app.command("templates", add_help_option=False, context_settings={
+    "allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    help="Check or preview templates: dispatcher templates check [--dir DIR], "
+         "dispatcher templates preview NAME … (dispatcher templates --help).")
+def _templates(ctx: typer.Context) -> None:
+    from dispatcher.template_cli import main as templates_main
+
+    raise typer.Exit(templates_main(list(ctx.args)))
+
+dlq_app = typer.Typer(help=dlq.__doc__, context_settings=_SETTINGS,
+                      rich_markup_mode="rich", invoke_without_command=True)
+dlq_app.callback()(_with_global_options(dlq.default))
+_command("list", dlq.list_letters, dlq.LIST_EXAMPLES, on=dlq_app)
+_command("count", dlq.count, "dispatcher dlq count", on=dlq_app)
+_command("replay", dlq.replay, dlq.REPLAY_EXAMPLES, on=dlq_app)
+_command("purge", dlq.purge, "dispatcher dlq purge --yes", on=dlq_app)
+app.add_typer(dlq_app, name="dlq", epilog=_examples(dlq.LIST_EXAMPLES + "\n" + dlq.REPLAY_EXAMPLES))
+
+webhooks_app = typer.Typer(help=webhooks.__doc__, context_settings=_SETTINGS, rich_markup_mode="rich",
+                           no_args_is_help=True)
+_command("failed", webhooks.failed, webhooks.FAILED_EXAMPLES, on=webhooks_app)
+_command("replay", webhooks.replay, webhooks.REPLAY_EXAMPLES, on=webhooks_app)
+app.add_typer(webhooks_app, name="webhooks")
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
@@ -70,53 +231,24 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dispatcher", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("serve", "API and workers in one process"), ("gateway", "API only")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("--host", help="listen address (DISPATCHER_HOST, default 127.0.0.1)")
-        sub.add_argument("--port", type=int, help="listen port (DISPATCHER_PORT, default 8000)")
-        if name == "serve":
-            _concurrency(sub)
-            sub.add_argument("--processes", type=int,
-                             help="worker processes, this one included (DISPATCHER_WORKER_PROCESSES, "
-                                  "default: one per CPU)")
-    worker = commands.add_parser("worker", help="workers only")
-    _concurrency(worker)
-    worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
-    dlq = commands.add_parser("dlq", help="list dead-lettered messages and why")
-    dlq.add_argument("--limit", type=int, default=100)
-    hooks = commands.add_parser("webhooks", help="list failed webhooks, or send them again (same ids)")
-    hooks.add_argument("action", choices=["failed", "replay"])
-    hooks.add_argument("--service", help="only this service's webhooks (replay: default all)")
-    hooks.add_argument("--id", help="replay: only this webhook")
-    hooks.add_argument("--limit", type=int, default=100)
-    return parser
-
-
-def _concurrency(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--concurrency", type=int,
-                     help="chunks in progress at once (DISPATCHER_WORKER_CONCURRENCY, default 4)")
-
-
 async def _serve(settings: Settings, *, workers: int = 1) -> int:
     import uvicorn
 
     from dispatcher.api import create_app
     from dispatcher.api.connections import server_config
+    from dispatcher.observability.metrics import prepare_multiprocess
     from dispatcher.runtime import Runtime
 
     settings, notes = settings.with_dev_credentials()
+    prepare_multiprocess()  # before the worker processes start: /metrics adds theirs up
+    runtime = await Runtime.open(settings)
     for note in notes:
         log.warning(note)
-    runtime = await Runtime.open(settings)
+    reload = ReloadOnHangup(runtime.templates)  # before spawning: children ignore SIGHUP until ready
     # The API process runs a worker loop too: the embedded bus is in-process, so the live
     # stream it serves carries the events of its own worker only (README, "live stream").
     children = _spawn_workers(settings, settings.process_count() - 1) if workers else []
+    reload.start([child.popen for child in children])
     for fd in (child.bus_fd for child in children if child.bus_fd is not None):
         _background.add(asyncio.create_task(forward(fd, runtime.bus)))
     app = create_app(runtime, workers=workers, owns_runtime=True,
@@ -149,7 +281,9 @@ def _spawn_workers(settings: Settings, count: int) -> list[_Child]:
     env = {**os.environ, "DISPATCHER_API_KEYS": settings.api_keys or "",
            "DISPATCHER_USER_TOKEN_SECRET": settings.user_token_secret or "",
            "DISPATCHER_WORKER_CONCURRENCY": str(settings.worker_concurrency)}
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     argv = [sys.executable, "-m", "dispatcher", "worker", "--parent-pid", str(os.getpid())]
+    argv += ["--log-level", level] if level in {member.value for member in Level} else []
     children = []
     for _ in range(max(count, 0)):
         if settings.redis_url:
@@ -164,16 +298,19 @@ def _spawn_workers(settings: Settings, count: int) -> list[_Child]:
 
 
 async def _worker(settings: Settings, parent_pid: int | None = None) -> int:
+    from dispatcher.observability.metrics import serve_worker_metrics
     from dispatcher.runtime import Runtime
 
+    serve_worker_metrics(settings.host, settings.metrics_port if parent_pid is None else None)
     runtime = await Runtime.open(settings)
+    ReloadOnHangup(runtime.templates).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     watchdog = asyncio.create_task(_orphaned(parent_pid, stop)) if parent_pid else None
     log.info("worker started: %d chunks at once", settings.worker_concurrency)
-    try:
+    try:  # the webhook sender runs beside the delivery loops (dispatcher.webhooks)
         await asyncio.gather(runtime.worker().run(stop), runtime.webhook_sender().run(stop))
     finally:
         if watchdog:
@@ -190,38 +327,3 @@ async def _orphaned(parent_pid: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
-async def _dlq(settings: Settings, limit: int = 100) -> int:
-    from dispatcher.runtime import Runtime
-
-    runtime = await Runtime.open(settings)
-    try:
-        for letter in await runtime.queue.dead_letters(limit):
-            print(json.dumps({"id": letter.id, "reason": letter.reason,
-                              "receive_count": letter.receive_count, "body": letter.body}))
-    finally:
-        await runtime.close()
-    return 0
-
-
-async def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
-    """``failed``: one JSON line per failed webhook of ``--service``; ``replay``: make failed
-    webhooks due again (the worker processes send them, with their ids)."""
-    from dispatcher.runtime import Runtime
-
-    runtime = await Runtime.open(settings)
-    try:
-        if args.action == "replay":
-            print(json.dumps({"replayed": await runtime.store.webhooks.replay(args.service, args.id)}))
-            return 0
-        if not args.service:
-            print("dispatcher: webhooks failed needs --service", file=sys.stderr)
-            return 2
-        for entry in await runtime.store.webhooks.entries(args.service, status="failed", limit=args.limit):
-            print(json.dumps({"id": entry.id, "event": entry.event, "attempts": entry.attempts,
-                              "last_error": entry.last_error, "payload": json.loads(entry.payload)}))
-    finally:
-        await runtime.close()
-    return 0
-
-
-_COMMANDS = {"serve": _serve, "gateway": _gateway}

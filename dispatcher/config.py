@@ -1,5 +1,8 @@
 """Settings, read once from ``DISPATCHER_*`` environment variables at the edge (the CLI or a test).
 
+Also from a ``.env`` file in the working directory (``KEY=value`` lines, the same names);
+a variable set in the environment wins over the file.
+
 Nothing below the edge reads ``os.environ``: components receive a :class:`Settings` or the
 values they need. Every field is documented in the README's configuration table.
 """
@@ -7,7 +10,6 @@ values they need. Every field is documented in the README's configuration table.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import secrets
 import zoneinfo
@@ -17,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from dispatcher.cpu_quota import available_cpus
 from dispatcher.errors import ConfigurationError
 from dispatcher.frequency import FrequencyCaps
 from dispatcher.quiet_hours import QuietHours
@@ -36,15 +39,21 @@ def _comma_separated(value: Any) -> Any:
     return value
 
 
+#: ``DISPATCHER_QUEUE_URL`` values naming the queue in the store's database.
+DATABASE_QUEUE = frozenset({"database", "sqlite"})
+
 #: A set of names, written in the environment as ``a,b,c``.
 Names = Annotated[frozenset[str], NoDecode, BeforeValidator(_comma_separated)]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DISPATCHER_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="DISPATCHER_", extra="ignore", populate_by_name=True,
+                                      env_file=".env", env_file_encoding="utf-8")
 
     database_url: str = "sqlite:///./dispatcher.db"
-    queue_url: str = "sqlite"
+    #: ``database``: the queue is a table in the store's database (SQLite or PostgreSQL);
+    #: ``sqlite`` is its former name. Otherwise an SQS queue URL.
+    queue_url: str = "database"
     #: SQLite ``PRAGMA synchronous``: FULL survives power loss; NORMAL survives a killed process.
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     redis_url: str | None = None
@@ -111,6 +120,14 @@ class Settings(BaseSettings):
     keep_alive_timeout: int = Field(default=5, ge=1)
     #: Connections (or requests in progress) the API serves at once; past that, 503.
     max_connections: int = Field(default=1000, ge=1)
+
+    #: ``text`` (a terminal) or ``json`` (one object per line, with request and notification
+    #: ids: see ``dispatcher.observability.logs``).
+    log_format: Literal["text", "json"] = "text"
+    #: When set, ``GET /metrics`` needs ``Authorization: Bearer <this>``; unset: open, like /healthz.
+    metrics_token: str | None = None
+    #: ``dispatcher worker`` on its own: serve its metrics on this port (on ``host``); unset: none.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -213,13 +230,15 @@ class Settings(BaseSettings):
     @field_validator("queue_url")
     @classmethod
     def _known_queue(cls, value: str) -> str:
-        if value != "sqlite" and not value.startswith(("https://", "http://")):
-            raise ValueError("DISPATCHER_QUEUE_URL must be 'sqlite' (the embedded queue in the "
-                             "store's database) or an SQS queue URL")
+        if value in DATABASE_QUEUE:
+            return "database"
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("DISPATCHER_QUEUE_URL must be 'database' (the queue is a table in the "
+                             "store's database, SQLite or PostgreSQL) or an SQS queue URL")
         return value
 
     def uses_sqs(self) -> bool:
-        return self.queue_url != "sqlite"
+        return self.queue_url not in DATABASE_QUEUE
 
     @field_validator("quiet_hours")
     @classmethod
@@ -268,7 +287,9 @@ class Settings(BaseSettings):
         return keys
 
     def process_count(self) -> int:
-        return self.worker_processes or os.cpu_count() or 1
+        """Worker processes of ``dispatcher serve``: the setting, else the CPUs this process
+        may really use (its cgroup's quota, not the host's cores: :mod:`dispatcher.cpu_quota`)."""
+        return self.worker_processes or available_cpus()
 
     def with_dev_credentials(self) -> tuple[Settings, list[str]]:
         """Fill unset credentials with development values; return the lines to print."""

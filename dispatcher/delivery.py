@@ -35,6 +35,7 @@ from dispatcher.model import (
     UserRecord,
     now_us,
 )
+from dispatcher.observability import rows_recorded
 from dispatcher.planning import ChunkPlan, Planner, channel_sets, header_update
 from dispatcher.rendering import TemplateRegistry
 from dispatcher.sending import Outbound, Sender
@@ -122,6 +123,7 @@ class Deliverer:
             self._sender.drop_claim(claim)
             raise
         won = opened.won
+        rows_recorded(r for keys, planned in zip(won, rows, strict=True) for r in planned if r.key in keys)
         await self._feed.announce(plan.feed[k.user_id] for plan, keys in zip(plans, won, strict=True)
                                   for k in sorted(keys)
                                   if k.channel == "in_app" and k.user_id in plan.feed)

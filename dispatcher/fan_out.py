@@ -16,7 +16,7 @@ from dispatcher.errors import InvalidRequest, NotificationCancelled, TemplateErr
 from dispatcher.group_commit import GroupCommit
 from dispatcher.messages import ChunkMessage, encode_chunk
 from dispatcher.model import HeaderUpdate, now_us
-from dispatcher.planning import category_of, channel_sets, header_update, render_context
+from dispatcher.planning import category_of, channel_sets, header_update, trial_render
 from dispatcher.queue.enqueue import Enqueuer, Intake
 from dispatcher.rendering import TemplateRegistry
 
@@ -48,46 +48,70 @@ class FanOut:
         ``send_at`` (µs since the epoch): hold its messages until then. Raises
         :class:`~dispatcher.errors.InvalidRequest` naming the field at fault, and
         :class:`~dispatcher.errors.NotificationCancelled` for a cancelled notification."""
-        recipients = list(dict.fromkeys(request["recipients"]))
+        recipients, own = _recipients(request["recipients"])
         base = ChunkMessage(service=service, recipients=tuple(recipients[:1]),
                             recipients_total=len(recipients), **_fields(request))
-        header = await self._check(base)
+        personal_keys = frozenset(k for data in own.values() for k in data)
+        header = await self._check(base, personal_keys)
         if send_at is not None and send_at > now_us():
             header = replace(header, send_at=send_at)
         bodies = [body for i in range(0, len(recipients), self._chunk_size)
-                  for body in self._encode(base, recipients[i:i + self._chunk_size])]
+                  for body in self._encode(base, recipients[i:i + self._chunk_size], own)]
         refused = await self._commit.submit([Intake(header, bodies)])
         if base.id in refused:
             raise NotificationCancelled(base.id)
         return Accepted(base.id, len(recipients), len(bodies))
 
-    def _encode(self, base: ChunkMessage, recipients: list[str]) -> list[str]:
-        """Encoded chunks of these recipients, halved until each fits the queue's size limit."""
-        body = encode_chunk(base.model_copy(update={"recipients": tuple(recipients)}))
+    def _encode(self, base: ChunkMessage, recipients: list[str],
+                own: dict[str, dict[str, Any]]) -> list[str]:
+        """Encoded chunks of these recipients (with their own data), halved until each fits the
+        queue's size limit."""
+        data = {r: own[r] for r in recipients if r in own} if own else {}
+        body = encode_chunk(base.model_copy(update={"recipients": tuple(recipients),
+                                                    "recipient_data": data}))
         limit = self._limit
         if limit is None or len(body.encode()) <= limit:
             return [body]
         if len(recipients) == 1:
-            raise InvalidRequest("data", f"the notification is too large for the queue "
-                                   f"({len(body.encode())} bytes; the limit is {limit})")
+            field = f"recipients[{recipients[0]!r}].data" if data else "data"
+            raise InvalidRequest(field, f"the notification is too large for the queue "
+                                        f"({len(body.encode())} bytes; the limit is {limit})")
         half = len(recipients) // 2
-        return self._encode(base, recipients[:half]) + self._encode(base, recipients[half:])
+        return self._encode(base, recipients[:half], own) + self._encode(base, recipients[half:], own)
 
-    async def _check(self, message: ChunkMessage) -> HeaderUpdate:
-        """Check the request as the worker will: template, channels, and a trial render, in a
-        thread (a template may take up to its render budget; the event loop must not)."""
+    async def _check(self, message: ChunkMessage, personal_keys: frozenset[str]) -> HeaderUpdate:
+        """Check the request as the worker will: template, channels, and a trial render of the
+        parts that are the same for every recipient, in a thread (a template may take up to its
+        render budget; the event loop must not). Parts rendered per recipient can fail for some
+        recipients only: those fail their rows (``template_error``), not the request."""
+        templates = self._templates.current()
         try:
-            template = self._templates.info(message.template)
+            template = templates.info(message.template)
         except UnknownTemplate as exc:
-            raise InvalidRequest("template", f"{exc}; known: {self._templates.names()}") from None
+            raise InvalidRequest("template", f"{exc}; known: {templates.names()}") from None
         sets = channel_sets(message.channels, template)  # ChannelNotInTemplate names the field
-        context = render_context(message, category_of(message, template), message.locale)
         try:
-            await asyncio.to_thread(self._templates.render, message.template, sorted(sets.all),
-                                    context, message.locale)
+            await asyncio.to_thread(trial_render, templates, message, category_of(message, template),
+                                    sorted(sets.all), personal_keys)
         except TemplateError as exc:
             raise InvalidRequest("data", f"the template can't be rendered with this data: {exc}") from None
         return header_update(message, template, sets)
+
+
+def _recipients(items: list[Any]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Recipient ids in order without repeats, and the data of those that carry their own
+    (``{"id": ..., "data": {...}}``). An id given twice with different data is refused."""
+    ids: dict[str, None] = {}
+    own: dict[str, dict[str, Any]] = {}
+    for i, item in enumerate(items):
+        user_id, data = (item, None) if isinstance(item, str) else (item["id"], item.get("data"))
+        if data and user_id in own and own[user_id] != data:
+            raise InvalidRequest(f"recipients[{i}]", f"user {user_id!r} is listed more than once "
+                                                     "with different data")
+        ids[user_id] = None
+        if data:
+            own[user_id] = data
+    return list(ids), own
 
 
 def _fields(request: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dispatcher.errors import InvalidNotificationId, PoisonMessage
 from dispatcher.model import CHANNELS, parse_notification_id
@@ -37,6 +37,9 @@ class ChunkMessage(BaseModel):
     state: str | None = None
     locale: str | None = None
     recipients_total: int = Field(default=0, ge=0)
+    #: Per-recipient data (user id -> data merged over ``data`` for that recipient only), for
+    #: the recipients of this chunk that have any.
+    recipient_data: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("channels")
     @classmethod
@@ -56,7 +59,24 @@ class ChunkMessage(BaseModel):
         return value
 
 
+    @model_validator(mode="after")
+    def _data_of_recipients(self) -> ChunkMessage:
+        """Data for someone not among ``recipients`` is dropped: a copy of a chunk for some of
+        its recipients (``model_copy``, which validates nothing) may still carry the others'."""
+        if self.recipient_data and not self.recipient_data.keys() <= set(self.recipients):
+            ids = set(self.recipients)
+            object.__setattr__(self, "recipient_data",
+                               {k: v for k, v in self.recipient_data.items() if k in ids})
+        return self
+
+    def data_for(self, user_id: str) -> dict[str, Any] | None:
+        """This recipient's own data (merged over ``data`` when rendering), if any."""
+        return self.recipient_data.get(user_id)
+
+
 def encode_chunk(message: ChunkMessage) -> str:
+    if not message.recipient_data:  # as before per-recipient data existed: older workers read it
+        return message.model_dump_json(exclude={"recipient_data"})
     return message.model_dump_json(exclude_defaults=False)
 
 

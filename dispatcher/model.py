@@ -284,6 +284,9 @@ class UserRecord:
     timezone: str | None = None
     preferences: Preferences = field(default_factory=Preferences)
     devices: tuple[Device, ...] = ()
+    #: Profile fields templates see as ``user.name`` and ``user.attributes`` (issue 10).
+    name: str | None = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
     created_at: int = 0
     updated_at: int = 0
 

@@ -4,7 +4,17 @@ Inputs are the chunk message, its template, and the recipients' records loaded i
 no I/O happens here. For each recipient and channel the plan says: skip (with the reason),
 fail (a template error), deliver in-app, or send these provider messages. Contact data is
 validated again here, since it may predate a rule change or come from outside the API.
-Templates are rendered once per locale per chunk, not per recipient.
+
+Rendering: a part that uses neither ``user`` nor a key of the recipient's own data (what the
+part uses is read from its AST when the template is loaded, :attr:`~dispatcher.rendering.Part.variables`)
+is rendered once per locale per chunk and shared; only the parts that need it are rendered per
+recipient. A render error fails that recipient's rows (every channel, ``template_error`` with
+the message naming the part; for a shared part, every recipient of that locale): never the chunk.
+
+The unsubscribe and preference-centre links differ per recipient but should not make the email
+per recipient: the context's ``unsubscribe_url`` and ``preferences_url`` are placeholders
+(:data:`UNSUBSCRIBE_PLACEHOLDER`, :data:`PREFERENCES_PLACEHOLDER`) replaced by the recipient's
+own links after rendering (a preference link is minted only for a part that has its placeholder).
 
 Quiet hours (``dispatcher.quiet_hours``): during the recipient's window, email, SMS and push
 of a non-critical category stay ``pending`` (reason ``quiet_hours``, the detail says until
@@ -22,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 from channels.base import Message
 from dispatcher.contacts import normalize_email, normalize_phone
-from dispatcher.errors import ChannelNotInTemplate, InvalidContact, TemplateError
+from dispatcher.errors import ChannelNotInTemplate, InvalidContact, TemplateError, UnknownTemplate
 from dispatcher.feed import Feed
 from dispatcher.frequency import Cap, FrequencyCaps
 from dispatcher.messages import ChunkMessage
@@ -40,11 +50,18 @@ from dispatcher.model import (
 )
 from dispatcher.part_limits import bounded
 from dispatcher.quiet_hours import QuietHours
-from dispatcher.rendering import TemplateInfo, TemplateRegistry
+from dispatcher.rendering import Part, TemplateInfo, TemplateRegistry, TemplateSet
 from dispatcher.unsubscribe import UnsubscribeLinks
 
-__all__ = ["ChunkPlan", "ChannelSets", "Planner", "category_of", "channel_sets", "header_update",
-           "render_context"]
+__all__ = ["ChunkPlan", "ChannelSets", "Planner", "UNSUBSCRIBE_PLACEHOLDER", "category_of",
+           "channel_sets", "header_update", "render_context", "trial_render", "user_context",
+           "PREFERENCES_PLACEHOLDER"]
+
+#: What ``unsubscribe_url`` renders as; each recipient's link replaces it. Letters, digits and
+#: ``:/.-`` only, so HTML autoescaping leaves it as it is.
+UNSUBSCRIBE_PLACEHOLDER = "https://unsubscribe.dispatcher.invalid/link"
+#: What ``preferences_url`` renders as (the recipient's preference-centre link replaces it).
+PREFERENCES_PLACEHOLDER = "https://preferences.dispatcher.invalid/link"
 
 _SKIPPED, _FAILED = DeliveryStatus.SKIPPED, DeliveryStatus.FAILED
 
@@ -92,10 +109,34 @@ def header_update(message: ChunkMessage, template: TemplateInfo, sets: ChannelSe
     )
 
 
-def render_context(message: ChunkMessage, category: str, locale: str | None) -> dict[str, Any]:
-    """What a template sees: the notification's data, plus its state, category, id, locale."""
+def render_context(message: ChunkMessage, category: str, locale: str | None,
+                   unsubscribe: bool = False, preferences: bool = False) -> dict[str, Any]:
+    """What a template sees: the notification's data, plus its state, category, id, locale,
+    ``unsubscribe_url`` and ``preferences_url`` (placeholders when email carries such links,
+    else None)."""
     return {**message.data, "state": message.state, "category": category,
-            "notification_id": message.id, "locale": locale}
+            "notification_id": message.id, "locale": locale,
+            "unsubscribe_url": UNSUBSCRIBE_PLACEHOLDER if unsubscribe else None,
+            "preferences_url": PREFERENCES_PLACEHOLDER if preferences else None}
+
+
+def user_context(user: UserRecord) -> dict[str, Any]:
+    """``user`` as a template sees it (a recipient with no record: only ``id`` is set)."""
+    return {"id": user.id, "name": user.name, "locale": user.locale, "timezone": user.timezone,
+            "attributes": dict(user.attributes)}
+
+
+def trial_render(templates: TemplateSet, message: ChunkMessage, category: str,
+                 channels: list[str], personal_keys: frozenset[str]) -> None:
+    """The gateway's check of a request: render, for the request's locale, every part that is
+    the same for all its recipients (uses neither ``user`` nor any of ``personal_keys``, the
+    keys some recipient's own data has). Those would fail for everyone: raises TemplateError.
+    The other parts may fail for some recipients only, which fails their rows alone."""
+    context = render_context(message, category, message.locale, unsubscribe=True, preferences=True)
+    for channel in channels:
+        for part in templates.resolve(message.template, channel, message.locale).values():
+            if not part.personal and not part.uses_any(personal_keys):
+                part.render(context)
 
 
 @dataclass
@@ -148,16 +189,23 @@ class Planner:
     def plan(self, message: ChunkMessage, template: TemplateInfo, sets: ChannelSets,
              users: Mapping[str, UserRecord], suppressed: frozenset[str] = frozenset()) -> ChunkPlan:
         category = category_of(message, template)
-        renders = _Renders(self._templates, message, category, sorted(sets.all))
+        channels = sorted(sets.all)
+        links = self._links is not None and category not in self._critical
+        renders = _Renders(self._templates.current(), message, category, channels, links,
+                           preferences=self._links is not None)
         plan = ChunkPlan(message, sets, category=category,
                          caps=() if category in self._critical else self._caps.for_category(category))
         now = self._clock()
         for user_id in plan.users:
             user = users.get(user_id) or UserRecord(id=user_id)
-            parts = renders.for_locale(user.locale or message.locale)
+            parts = renders.for_recipient(user, message.data_for(user_id))
+            failed = next((p for p in parts.values() if isinstance(p, TemplateError)), None)
+            if failed is not None:  # one broken part fails all of this recipient's rows, loudly
+                parts = dict.fromkeys(parts, failed)
+            unsubscribe = self._links.url(user.id, category) if links and self._links else None
             release = self._quiet_until(user, category, now)
-            for channel in sorted(sets.all):
-                self._plan_one(plan, category, user, channel, parts, release)
+            for channel in channels:
+                self._plan_one(plan, category, user, channel, parts[channel], unsubscribe, release)
         if suppressed:
             _suppress(plan, suppressed)
         return plan
@@ -174,16 +222,22 @@ class Planner:
         return None if end is None else int(end.timestamp() * 1_000_000)
 
     def _plan_one(self, plan: ChunkPlan, category: str, user: UserRecord, channel: str,
-                  parts: dict[str, dict[str, str]] | TemplateError, release: int | None) -> None:
+                  parts: dict[str, str] | TemplateError, unsubscribe: str | None,
+                  release: int | None) -> None:
         message = plan.message
         key = RowKey(message.id, user.id, channel)
         if isinstance(parts, TemplateError):
             plan.rows.append(RowState(key, _FAILED, Reason.TEMPLATE_ERROR, str(parts)))
             return
+        parts = _with_link(parts, unsubscribe)
+        if any(PREFERENCES_PLACEHOLDER in text for text in parts.values()):
+            link = self._links.preferences_url(user.id) if self._links else None
+            parts = {name: text.replace(PREFERENCES_PLACEHOLDER, link or "")
+                     for name, text in parts.items()}
         if channel == Channel.IN_APP:
             plan.rows.append(RowState(key, DeliveryStatus.SENT))
             plan.feed[user.id] = Feed.entry(
-                user.id, message.id, message.version, parts[channel], message.state, category)
+                user.id, message.id, message.version, parts, message.state, category)
             return
         if not user.preferences.wants(channel, category, self._critical):
             plan.rows.append(RowState(key, _SKIPPED, Reason.OPTED_OUT))
@@ -203,18 +257,12 @@ class Planner:
             plan.deferred.setdefault(release, {}).setdefault(user.id, set()).add(channel)
             return
         plan.rows.append(RowState(key, DeliveryStatus.PENDING))
-        unsubscribe = self._unsubscribe_url(user.id, channel, category)
+        header_link = unsubscribe if channel == Channel.EMAIL else None
         plan.sends[key] = [
-            Message(channel, to, parts[channel], message.id, user.id, category,
-                    _push_data(message), unsubscribe)
+            Message(channel, to, parts, message.id, user.id, category,
+                    _push_data(message), header_link)
             for to in addresses
         ]
-
-    def _unsubscribe_url(self, user_id: str, channel: str, category: str) -> str | None:
-        """Email only, and not for critical categories (those can't be switched off)."""
-        if self._links is None or channel != Channel.EMAIL or category in self._critical:
-            return None
-        return self._links.url(user_id, category)
 
     def _addresses(self, user: UserRecord, channel: str) -> list[str]:
         if channel == Channel.EMAIL:
@@ -235,6 +283,13 @@ def _suppress(plan: ChunkPlan, suppressed: frozenset[str]) -> None:
             del plan.sends[row.key]
 
 
+def _with_link(parts: dict[str, str], link: str | None) -> dict[str, str]:
+    """``parts`` with the unsubscribe placeholder replaced by the recipient's link (or removed)."""
+    if not any(UNSUBSCRIBE_PLACEHOLDER in text for text in parts.values()):
+        return parts
+    return {name: text.replace(UNSUBSCRIBE_PLACEHOLDER, link or "") for name, text in parts.items()}
+
+
 def _push_data(message: ChunkMessage) -> dict[str, str]:
     data = {"notification_id": message.id, "version": str(message.version)}
     if message.state is not None:
@@ -242,26 +297,105 @@ def _push_data(message: ChunkMessage) -> dict[str, str]:
     return data
 
 
-class _Renders:
-    """Each locale's rendering, done once per chunk."""
+_Rendered = dict[str, str] | TemplateError
+_RESERVED = ("state", "category", "notification_id", "locale", "unsubscribe_url", "preferences_url")
 
-    def __init__(self, templates: TemplateRegistry, message: ChunkMessage, category: str,
-                 channels: list[str]) -> None:
+
+class _Renders:
+    """One chunk's renders: shared parts once per locale, the others per recipient."""
+
+    def __init__(self, templates: TemplateSet, message: ChunkMessage, category: str,
+                 channels: list[str], links: bool, *, preferences: bool = False) -> None:
         self._templates = templates
         self._message = message
         self._category = category
         self._channels = channels
-        self._cache: dict[str | None, dict[str, dict[str, str]] | TemplateError] = {}
+        self._links = links
+        self._preferences = preferences
+        self._parts: dict[str | None, dict[str, dict[str, Part] | TemplateError]] = {}
+        self._contexts: dict[str | None, dict[str, Any]] = {}
+        self._shared: dict[tuple[str | None, str, str], str | TemplateError] = {}
+        self._whole: dict[tuple[str | None, str], _Rendered] = {}
 
-    def for_locale(self, locale: str | None) -> dict[str, dict[str, str]] | TemplateError:
-        if locale not in self._cache:
-            self._cache[locale] = self._render(locale)
-        return self._cache[locale]
+    def for_recipient(self, user: UserRecord,
+                      data: Mapping[str, Any] | None) -> dict[str, _Rendered]:
+        """Each channel's parts for this recipient (bounded per channel), or its TemplateError."""
+        locale = user.locale or self._message.locale
+        resolved = self._resolved(locale)
+        keys = data.keys() if data else ()
+        context: dict[str, Any] | None = None
+        out: dict[str, _Rendered] = {}
+        for channel in self._channels:
+            parts = resolved[channel]
+            if isinstance(parts, TemplateError):
+                out[channel] = parts
+            elif not any(p.personal or (keys and p.uses_any(keys)) for p in parts.values()):
+                out[channel] = self._whole_channel(locale, channel, parts)
+            else:
+                if context is None:
+                    context = self._personal_context(locale, user, data)
+                out[channel] = self._personal(locale, channel, parts, context, keys)
+        return out
 
-    def _render(self, locale: str | None) -> dict[str, dict[str, str]] | TemplateError:
-        context = render_context(self._message, self._category, locale)
+    def _personal_context(self, locale: str | None, user: UserRecord,
+                          data: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The notification's data, the recipient's over it, then the fields no data overrides."""
+        base = self._context(locale)
+        if not data:
+            return {**base, "user": user_context(user)}
+        return {**base, **data, **{k: base[k] for k in _RESERVED}, "user": user_context(user)}
+
+    def _personal(self, locale: str | None, channel: str, parts: dict[str, Part],
+                  context: dict[str, Any], keys: Any) -> _Rendered:
+        texts: dict[str, str] = {}
         try:
-            rendered = self._templates.render(self._message.template, self._channels, context, locale)
+            for name, part in parts.items():
+                if part.personal or (keys and part.uses_any(keys)):
+                    texts[name] = part.render(context)
+                else:
+                    texts[name] = self._shared_part(locale, channel, name, part)
         except TemplateError as exc:
             return exc
-        return {channel: bounded(channel, parts) for channel, parts in rendered.items()}
+        return bounded(channel, texts)
+
+    def _whole_channel(self, locale: str | None, channel: str, parts: dict[str, Part]) -> _Rendered:
+        key = (locale, channel)
+        if key not in self._whole:
+            try:
+                texts = {name: self._shared_part(locale, channel, name, part)
+                         for name, part in parts.items()}
+                self._whole[key] = bounded(channel, texts)
+            except TemplateError as exc:
+                self._whole[key] = exc
+        return self._whole[key]
+
+    def _shared_part(self, locale: str | None, channel: str, name: str, part: Part) -> str:
+        key = (locale, channel, name)
+        if key not in self._shared:
+            try:
+                self._shared[key] = part.render(self._context(locale))
+            except TemplateError as exc:
+                self._shared[key] = exc
+        text = self._shared[key]
+        if isinstance(text, TemplateError):
+            raise text
+        return text
+
+    def _context(self, locale: str | None) -> dict[str, Any]:
+        if locale not in self._contexts:
+            self._contexts[locale] = render_context(self._message, self._category, locale,
+                                                    unsubscribe=self._links,
+                                                    preferences=self._preferences)
+        return self._contexts[locale]
+
+    def _resolved(self, locale: str | None) -> dict[str, dict[str, Part] | TemplateError]:
+        if locale not in self._parts:
+            resolved: dict[str, dict[str, Part] | TemplateError] = {}
+            for channel in self._channels:
+                try:
+                    resolved[channel] = self._templates.resolve(self._message.template, channel, locale)
+                except (ChannelNotInTemplate, UnknownTemplate) as exc:
+                    # The templates were reloaded between the chunk's check and its plan.
+                    resolved[channel] = TemplateError(str(exc))
+            self._parts[locale] = resolved
+        return self._parts[locale]

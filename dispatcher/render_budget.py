@@ -23,7 +23,7 @@ by the input bounds (``DISPATCHER_MAX_DATA_BYTES``), not by the clock.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +60,12 @@ class BoundedSandbox(SandboxedEnvironment):
         super().__init__(**options)
         self.budget = budget
         self.globals["range"] = self._range
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        """A flat copy instead of Jinja's ``ChainMap``: every render copies a template's globals into
+        its context, and iterating a ChainMap made that most of a short part's render time (17 of
+        24 µs). The environment's globals are complete before any template is compiled."""
+        return {**self.globals, **(d or {})}
 
     def _range(self, *args: int) -> Iterator[int]:
         return _Ticking(iter(safe_range(*args)))
@@ -99,7 +105,8 @@ def render_within(template: jinja2.Template, context: Mapping[str, object], budg
                 raise BudgetExceeded(f"the rendered part is over {budget.max_chars:,} characters "
                                      "(DISPATCHER_RENDER_MAX_CHARS)")
             pieces.append(piece)
-            _tick()
+            if not len(pieces) & 0xF:  # every 16 pieces: loops and calls tick on their own
+                _tick()
         return "".join(pieces)
     finally:
         _deadline.reset(token)

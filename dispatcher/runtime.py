@@ -6,8 +6,10 @@ needs. ``Runtime.open`` creates the schema when it is missing.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -20,6 +22,7 @@ from dispatcher.delivery import Deliverer, SettleTimes
 from dispatcher.errors import ConfigurationError
 from dispatcher.fan_out import FanOut
 from dispatcher.feed import Feed
+from dispatcher.observability.metrics import timed_providers
 from dispatcher.planning import Planner
 from dispatcher.queue import Queue
 from dispatcher.queue.enqueue import (
@@ -37,12 +40,16 @@ from dispatcher.rendering import TemplateRegistry
 from dispatcher.resend import Resender
 from dispatcher.retry import RetryPolicy
 from dispatcher.scheduler import Scheduler
+from dispatcher.scoped_tokens import ScopedTokens
 from dispatcher.sending import Sender
 from dispatcher.sns_messages import SnsVerifier
 from dispatcher.store import Database, Store
 from dispatcher.unsubscribe import UnsubscribeLinks
 from dispatcher.webhooks import AddressGuard, Backoff, WebhookSender
 from dispatcher.worker import Batching, Worker
+
+if TYPE_CHECKING:
+    from transport.aws import AwsClient
 
 __all__ = ["Runtime"]
 
@@ -72,8 +79,7 @@ class Runtime:
         templates = TemplateRegistry(settings.templates_dir, RenderBudget(
             settings.render_timeout, settings.render_max_chars))
         links = _links(settings)
-        db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
-        await db.create_schema()
+        db = await _database(settings)
         store = Store.from_database(db)
         http = _aws_session(settings)
         owned = [http] if http else []
@@ -92,7 +98,7 @@ class Runtime:
                           default_timezone=settings.default_timezone,
                           caps=settings.frequency_caps_parsed())
         limits, closers = _rate_limits(settings, store)
-        sender = Sender(built, store.ledger, RetryPolicy(
+        sender = Sender(timed_providers(built), store.ledger, RetryPolicy(
             settings.retry_max_attempts, settings.retry_base_delay, settings.retry_max_delay),
             window=max(settings.send_concurrency // settings.worker_concurrency, 8),
             slots=settings.send_concurrency,
@@ -153,6 +159,38 @@ def _sns_verifier(settings: Settings, owned: list[aiohttp.ClientSession]) -> Sns
                        topics=settings.sns_topic_arns)
 
 
+async def _database(settings: Settings) -> Database:
+    """The store's database, its schema created; closed again when that fails."""
+    db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    try:
+        await db.create_schema()
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+@asynccontextmanager
+async def open_queue(settings: Settings) -> AsyncIterator[Queue]:
+    """The queue alone, for operators (``dispatcher dlq``): no templates, providers or bus;
+    on SQS no database either."""
+    if not settings.uses_sqs():
+        db = await _database(settings)
+        try:
+            yield LocalQueue(db, visibility_timeout=settings.queue_visibility_timeout,
+                             max_receives=settings.queue_max_receives,
+                             poll_interval=settings.queue_poll_interval)
+        finally:
+            await db.close()
+        return
+    http = _aws_session(settings)
+    assert http is not None
+    try:
+        yield _sqs(settings, http)
+    finally:
+        await http.close()
+
+
 def _links(settings: Settings) -> UnsubscribeLinks | None:
     if not settings.public_url:
         return None
@@ -161,7 +199,10 @@ def _links(settings: Settings) -> UnsubscribeLinks | None:
         raise ConfigurationError("DISPATCHER_PUBLIC_URL is set, so email carries unsubscribe "
                                  "links: set DISPATCHER_UNSUBSCRIBE_SECRET (or "
                                  "DISPATCHER_USER_TOKEN_SECRET), the same in every process")
-    return UnsubscribeLinks(settings.public_url, key)
+    preferences = (ScopedTokens(settings.user_token_secret, "preferences",
+                                settings.preference_link_lifetime)
+                   if settings.user_token_secret else None)
+    return UnsubscribeLinks(settings.public_url, key, preferences)
 
 
 def _aws_session(settings: Settings) -> aiohttp.ClientSession | None:
@@ -182,13 +223,8 @@ def _queue(settings: Settings, store: Store,
                            max_receives=settings.queue_max_receives,
                            poll_interval=settings.queue_poll_interval)
         return local, InOneTransaction(store, local), ReleaseInOneTransaction(store, local)
-    from dispatcher.queue.sqs import SqsQueue
-    from transport.aws import AwsClient
-
     assert http is not None
-    client = AwsClient.from_environment(http, "sqs", timeout=settings.queue_wait_seconds + 10)
-    sqs = SqsQueue(client, settings.queue_url, visibility_timeout=settings.queue_visibility_timeout,
-                   dead_letter_url=settings.dead_letter_queue_url)
+    sqs = _sqs(settings, http)
     return (sqs, HeadersThenMessages(store, sqs),
             ReleaseUnderLease(store, sqs, lease_seconds=settings.queue_visibility_timeout))
 
@@ -211,6 +247,24 @@ def _rate_limits(settings: Settings,
 
         reserver = DatabaseReserver(store.db)
     return RateLimits({c: RateGate(c, rate, reserver) for c, rate in rates.items()}), closers
+
+
+def _sqs(settings: Settings, http: aiohttp.ClientSession) -> Queue:
+    from dispatcher.queue.sqs import SqsQueue
+
+    client = _aws_client(http, "sqs", settings.queue_wait_seconds + 10)
+    return SqsQueue(client, settings.queue_url, visibility_timeout=settings.queue_visibility_timeout,
+                    dead_letter_url=settings.dead_letter_queue_url)
+
+
+def _aws_client(http: aiohttp.ClientSession, service: str, timeout: float) -> AwsClient:
+    """An AWS client from the environment; its configuration error in the core's words."""
+    from transport.aws import AwsClient, AwsConfigurationError
+
+    try:
+        return AwsClient.from_environment(http, service, timeout=timeout)
+    except AwsConfigurationError as exc:
+        raise ConfigurationError(str(exc)) from exc
 
 
 def _bus(settings: Settings) -> Bus:
@@ -240,22 +294,20 @@ async def _providers(settings: Settings, http: aiohttp.ClientSession | None) -> 
 
 def _ses(settings: Settings, http: aiohttp.ClientSession | None) -> Provider:
     from channels.ses import SesProvider
-    from transport.aws import AwsClient
 
     if not settings.email_from:
         raise ConfigurationError("DISPATCHER_EMAIL_PROVIDER=ses needs DISPATCHER_EMAIL_FROM")
     assert http is not None
-    client = AwsClient.from_environment(http, "sesv2", timeout=settings.provider_timeout)
+    client = _aws_client(http, "sesv2", settings.provider_timeout)
     return SesProvider(client, sender=settings.email_from,
                        configuration_set=settings.ses_configuration_set)
 
 
 def _sns(settings: Settings, http: aiohttp.ClientSession | None) -> Provider:
     from channels.sns import SnsProvider
-    from transport.aws import AwsClient
 
     assert http is not None
-    client = AwsClient.from_environment(http, "sns", timeout=settings.provider_timeout)
+    client = _aws_client(http, "sns", settings.provider_timeout)
     return SnsProvider(client, sender_id=settings.sms_sender_id,
                        promotional_categories=settings.sms_promotional_categories)
 

@@ -1,4 +1,5 @@
-"""The scheduler: moves held messages (``send_at``) to the queue when they are due.
+"""The scheduler: moves held messages to the queue when they are due (a notification's
+``send_at``, or the end of a recipient's quiet hours: ``dispatcher.delivery``).
 
 Every worker process runs one, next to its worker loop; they share the work through the store
 (see ``dispatcher.queue.enqueue`` for how each kind of queue gets a due message exactly once,

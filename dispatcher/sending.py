@@ -34,6 +34,7 @@ from channels.base import (
 )
 from dispatcher.group_commit import GroupCommit
 from dispatcher.model import Claim, DeliveryStatus, Reason, RowKey, RowState
+from dispatcher.observability import rows_recorded
 from dispatcher.ratelimit import RateLimits
 from dispatcher.retry import RetryPolicy
 from dispatcher.store.ledger import LedgerStore
@@ -214,6 +215,7 @@ class Sender:
 
     async def _record(self, outcome: RowState, token: str) -> None:
         await self._outcomes.submit([(outcome, token)])
+        rows_recorded([outcome])
 
     async def _deliver(self, row: Outbound, token: str) -> RowKey | None:
         """Send one claimed row until it is final (return its key) or another worker took it

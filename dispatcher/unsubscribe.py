@@ -24,6 +24,7 @@ import time
 from typing import NamedTuple
 
 from dispatcher.errors import InvalidLink
+from dispatcher.scoped_tokens import ScopedTokens
 
 __all__ = ["InvalidLink", "Link", "UnsubscribeLinks"]
 
@@ -37,10 +38,21 @@ class Link(NamedTuple):
 
 
 class UnsubscribeLinks:
-    def __init__(self, base_url: str, secret: str) -> None:
+    """Unsubscribe links, and (with ``preferences``) links to the user's preference centre
+    (``/p/{token}``, served by ``dispatcher.pages``) for the same emails' footers."""
+
+    def __init__(self, base_url: str, secret: str, preferences: ScopedTokens | None = None) -> None:
         self._base = base_url.rstrip("/")
+        self._preferences = preferences
         # A key of its own, so an unsubscribe token can never pass as anything else.
         self._key = hmac.new(secret.encode(), b"dispatcher unsubscribe v1", hashlib.sha256).digest()
+
+    def preferences_url(self, user_id: str) -> str | None:
+        """A link to ``user_id``'s preference centre (it expires), or None when not configured."""
+        if self._preferences is None:
+            return None
+        token, _ = self._preferences.mint(user_id)
+        return f"{self._base}/p/{token}"
 
     def url(self, user_id: str, category: str, issued_us: int | None = None) -> str:
         return f"{self._base}/v1/unsubscribe/{self.token(user_id, category, issued_us)}"

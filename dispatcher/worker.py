@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from dispatcher.delivery import Deliverer
 from dispatcher.errors import PoisonMessage
 from dispatcher.messages import ChunkMessage, decode_chunk
+from dispatcher.observability import logs, metrics
 from dispatcher.queue import Queue, QueuedMessage
 from dispatcher.scheduler import Scheduler
 
@@ -143,8 +144,9 @@ class Worker:
 
     async def _handle(self, batch: list[_Received]) -> None:
         heartbeat = asyncio.create_task(self._keep_hidden([r.message for r in batch]))
+        logs.bind_batch((r.message.id, getattr(r.chunk, "id", None)) for r in batch)
         try:
-            await self._process(batch)
+            await metrics.chunks_timed(self._process(batch), len(batch))
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

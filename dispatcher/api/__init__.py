@@ -17,12 +17,20 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from dispatcher.api import feed, notifications, providers, suppressions, templates, unsubscribe, users, webhooks
 from dispatcher.api.auth import Authenticator
-from dispatcher.api.errors import ERROR_RESPONSES, ApiError, install_error_handlers
+from dispatcher.api.errors import ApiError, error_responses, install_error_handlers
 from dispatcher.api.limits import BodyLimit, ReadDeadline
+from dispatcher.api.openapi import install_docs
+from dispatcher.api.schemas import HealthOut
+from dispatcher.api.telemetry import RequestTelemetry, metrics_router
 from dispatcher.pages import routes as pages
 from dispatcher.runtime import Runtime
 
 __all__ = ["create_app"]
+
+_DESCRIPTION = """Send notifications to users over in-app, email, SMS and push, and follow each
+delivery in a durable ledger. Services authenticate with an API key, end users (their feed,
+devices, preferences) with a JWT: both as `Authorization: Bearer …`. Every error is
+`{"error": {"code": …, "message": …}}`."""
 
 
 def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False,
@@ -48,38 +56,46 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
             if owns_runtime:
                 await runtime.close()
 
-    app = FastAPI(title="Notification dispatcher", version="1", lifespan=lifespan)
+    app = FastAPI(title="Notification dispatcher", version="1", lifespan=lifespan,
+                  description=_DESCRIPTION, docs_url=None, redoc_url=None,
+                  # operationId = the route function's name (send_notification, …): what a
+                  # generated client calls its methods. The names are unique (FastAPI warns).
+                  generate_unique_id_function=lambda route: route.name)
+    install_docs(app)
     settings = runtime.settings
     auth = Authenticator(settings.service_keys(), settings.user_token_secret or "",
                          max_lifetime=settings.user_token_max_lifetime)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ReadDeadline, seconds=settings.request_read_timeout)
+    app.include_router(metrics_router(runtime.queue, settings.metrics_token))
     for module in (notifications, users, feed, templates, suppressions, webhooks):
-        app.include_router(module.router(runtime, auth), responses=ERROR_RESPONSES)
+        app.include_router(module.router(runtime, auth))
     # The people's pages (preference centre, inbox) and their files: see dispatcher.pages.
     page_set = pages.build_pages(runtime)
-    app.include_router(pages.router(runtime, auth, page_set), responses=ERROR_RESPONSES)
+    app.include_router(pages.router(runtime, auth, page_set))
     if settings.cors_origins:  # the embeddable inbox on an app's own origin
         app.add_middleware(CORSMiddleware, allow_origins=sorted(settings.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
                            max_age=600)
-    app.include_router(providers.router(runtime), responses=ERROR_RESPONSES)
+    app.include_router(providers.router(runtime))
+    app.add_middleware(RequestTelemetry)  # last added, outermost: it sees the 408s and 413s too
     if runtime.links is not None:
         # Pages (text/html), an invalid link included: a person follows it.
-        error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
         page = {"text/html": {"schema": {"type": "string"}}}
         app.include_router(unsubscribe.router(runtime, runtime.links, page_set), responses={
+            200: {"content": page},
+            **error_responses(422, page=True),
             404: {"description": "Not a valid link (a page saying so)", "content": page},
             409: {"description": "The link has no effect (a page saying why)",
-                  "content": {"text/html": {"schema": {"type": "string"}}}},
-            422: {"description": "Invalid request", "content": error}})
+                  "content": {"text/html": {"schema": {"type": "string"}}}}})
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], response_model=HealthOut)
     async def healthz() -> dict[str, Any]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], response_model=HealthOut,
+             responses=error_responses())
     async def readyz() -> dict[str, Any]:
         try:
             await runtime.ready()

@@ -15,14 +15,25 @@ import hmac
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import jwt
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dispatcher.api.errors import ApiError
+from dispatcher.observability import logs
+from dispatcher.scoped_tokens import ScopedTokenError, ScopedTokens
 
-__all__ = ["Authenticator", "Caller", "ScopedTokenError", "ScopedTokens"]
+__all__ = ["BEARER", "Authenticator", "Caller", "ScopedTokenError", "ScopedTokens"]
+
+#: The security scheme of the OpenAPI document (the Authorize button of /docs). Parsing and
+#: errors stay ours (``auto_error=False``): a 401 in the error envelope, not FastAPI's 403.
+BEARER = HTTPBearer(scheme_name="bearer", bearerFormat="API key or JWT", auto_error=False,
+                    description="A service's API key (`DISPATCHER_API_KEYS`), or an end user's HS256 "
+                                "JWT (`sub` = user id, `exp` required) signed with "
+                                "`DISPATCHER_USER_TOKEN_SECRET`. Operations on /v1/notifications and "
+                                "/v1/templates, and PUT /v1/users/{user_id}, take a service key only.")
 
 
 @dataclass(frozen=True)
@@ -47,14 +58,19 @@ class Authenticator:
         self._secret = user_token_secret
         self._max_lifetime = max_lifetime
 
-    async def __call__(self, request: Request) -> Caller:
+    async def __call__(self, request: Request,
+                       declared: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None
+                       ) -> Caller:
+        """``declared`` only puts the scheme in the document; the header is read here."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "missing 'Authorization: Bearer <api key or user token>' header")
         service = self._service(token.strip())
         if service is not None:
             return Caller(service=service)
-        return Caller(user_id=self._user(token.strip()))
+        user_id = self._user(token.strip())
+        logs.bind(user_id=user_id)  # on every log line of this request
+        return Caller(user_id=user_id)
 
     def _service(self, token: str) -> str | None:
         for key, service in self._keys.items():
@@ -79,67 +95,3 @@ class Authenticator:
         if exp > time.time() + self._max_lifetime:
             raise ApiError(401, f"the user token expires more than {self._max_lifetime:g} s from now "
                                 "(DISPATCHER_USER_TOKEN_MAX_LIFETIME)")
-
-
-#: Seconds of clock difference tolerated between the process that mints a scoped token and
-#: the one that reads it.
-_CLOCK_LEEWAY = 10
-
-
-class ScopedTokenError(Exception):
-    """A scoped token that is not valid for its purpose; ``expired`` when it only ran out."""
-
-    def __init__(self, message: str, *, expired: bool = False) -> None:
-        super().__init__(message)
-        self.expired = expired
-
-
-class ScopedTokens:
-    """Tokens that reach one user's data for one purpose only: a preference-centre link
-    (``preferences``) or opening the live feed from a browser (``stream``).
-
-    An HS256 JWT like a user token, but signed with a key derived from the user token secret
-    for its purpose (HMAC of the purpose name), with ``aud`` = the purpose. So it never verifies
-    as a user token (:class:`Authenticator` answers 401 for it on every other endpoint), nor as
-    a token of another purpose: a preference link can't open a stream or send anything, and a
-    stream token put in a URL can't be replayed as a credential.
-    """
-
-    def __init__(self, secret: str, purpose: str, lifetime: float) -> None:
-        self.purpose = purpose
-        self.lifetime = lifetime
-        self._key = hmac.new(secret.encode(), f"dispatcher {purpose} token v1".encode(),
-                             "sha256").hexdigest() if secret else ""
-
-    def mint(self, user_id: str, ttl: float | None = None, *, now: float | None = None) -> tuple[str, int]:
-        """A token for ``user_id``, and when it expires (seconds since the epoch); ``now``: the
-        issue time (default: now)."""
-        if not self._key:
-            raise ApiError(503, "DISPATCHER_USER_TOKEN_SECRET is not set: no link can be signed",
-                           "unavailable")
-        issued = int(time.time() if now is None else now)
-        exp = issued + max(1, math.ceil(min(ttl or self.lifetime, self.lifetime)))
-        claims = {"sub": user_id, "aud": self.purpose, "iat": issued, "exp": exp}
-        return jwt.encode(claims, self._key, algorithm="HS256"), exp
-
-    def verify(self, token: str) -> str:
-        """The user id the token was minted for; raises :class:`ScopedTokenError`."""
-        return self.read(token)[0]
-
-    def read(self, token: str) -> tuple[str, int]:
-        """(user id, expiry in seconds since the epoch); raises :class:`ScopedTokenError`."""
-        if not self._key:
-            raise ScopedTokenError(f"not a valid {self.purpose} token")
-        try:
-            # Leeway: the token may be minted by another gateway whose clock is a little ahead.
-            claims = jwt.decode(token, self._key, algorithms=["HS256"], audience=self.purpose,
-                                leeway=_CLOCK_LEEWAY, options={"require": ["exp", "sub", "aud"]})
-        except jwt.ExpiredSignatureError:
-            raise ScopedTokenError(f"the {self.purpose} token has expired", expired=True) from None
-        except jwt.InvalidTokenError:
-            raise ScopedTokenError(f"not a valid {self.purpose} token") from None
-        exp = claims["exp"]
-        # Not longer than the lifetime now allows: lowering the setting cuts older links short.
-        if isinstance(exp, bool) or not isinstance(exp, int | float) or exp > time.time() + self.lifetime + 60:
-            raise ScopedTokenError(f"not a valid {self.purpose} token")
-        return str(claims["sub"]), int(exp)

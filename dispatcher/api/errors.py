@@ -33,7 +33,7 @@ from dispatcher.errors import (
 )
 from dispatcher.store import STORE_UNAVAILABLE
 
-__all__ = ["ApiError", "ERROR_RESPONSES", "ErrorOut", "STATUS", "install_error_handlers"]
+__all__ = ["ANY_REQUEST", "ApiError", "ErrorOut", "STATUS", "error_responses", "install_error_handlers"]
 
 log = logging.getLogger("dispatcher.api")
 
@@ -71,19 +71,33 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
-#: The error answers every route may give, for the OpenAPI document (422 replaces FastAPI's
-#: default ``{"detail": [...]}`` schema, which this API never sends).
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut, "description": description} for status, description in (
-        (400, "Bad request (e.g. an id outside the policy, a bad cursor)"),
-        (401, "Missing or invalid API key or user token"),
-        (403, "Not allowed for this caller"),
-        (404, "Not found"),
-        (408, "The request did not arrive in time (DISPATCHER_REQUEST_READ_TIMEOUT)"),
-        (409, "Conflicts with the current state"),
-        (413, "The body is larger than DISPATCHER_MAX_BODY_BYTES"),
-        (422, "Invalid request (the message names the field)"),
-        (503, "The store or the queue is unavailable"))}
+_DESCRIPTIONS = {
+    400: "Bad request: an id outside the policy (`<service>#<uuid>`), a bad cursor",
+    401: "Missing or invalid API key or user token (`WWW-Authenticate: Bearer`)",
+    403: "Not allowed for this caller (a user token on a service operation, another user's data, "
+         "another service's notification, a critical category)",
+    404: "Not found",
+    408: "The request did not arrive in time (DISPATCHER_REQUEST_READ_TIMEOUT)",
+    409: "Conflicts with the current state",
+    413: "The body is larger than DISPATCHER_MAX_BODY_BYTES (any request)",
+    422: "Invalid request (the message names the field)",
+    503: "The store or the queue is unavailable (`Retry-After` says when to try again)",
+}
+
+#: What any request may get, whatever its operation: a slow or oversized request, a store down.
+ANY_REQUEST = (408, 413, 503)
+
+
+def error_responses(*statuses: int, page: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of an operation that answers ``statuses`` (and
+    :data:`ANY_REQUEST`), every one in the one error envelope. An operation that does not list
+    422 never answers it (FastAPI's default ``{"detail": [...]}`` 422 is dropped from the
+    document: :mod:`dispatcher.api.openapi`). ``page``: the operation answers HTML when it
+    succeeds (its errors are still JSON, which FastAPI would otherwise document as HTML)."""
+    shape: dict[str, Any] = ({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
+                             if page else {"model": ErrorOut})
+    return {status: {**shape, "description": _DESCRIPTIONS[status]}
+            for status in sorted({*statuses, *ANY_REQUEST})}
 
 
 class ApiError(Exception):

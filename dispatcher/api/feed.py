@@ -19,7 +19,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from dispatcher.api.auth import Authenticator, Caller, ScopedTokenError, ScopedTokens
-from dispatcher.api.errors import ApiError
+from dispatcher.api.errors import ApiError, error_responses
+from dispatcher.api.schemas import FeedPage, ReadAllOut, ReadOut, StreamTokenOut
 from dispatcher.api.timefmt import iso
 from dispatcher.bus import Bus
 from dispatcher.feed import feed_topic
@@ -38,7 +39,7 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     stream_tokens = ScopedTokens(runtime.settings.user_token_secret or "", "stream",
                                  runtime.settings.stream_token_lifetime)
 
-    @api.get("")
+    @api.get("", response_model=FeedPage, responses=error_responses(400, 401, 403, 422))
     async def list_feed(
         user_id: str, caller: Auth, cursor: str | None = None, unread: bool = False,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -49,15 +50,16 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
         return {"items": [_entry_json(r) for r in rows], "next_cursor": next_cursor,
                 "unread_count": await feed.unread_count(user_id)}
 
-    @api.post("/read-all")
-    async def read_all(user_id: str, caller: Auth) -> dict[str, Any]:
+    @api.post("/read-all", response_model=ReadAllOut, responses=error_responses(401, 403))
+    async def mark_all_read(user_id: str, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
         marked = await feed.mark_all_read(user_id)
         await runtime.feed.tell(user_id, {"type": "read_all"})
         return {"marked": marked, "unread_count": 0}
 
-    @api.post("/{notification_id}/read")
-    async def read_one(user_id: str, notification_id: str, caller: Auth) -> dict[str, Any]:
+    @api.post("/{notification_id}/read", response_model=ReadOut,
+              responses=error_responses(401, 403, 404))
+    async def mark_read(user_id: str, notification_id: str, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
         if not await feed.mark_read(user_id, notification_id):
             raise ApiError(404, f"user {user_id!r} has no notification {notification_id!r}")
@@ -65,15 +67,20 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
         return {"id": notification_id, "read": True,
                 "unread_count": await feed.unread_count(user_id)}
 
-    @api.post("/stream-token")
+    @api.post("/stream-token", response_model=StreamTokenOut, responses=error_responses(401, 403))
     async def stream_token(user_id: str, caller: Auth) -> dict[str, Any]:
         """A short-lived token for ``GET .../stream?stream_token=`` (browsers' EventSource)."""
         caller.require_user(user_id)
         token, expires = stream_tokens.mint(user_id)
         return {"token": token, "expires_at": iso(expires * 1_000_000)}
 
-    @api.get("/stream")
-    async def stream(
+    @api.get("/stream", response_class=StreamingResponse, responses={
+        200: {"description": "The event stream (never ends; a `: keepalive` comment every 15 s)",
+              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        **error_responses(401, 403, 422)},
+        # The header, or a stream token in the query (documented as a parameter) instead.
+        openapi_extra={"security": [{"bearer": []}, {}]})
+    async def stream_feed(
         user_id: str, request: Request,
         stream_token: Annotated[str | None, Query(max_length=2048, description=(
             "A token from POST .../stream-token, for clients that can't send headers"))] = None,

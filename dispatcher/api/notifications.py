@@ -3,15 +3,23 @@
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher.api.auth import Authenticator, Caller
 from dispatcher.api.critical import CriticalSenders
 from dispatcher.api.data_bounds import DataBounds
-from dispatcher.api.errors import ApiError
-from dispatcher.api.schemas import NotificationIn, bounded_notification
+from dispatcher.api.errors import ApiError, error_responses
+from dispatcher.api.schemas import (
+    EXAMPLE_ID,
+    AcceptedOut,
+    CancelOut,
+    DeliveryPage,
+    NotificationIn,
+    NotificationOut,
+    bounded_notification,
+)
 from dispatcher.api.timefmt import iso
 from dispatcher.errors import InvalidNotificationId, InvalidRequest
 from dispatcher.model import DeliveryStatus, NotificationHeader, Reason, now_us, parse_notification_id
@@ -19,6 +27,10 @@ from dispatcher.resend import Resender
 from dispatcher.runtime import Runtime
 
 __all__ = ["router"]
+
+#: A notification id in a path (``#`` written ``%23``).
+NotificationId = Annotated[str, Path(description="<service>#<uuid>", examples=[EXAMPLE_ID],
+                                      openapi_examples={"id": {"value": EXAMPLE_ID}})]
 
 
 def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
@@ -30,8 +42,9 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     critical = CriticalSenders(runtime.settings.critical_categories, runtime.settings.critical_services,
                                runtime.templates)
 
-    @api.post("", status_code=202)
-    async def send(payload: Notification, caller: Auth) -> JSONResponse:  # type: ignore[valid-type]
+    @api.post("", status_code=202, response_model=AcceptedOut,
+              responses=error_responses(400, 401, 403, 409, 422))
+    async def send_notification(payload: Notification, caller: Auth) -> JSONResponse:  # type: ignore[valid-type]
         body: NotificationIn = payload
         service = caller.require_service()
         try:
@@ -47,8 +60,9 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
             answer["send_at"] = iso(send_at)
         return JSONResponse(answer, 202)
 
-    @api.post("/{notification_id}/cancel")
-    async def cancel(notification_id: str, caller: Auth) -> dict[str, Any]:
+    @api.post("/{notification_id}/cancel", response_model=CancelOut,
+              responses=error_responses(400, 401, 403, 404))
+    async def cancel_notification(notification_id: NotificationId, caller: Auth) -> dict[str, Any]:
         """Cancel: every row not sent yet becomes skipped/cancelled, scheduled messages are
         dropped, in-app entries not shown yet never appear; rows in flight end as they end."""
         await _owned(runtime, notification_id, caller.require_service())
@@ -59,15 +73,17 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
                 "already_cancelled": not summary.first, "cancelled": summary.cancelled,
                 "in_flight": summary.in_flight}
 
-    @api.get("/{notification_id}")
-    async def read(notification_id: str, caller: Auth) -> dict[str, Any]:
+    @api.get("/{notification_id}", response_model=NotificationOut,
+             responses=error_responses(400, 401, 403, 404))
+    async def get_notification(notification_id: NotificationId, caller: Auth) -> dict[str, Any]:
         header = await _owned(runtime, notification_id, caller.require_service())
         counts = await runtime.store.notifications.counts(header)
         return _header_json(header) | {"counts": counts}
 
-    @api.get("/{notification_id}/deliveries")
-    async def deliveries(
-        notification_id: str, caller: Auth, cursor: str | None = None,
+    @api.get("/{notification_id}/deliveries", response_model=DeliveryPage,
+             responses=error_responses(400, 401, 403, 404, 422))
+    async def list_deliveries(
+        notification_id: NotificationId, caller: Auth, cursor: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100, status: DeliveryStatus | None = None,
     ) -> dict[str, Any]:
         await _owned(runtime, notification_id, caller.require_service())
@@ -75,8 +91,12 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
             notification_id, limit=limit, cursor=cursor, status=status.value if status else None)
         return {"items": [_delivery_json(r) for r in rows], "next_cursor": next_cursor}
 
-    @api.post("/{notification_id}/resend")
-    async def resend(notification_id: str, body: ResendIn, caller: Auth) -> dict[str, Any]:
+    @api.post("/{notification_id}/resend", response_model=ResendOut,
+              responses=error_responses(400, 401, 403, 404, 409, 422))
+    async def resend_notification(notification_id: NotificationId, body: ResendIn,
+                                  caller: Auth) -> dict[str, Any]:
+        """Send the notification's failed rows again (filter: reasons, channels), as a new
+        attempt on the same rows; answers how many."""
         header = await _owned(runtime, notification_id, caller.require_service())
         if header.cancelled_at is not None:
             raise ApiError(409, f"notification {notification_id!r} was cancelled: nothing is resent", "cancelled")
@@ -97,6 +117,14 @@ def _send_at(body: NotificationIn, horizon_days: float) -> int | None:
         raise InvalidRequest("send_at", f"send_at {body.send_at.isoformat()} is more than "
                              f"{horizon_days:g} days ahead (DISPATCHER_SCHEDULE_HORIZON_DAYS)")
     return at
+
+
+class ResendOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    version: int = Field(description="the version the rows are sent at (the notification's current one)")
+    resent: int = Field(description="rows made pending again and queued")
 
 
 class ResendIn(BaseModel):

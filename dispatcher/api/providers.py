@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict
 
-from dispatcher.api.errors import ApiError
+from dispatcher.api.errors import ApiError, error_responses
 from dispatcher.errors import UntrustedMessage
 from dispatcher.group_commit import GroupCommit
 from dispatcher.runtime import Runtime
@@ -42,7 +43,8 @@ def router(runtime: Runtime) -> APIRouter:
 
     commit: GroupCommit[_Pending, None] = GroupCommit(flush)
 
-    @api.post("/ses/events", openapi_extra={"requestBody": {"required": True, "content": {
+    @api.post("/ses/events", response_model=SesEventOut, response_model_exclude_none=True,
+              responses=error_responses(403, 422), openapi_extra={"requestBody": {"required": True, "content": {
         "text/plain": {"schema": {"type": "string", "description": "an SNS message (JSON)"}}}}})
     async def ses_events(request: Request) -> dict[str, Any]:
         message = parse_sns_message(await _bounded_body(request))
@@ -68,6 +70,20 @@ def router(runtime: Runtime) -> APIRouter:
                 "matched": applied.row is not None, "suppressed": list(applied.suppressed)}
 
     return api
+
+
+class SesEventOut(BaseModel):
+    """What one SNS message did: a subscription confirmed, or an event applied (or not)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subscription: str | None = None
+    topic: str | None = None
+    applied: bool | None = None
+    event: str | None = None
+    matched: bool | None = None
+    suppressed: list[str] | None = None
+    reason: str | None = None
 
 
 @dataclass

@@ -5,7 +5,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Response
 
 from dispatcher.api.auth import Authenticator, Caller
-from dispatcher.api.errors import ApiError
+from dispatcher.api.errors import ApiError, error_responses
+from dispatcher.api.schemas import SuppressionOut
 from dispatcher.api.timefmt import iso
 from dispatcher.model import Suppression
 from dispatcher.runtime import Runtime
@@ -20,7 +21,7 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     Auth = Annotated[Caller, Depends(auth)]
     store = runtime.store.suppressions
 
-    @api.get("/{email}")
+    @api.get("/{email}", response_model=SuppressionOut, responses=error_responses(401, 403, 404, 422))
     async def get_suppression(email: Email, caller: Auth) -> dict[str, Any]:
         caller.require_service()
         found = [s for s in await store.get_many([email]) if s.channel == "email"]
@@ -28,8 +29,8 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
             raise ApiError(404, f"{email!r} is not suppressed")
         return suppression_json(found[0])
 
-    @api.delete("/{email}", status_code=204)
-    async def lift(email: Email, caller: Auth) -> Response:
+    @api.delete("/{email}", status_code=204, responses=error_responses(401, 403, 404, 422))
+    async def lift_suppression(email: Email, caller: Auth) -> Response:
         caller.require_service()
         if not await store.lift(email):
             raise ApiError(404, f"{email!r} is not suppressed")

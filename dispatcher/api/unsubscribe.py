@@ -83,7 +83,7 @@ def router(runtime: Runtime, links: UnsubscribeLinks, pages: Pages) -> APIRouter
         return link, user, negotiate(lang, user.locale if user else None, accept_language=accept)
 
     @api.get("/{token}", response_class=HTMLResponse)
-    async def confirm(token: Token, request: Request, lang: Lang = None,
+    async def unsubscribe_page(token: Token, request: Request, lang: Lang = None,
                       accept_language: AcceptLanguage = None) -> HTMLResponse:
         found = await opened(token, lang, accept_language)
         if isinstance(found, HTMLResponse):

@@ -1,4 +1,7 @@
-"""``/v1/users/{id}``: contact data, devices and preferences."""
+"""``/v1/users/{id}``: profile (``name``, ``attributes``), contact data, devices and preferences.
+
+``PUT`` changes only the fields given; ``attributes`` given replaces the stored object whole
+(``null`` clears it)."""
 
 
 from typing import Annotated, Any
@@ -6,8 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Response
 
 from dispatcher.api.auth import Authenticator, Caller
-from dispatcher.api.errors import ApiError
-from dispatcher.api.schemas import DeviceIn, PreferencesIn, UserIn
+from dispatcher.api.errors import ApiError, error_responses
+from dispatcher.api.schemas import DeviceIn, DeviceOut, PreferencesIn, PreferencesOut, UserIn, UserOut
 from dispatcher.api.suppressions import suppression_json
 from dispatcher.api.timefmt import iso
 from dispatcher.contacts import normalize_email, normalize_phone
@@ -23,13 +26,15 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
     Auth = Annotated[Caller, Depends(auth)]
     users = runtime.store.users
 
-    @api.put("")
+    @api.put("", response_model=UserOut, response_model_exclude_unset=True,
+             responses=error_responses(401, 403, 422))
     async def put_user(user_id: str, body: UserIn, caller: Auth) -> dict[str, Any]:
         caller.require_service()
         fields = _normalised(body, runtime.settings.default_phone_region)
         return _user_json(await users.upsert(_checked_id(user_id), fields))
 
-    @api.get("")
+    @api.get("", response_model=UserOut, response_model_exclude_unset=True,
+             responses=error_responses(401, 403, 404))
     async def get_user(user_id: str, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
         user = await users.get(user_id)
@@ -39,26 +44,30 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
             [user.email] if user.email else [], [d.token for d in user.devices])
         return _user_json(user) | {"suppressions": [suppression_json(s) for s in held]}
 
-    @api.post("/devices", status_code=201)
+    @api.post("/devices", status_code=201, response_model=DeviceOut,
+              responses=error_responses(401, 403, 422))
     async def add_device(user_id: str, body: DeviceIn, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
         device = await users.add_device(_checked_id(user_id), body.token, body.platform)
         return {"token": device.token, "platform": device.platform, "active": device.active}
 
-    @api.delete("/devices/{token}", status_code=204)
+    @api.delete("/devices/{token}", status_code=204, response_class=Response,
+                responses=error_responses(401, 403, 404))
     async def remove_device(user_id: str, token: str, caller: Auth) -> Response:
         caller.require_user(user_id)
         if not await users.remove_device(user_id, token):
             raise ApiError(404, f"user {user_id!r} has no device with that token")
         return Response(status_code=204)
 
-    @api.get("/preferences")
+    @api.get("/preferences", response_model=PreferencesOut, response_model_exclude_unset=True,
+             responses=error_responses(401, 403))
     async def get_preferences(user_id: str, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
         user = await users.get(user_id)
         return (user.preferences if user else Preferences()).to_json()
 
-    @api.put("/preferences")
+    @api.put("/preferences", response_model=PreferencesOut, response_model_exclude_unset=True,
+             responses=error_responses(401, 403, 422))
     async def put_preferences(user_id: str, body: PreferencesIn, caller: Auth) -> dict[str, Any]:
         caller.require_user(user_id)
         raw = body.model_dump()
@@ -87,8 +96,9 @@ def _normalised(body: UserIn, region: str | None) -> dict[str, Any]:
 
 
 def _user_json(user: UserRecord) -> dict[str, Any]:
-    return {"id": user.id, "email": user.email, "phone": user.phone, "locale": user.locale,
-            "timezone": user.timezone, "preferences": user.preferences.to_json(),
+    return {"id": user.id, "name": user.name, "email": user.email, "phone": user.phone,
+            "locale": user.locale, "timezone": user.timezone,
+            "attributes": dict(user.attributes), "preferences": user.preferences.to_json(),
             "devices": [{"token": d.token, "platform": d.platform, "active": d.active}
                         for d in user.devices],
             "created_at": iso(user.created_at), "updated_at": iso(user.updated_at)}

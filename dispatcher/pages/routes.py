@@ -21,7 +21,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher.api.auth import Authenticator, Caller, ScopedTokenError, ScopedTokens
-from dispatcher.api.errors import ApiError
+from dispatcher.api.errors import ApiError, error_responses
+from dispatcher.api.schemas import PreferenceLinkOut
 from dispatcher.api.timefmt import iso
 from dispatcher.model import UserRecord
 from dispatcher.pages.catalog import Categories, negotiate, ordered
@@ -93,7 +94,8 @@ def router(runtime: Runtime, auth: Authenticator, pages: Pages) -> APIRouter:
     def base_url(request: Request) -> str:
         return (runtime.settings.public_url or str(request.base_url)).rstrip("/")
 
-    @api.post("/v1/users/{user_id}/preference-link", tags=["users"])
+    @api.post("/v1/users/{user_id}/preference-link", tags=["users"], response_model=PreferenceLinkOut,
+              responses=error_responses(401, 403, 422))
     async def preference_link(user_id: Annotated[str, Path(min_length=1, max_length=255)], caller: Auth,
                               request: Request, body: Annotated[PreferenceLinkIn | None, Body()] = None,
                               ) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Queue", "QueuedMessage", "DeadLetter"]
+__all__ = ["Queue", "QueuedMessage", "QueueStats", "DeadLetter"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,18 @@ class DeadLetter:
     reason: str
     receive_count: int
     created_at: int
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """How many messages are where, as far as the queue can tell (None: it can't; SQS's
+    figures are approximate). ``in_flight``: received and not yet acknowledged (hidden);
+    ``delayed``: sent with a delay, not visible yet; ``dead_letters``: in the DLQ."""
+
+    visible: int
+    in_flight: int | None
+    delayed: int | None
+    dead_letters: int | None
 
 
 class Queue(Protocol):
@@ -54,7 +66,20 @@ class Queue(Protocol):
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The dead-lettered messages, with reasons (for operators)."""
 
+    async def dead_letter_count(self) -> int:
+        """How many messages are in the DLQ (approximate where the queue only knows that)."""
+
+    async def replay(self, ids: Sequence[str] | None = None) -> int:
+        """Put dead letters back on the queue (those of ``ids``; all when None), as new
+        messages with no receive history; return how many went back."""
+
+    async def purge_dead_letters(self) -> int:
+        """Delete every dead letter; return how many there were."""
+
     async def depth(self) -> int:
         """Messages waiting (approximate where the queue only knows that)."""
+
+    async def stats(self) -> QueueStats:
+        """The queue's messages by state (for ``dispatcher_queue_messages``)."""
 
     async def close(self) -> None: ...

@@ -1,4 +1,4 @@
-"""The embedded queue: a table in the store's database (``DISPATCHER_QUEUE_URL=sqlite``).
+"""The embedded queue: a table in the store's database (``DISPATCHER_QUEUE_URL=database``; ``sqlite`` is an alias).
 
 Durable because it is the database: a message is enqueued when its transaction commits and
 leaves only when a worker acknowledges it. Receiving hides a message for the visibility
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dispatcher.model import now_us
-from dispatcher.queue import DeadLetter, QueuedMessage
+from dispatcher.queue import DeadLetter, QueuedMessage, QueueStats
 from dispatcher.store.database import Database
 from dispatcher.store.schema import dead_letters, queue_messages
 
@@ -153,12 +153,53 @@ class LocalQueue:
             )).all()
         return [DeadLetter(str(r.id), r.body, r.reason, r.receive_count, r.created_at) for r in rows]
 
+    async def dead_letter_count(self) -> int:
+        async with self._db.read() as conn:
+            return int((await conn.execute(
+                sa.select(sa.func.count()).select_from(dead_letters)
+                .where(dead_letters.c.queue == self._name))).scalar_one())
+
+    async def replay(self, ids: Sequence[str] | None = None) -> int:
+        """Move dead letters back in one transaction: each is on the queue or in the DLQ,
+        never both, never neither."""
+        query = sa.select(dead_letters.c.id, dead_letters.c.body).where(dead_letters.c.queue == self._name)
+        if ids is not None:
+            numbers = [int(i) for i in ids if i.isdigit()]
+            query = query.where(dead_letters.c.id.in_(numbers))
+        async with self._db.write() as conn:
+            rows = (await conn.execute(query.order_by(dead_letters.c.id))).all()
+            if rows:
+                await self.send_batch_in(conn, [r.body for r in rows])
+            for start in range(0, len(rows), 500):  # bound the statement's parameters
+                await conn.execute(dead_letters.delete().where(
+                    dead_letters.c.id.in_([r.id for r in rows[start:start + 500]])))
+        return len(rows)
+
+    async def purge_dead_letters(self) -> int:
+        async with self._db.write() as conn:
+            result = await conn.execute(dead_letters.delete().where(dead_letters.c.queue == self._name))
+        return int(result.rowcount)
+
     async def depth(self) -> int:
         async with self._db.read() as conn:
             return int((await conn.execute(
                 sa.select(sa.func.count()).select_from(queue_messages)
                 .where(queue_messages.c.queue == self._name)
             )).scalar_one())
+
+    async def stats(self) -> QueueStats:
+        """Visible and in flight (received, hidden until its visibility timeout) in one read,
+        with the dead letters; the embedded queue has no delayed messages."""
+        visible = sa.case((queue_messages.c.visible_at <= now_us(), 1), else_=0)
+        async with self._db.read() as conn:
+            total, ready = (await conn.execute(
+                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(visible), 0))
+                .where(queue_messages.c.queue == self._name))).one()
+            dead = (await conn.execute(
+                sa.select(sa.func.count()).select_from(dead_letters)
+                .where(dead_letters.c.queue == self._name))).scalar_one()
+        return QueueStats(visible=int(ready), in_flight=int(total) - int(ready), delayed=0,
+                          dead_letters=int(dead))
 
     async def close(self) -> None:
         return None

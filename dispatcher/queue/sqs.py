@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dispatcher.errors import Unavailable
-from dispatcher.queue import DeadLetter, QueuedMessage
+from dispatcher.queue import DeadLetter, QueuedMessage, QueueStats
 from transport.aws import AwsClient, AwsError
 
 __all__ = ["SqsQueue", "MAX_BATCH_BYTES"]
@@ -86,24 +86,92 @@ class SqsQueue:
         await self.ack([message])
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """Peek at the DLQ (messages become visible again after a short timeout)."""
+        """Peek at the DLQ: each message is received (hidden, so that the next receive
+        returns others), then made visible again at once, ready to be replayed."""
         dlq = await self._dead_letter_url()
         letters: list[DeadLetter] = []
-        while len(letters) < limit:
+        seen: list[dict[str, Any]] = []
+        try:
+            while len(letters) < limit:
+                answer = await self._call("ReceiveMessage", {
+                    "QueueUrl": dlq, "MaxNumberOfMessages": min(10, limit - len(letters)),
+                    "WaitTimeSeconds": 0, "VisibilityTimeout": 30, "MessageAttributeNames": ["All"],
+                    "MessageSystemAttributeNames": ["ApproximateReceiveCount", "SentTimestamp"]})
+                batch = answer.get("Messages") or []
+                if not batch:
+                    break
+                seen += batch
+                letters += [_letter(m) for m in batch]
+        finally:
+            await self._release(dlq, seen)
+        return letters
+
+    async def _release(self, queue_url: str, messages: Sequence[dict[str, Any]]) -> None:
+        """Make received messages visible again now."""
+        for start in range(0, len(messages), MAX_BATCH_ENTRIES):
+            await self._call("ChangeMessageVisibilityBatch", {"QueueUrl": queue_url, "Entries": [
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                for i, m in enumerate(messages[start:start + MAX_BATCH_ENTRIES])]})
+
+    async def dead_letter_count(self) -> int:
+        answer = await self._call("GetQueueAttributes", {
+            "QueueUrl": await self._dead_letter_url(),
+            "AttributeNames": ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]})
+        attributes = answer.get("Attributes", {})
+        return (int(attributes.get("ApproximateNumberOfMessages", 0))
+                + int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)))
+
+    async def replay(self, ids: Sequence[str] | None = None) -> int:
+        """Receive from the DLQ, send each chosen message to the queue, then delete it from
+        the DLQ (sent before deleted: a crash in between replays it twice, which the ledger
+        absorbs, rather than losing it). Messages not chosen are made visible again."""
+        dlq = await self._dead_letter_url()
+        wanted = set(ids) if ids is not None else None
+        replayed, skipped = 0, []
+        while wanted is None or wanted:
             answer = await self._call("ReceiveMessage", {
-                "QueueUrl": dlq, "MaxNumberOfMessages": min(10, limit - len(letters)),
-                "WaitTimeSeconds": 0, "VisibilityTimeout": 5, "MessageAttributeNames": ["All"],
-                "MessageSystemAttributeNames": ["ApproximateReceiveCount", "SentTimestamp"]})
+                "QueueUrl": dlq, "MaxNumberOfMessages": MAX_BATCH_ENTRIES, "WaitTimeSeconds": 1,
+                "VisibilityTimeout": 60})
             batch = answer.get("Messages") or []
             if not batch:
                 break
-            letters += [_letter(m) for m in batch]
-        return letters
+            chosen = [m for m in batch if wanted is None or m["MessageId"] in wanted]
+            skipped += [m for m in batch if m not in chosen]
+            if chosen:
+                await self.send_batch([m["Body"] for m in chosen])
+                await self._call("DeleteMessageBatch", {"QueueUrl": dlq, "Entries": [
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chosen)]})
+                replayed += len(chosen)
+                if wanted is not None:
+                    wanted -= {m["MessageId"] for m in chosen}
+        await self._release(dlq, skipped)
+        return replayed
+
+    async def purge_dead_letters(self) -> int:
+        """``PurgeQueue`` on the DLQ (SQS allows one a minute; the count is approximate)."""
+        count = await self.dead_letter_count()
+        await self._call("PurgeQueue", {"QueueUrl": await self._dead_letter_url()})
+        return count
 
     async def depth(self) -> int:
         answer = await self._call("GetQueueAttributes", {
             "QueueUrl": self._url, "AttributeNames": ["ApproximateNumberOfMessages"]})
         return int(answer.get("Attributes", {}).get("ApproximateNumberOfMessages", 0))
+
+    async def stats(self) -> QueueStats:
+        """SQS's approximate figures (``ApproximateNumberOfMessages*``); the dead letters are
+        those of the DLQ (None when there is none to ask)."""
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                 "ApproximateNumberOfMessagesDelayed"]
+        answer = await self._call("GetQueueAttributes", {"QueueUrl": self._url, "AttributeNames": names})
+        visible, in_flight, delayed = (int(answer.get("Attributes", {}).get(n, 0)) for n in names)
+        try:
+            dlq = await self._call("GetQueueAttributes", {
+                "QueueUrl": await self._dead_letter_url(), "AttributeNames": names[:1]})
+            dead: int | None = int(dlq.get("Attributes", {}).get(names[0], 0))
+        except RuntimeError:  # no DLQ configured
+            dead = None
+        return QueueStats(visible, in_flight, delayed, dead)
 
     async def close(self) -> None:
         return None  # the aiohttp session belongs to the runtime

@@ -18,6 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from dispatcher.errors import ConfigurationError, Unavailable
 from dispatcher.store.schema import add_missing_indexes, metadata
 
 __all__ = ["Database"]
@@ -41,7 +42,10 @@ class Database:
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(_async_url(url), **_engine_args(url))
+        try:
+            self.engine: AsyncEngine = create_async_engine(_async_url(url), **_engine_args(url))
+        except (sa.exc.ArgumentError, ValueError) as exc:
+            raise ConfigurationError(f"DISPATCHER_DATABASE_URL {_shown(url)} is not usable: {exc}") from exc
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine, sqlite_synchronous)
@@ -74,14 +78,21 @@ class Database:
     async def create_schema(self) -> None:
         """Create missing tables, and add missing nullable columns to existing ones (a database
         made by an older release upgrades in place). Processes starting together (a gateway
-        and its workers) take turns: an advisory lock on PostgreSQL, the write lock on SQLite."""
-        async with self.write() as conn:
-            if self.dialect == "postgresql":
-                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
-                                   {"key": _SCHEMA_LOCK})
-            await conn.run_sync(metadata.create_all)
-            await conn.run_sync(_add_missing_columns)
-            await conn.run_sync(add_missing_indexes)
+        and its workers) take turns: an advisory lock on PostgreSQL, the write lock on SQLite.
+
+        The first use of the database at start: one that can't be reached (or refuses us)
+        is :class:`~dispatcher.errors.Unavailable` naming it, password hidden."""
+        try:
+            async with self.write() as conn:
+                if self.dialect == "postgresql":
+                    await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                                       {"key": _SCHEMA_LOCK})
+                await conn.run_sync(metadata.create_all)
+                await conn.run_sync(_add_missing_columns)
+                await conn.run_sync(add_missing_indexes)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise Unavailable(f"the database {_shown(self.url)} can't be used: {reason}") from exc
 
     async def ping(self) -> None:
         async with self.read() as conn:
@@ -105,6 +116,14 @@ def _add_missing_columns(conn: sa.Connection) -> None:
                                    "a new column must be nullable or have a server default")
             ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
             conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+
+
+def _shown(url: str) -> str:
+    """``url`` without its password, to print."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return repr(url.split("@")[-1])
 
 
 def _engine_args(url: str) -> dict[str, Any]:

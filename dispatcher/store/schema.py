@@ -27,6 +27,9 @@ users = sa.Table(
     sa.Column("preferences", sa.JSON, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # Added after the first release (nullable): older databases get them at start-up.
+    sa.Column("name", sa.String(200)),
+    sa.Column("attributes", sa.JSON),
 )
 
 devices = sa.Table(
@@ -96,7 +99,7 @@ inbox = sa.Table(
     sa.Index("ix_inbox_feed", "user_id", "created_at", "notification_id"),
 )
 
-# The embedded queue (DISPATCHER_QUEUE_URL=sqlite): messages and their dead letters.
+# The database queue (DISPATCHER_QUEUE_URL=database): messages and their dead letters.
 queue_messages = sa.Table(
     "queue_messages", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),

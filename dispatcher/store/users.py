@@ -22,7 +22,8 @@ class UserStore:
     async def upsert(self, user_id: str, fields: Mapping[str, Any]) -> UserRecord:
         """Create the user or update the given fields (already validated and normalised)."""
         now = now_us()
-        values = {k: fields[k] for k in ("email", "phone", "locale", "timezone") if k in fields}
+        values = {k: fields[k] for k in ("email", "phone", "locale", "timezone", "name", "attributes")
+                  if k in fields}
         async with self._db.write() as conn:
             await self._ensure(conn, user_id, now)
             if values:
@@ -54,7 +55,8 @@ class UserStore:
             row.id: UserRecord(
                 id=row.id, email=row.email, phone=row.phone, locale=row.locale,
                 timezone=row.timezone, preferences=Preferences.from_json(row.preferences),
-                devices=tuple(by_user.get(row.id, ())), created_at=row.created_at,
+                devices=tuple(by_user.get(row.id, ())), name=row.name,
+                attributes=row.attributes or {}, created_at=row.created_at,
                 updated_at=row.updated_at,
             )
             for row in user_rows

@@ -39,3 +39,14 @@ def test_the_default_templates_dir_is_the_shipped_templates() -> None:
     assert shipped_templates() == ROOT / "templates"  # this checkout, installed editable
     assert Settings().templates_dir == shipped_templates()
     assert "app-install" in TemplateRegistry(shipped_templates()).names()
+
+
+def test_the_api_pages_assets_ship_as_package_data() -> None:
+    """/docs and /redoc work offline only if their scripts are in the wheel."""
+    from dispatcher.api.openapi import ASSETS
+
+    package_data = _setuptools_config()["package-data"]
+    assert package_data["dispatcher.api"] == ["docs_assets/*"]  # type: ignore[index]
+    shipped = {p.name for p in ASSETS.iterdir()}
+    assert {"swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js",
+            "swagger-ui-dist.LICENSE", "redoc.LICENSE"} <= shipped

@@ -49,3 +49,29 @@ async def test_dead_lettering_keeps_the_reason(runtime: Runtime) -> None:
     [m] = await q.receive(1, wait_seconds=0)
     await q.dead_letter(m, "message is not JSON")
     assert [(d.body, d.reason) for d in await q.dead_letters()] == [("{bad", "message is not JSON")]
+
+
+async def poisoned(q: LocalQueue, bodies: list[str]) -> None:
+    await q.send_batch(bodies)
+    for message in await q.receive(len(bodies), wait_seconds=0):
+        await q.dead_letter(message, "unknown template")
+
+
+async def test_replay_puts_chosen_dead_letters_back_as_fresh_messages(runtime: Runtime) -> None:
+    q = queue(runtime)
+    await poisoned(q, ["one", "two", "three"])
+    letters = {d.body: d for d in await q.dead_letters()}
+    assert await q.dead_letter_count() == 3 and all(d.created_at > 0 for d in letters.values())
+    assert await q.replay([letters["two"].id, "no-such-id"]) == 1
+    assert sorted(d.body for d in await q.dead_letters()) == ["one", "three"]
+    [back] = await q.receive(10, wait_seconds=0)
+    assert (back.body, back.receive_count) == ("two", 1)
+    assert await q.replay() == 2
+    assert await q.dead_letter_count() == 0 and await q.depth() == 3
+
+
+async def test_purge_deletes_every_dead_letter_and_says_how_many(runtime: Runtime) -> None:
+    q = queue(runtime)
+    await poisoned(q, ["a", "b"])
+    assert await q.purge_dead_letters() == 2
+    assert await q.dead_letters() == [] and await q.depth() == 0

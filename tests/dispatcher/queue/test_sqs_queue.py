@@ -78,3 +78,35 @@ async def test_a_queue_without_a_dlq_says_so(http: aiohttp.ClientSession) -> Non
     [message] = await queue.receive(1, wait_seconds=1)
     with pytest.raises(RuntimeError, match="no redrive policy"):
         await queue.dead_letter(message, "poison")
+
+
+async def test_replay_moves_dlq_messages_back_to_the_queue(http: aiohttp.ClientSession) -> None:
+    url, _ = create_queues()
+    queue = sqs_queue(http, url)
+    await queue.send_batch(["p1", "p2", "p3"])
+    received: list = []
+    while len(received) < 3:
+        received += await queue.receive(10, wait_seconds=1)
+    for message in received:
+        await queue.dead_letter(message, "unknown template")
+    assert await queue.dead_letter_count() == 3
+    letters = {d.body: d for d in await queue.dead_letters()}
+    assert await queue.replay([letters["p2"].id]) == 1
+    assert sorted(d.body for d in await queue.dead_letters()) == ["p1", "p3"]
+    [back] = await queue.receive(10, wait_seconds=1)
+    assert (back.body, back.receive_count) == ("p2", 1)
+    assert await queue.replay() == 2
+    assert await queue.dead_letter_count() == 0 and await queue.depth() == 2
+
+
+async def test_purge_empties_the_dlq(http: aiohttp.ClientSession) -> None:
+    url, _ = create_queues()
+    queue = sqs_queue(http, url)
+    await queue.send_batch(["x", "y"])
+    received: list = []
+    while len(received) < 2:
+        received += await queue.receive(10, wait_seconds=1)
+    for message in received:
+        await queue.dead_letter(message, "poison")
+    assert await queue.purge_dead_letters() == 2
+    assert await queue.dead_letters() == []

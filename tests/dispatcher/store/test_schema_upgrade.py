@@ -1,34 +1,30 @@
-"""A database made by an older release gains the new tables, columns and indexes at start."""
+"""A database made before the users table had ``name`` and ``attributes`` gets them at start-up,
+keeping its rows; starting again changes nothing."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-from dispatcher.store import Database
+from dispatcher.store import Database, Store
 
 
-async def test_an_older_database_is_upgraded_additively(database_url: str) -> None:
+async def test_an_older_users_table_gains_the_profile_columns(database_url: str) -> None:
     db = Database(database_url)
     try:
-        await db.create_schema()
-        async with db.write() as conn:  # as an older release left it
-            await conn.execute(sa.text("DROP INDEX ix_deliveries_email_message_id"))
-            await conn.execute(sa.text("DROP TABLE suppressions"))
-            await conn.execute(sa.text("ALTER TABLE webhook_outbox DROP COLUMN last_error"))
+        async with db.write() as conn:  # the users table as the first release made it
             await conn.execute(sa.text(
-                "INSERT INTO deliveries (notification_id, user_id, channel, version, status, attempts, "
-                "created_at, updated_at) VALUES ('app#x', 'u1', 'email', 1, 'sent', 1, 0, 0)"))
+                "CREATE TABLE users (id VARCHAR(255) PRIMARY KEY, email VARCHAR(320), phone VARCHAR(32), "
+                "locale VARCHAR(35), timezone VARCHAR(64), preferences JSON NOT NULL, "
+                "created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL)"))
+            await conn.execute(sa.text(
+                "INSERT INTO users VALUES ('old', 'old@example.com', NULL, 'ko', NULL, '{}', 1, 1)"))
         await db.create_schema()
-        async with db.read() as conn:
-            def look(sync: sa.Connection) -> tuple[set[str], set[str], set[str]]:
-                inspector = sa.inspect(sync)
-                return ({i["name"] for i in inspector.get_indexes("deliveries")},
-                        set(inspector.get_table_names()),
-                        {c["name"] for c in inspector.get_columns("webhook_outbox")})
-            indexes, tables, columns = await conn.run_sync(look)
-            kept = (await conn.execute(sa.text("SELECT count(*) FROM deliveries"))).scalar_one()
-        assert "ix_deliveries_email_message_id" in indexes
-        assert "suppressions" in tables and "last_error" in columns
-        assert kept == 1
+        await db.create_schema()  # a second start: nothing left to add
+        users = Store.from_database(db).users
+        old = await users.get("old")
+        assert old is not None and (old.email, old.name, dict(old.attributes)) == ("old@example.com", None, {})
+        await users.upsert("old", {"name": "Ann", "attributes": {"plan": "pro"}})
+        again = await users.get("old")
+        assert again is not None and (again.name, dict(again.attributes), again.locale) == ("Ann", {"plan": "pro"}, "ko")
     finally:
         await db.close()
