@@ -4,6 +4,7 @@
   SQLite, no infrastructure needed), ``gateway`` (the API only), ``worker`` (workers only);
 * through the HTTP API (``DISPATCHER_URL``, ``DISPATCHER_API_KEY``): ``send``, ``status``;
 * on the queue itself (the settings of the processes): ``dlq list | count | replay | purge``;
+* on the store: ``webhooks failed | replay`` (webhooks the receivers never took);
 * ``token``: an end user's JWT, signed with ``DISPATCHER_USER_TOKEN_SECRET``.
 
 Global options (``--log-level``) go before or after the command. Exit status: 0 done;
@@ -33,7 +34,7 @@ from pydantic import ValidationError
 
 from dispatcher.bus.pipe import forward
 from dispatcher.client import ApiRefused, ClientError
-from dispatcher.commands import dlq, send, status, token
+from dispatcher.commands import dlq, send, status, token, webhooks
 from dispatcher.config import ConfigurationError, Settings
 from dispatcher.errors import TemplateError, Unavailable
 from dispatcher.observability.logs import configure as configure_logs
@@ -213,6 +214,12 @@ _command("replay", dlq.replay, dlq.REPLAY_EXAMPLES, on=dlq_app)
 _command("purge", dlq.purge, "dispatcher dlq purge --yes", on=dlq_app)
 app.add_typer(dlq_app, name="dlq", epilog=_examples(dlq.LIST_EXAMPLES + "\n" + dlq.REPLAY_EXAMPLES))
 
+webhooks_app = typer.Typer(help=webhooks.__doc__, context_settings=_SETTINGS, rich_markup_mode="rich",
+                           no_args_is_help=True)
+_command("failed", webhooks.failed, webhooks.FAILED_EXAMPLES, on=webhooks_app)
+_command("replay", webhooks.replay, webhooks.REPLAY_EXAMPLES, on=webhooks_app)
+app.add_typer(webhooks_app, name="webhooks")
+
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop where it is installed (``uvicorn[standard]`` brings it): a faster loop."""
@@ -303,8 +310,8 @@ async def _worker(settings: Settings, parent_pid: int | None = None) -> int:
         loop.add_signal_handler(sig, stop.set)
     watchdog = asyncio.create_task(_orphaned(parent_pid, stop)) if parent_pid else None
     log.info("worker started: %d chunks at once", settings.worker_concurrency)
-    try:
-        await runtime.worker().run(stop)
+    try:  # the webhook sender runs beside the delivery loops (dispatcher.webhooks)
+        await asyncio.gather(runtime.worker().run(stop), runtime.webhook_sender().run(stop))
     finally:
         if watchdog:
             watchdog.cancel()

@@ -9,6 +9,8 @@ values they need. Every field is documented in the README's configuration table.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import secrets
 import zoneinfo
 from pathlib import Path
@@ -177,11 +179,52 @@ class Settings(BaseSettings):
     #: Region used to read phone numbers written without a ``+country`` prefix (e.g. ``KR``).
     default_phone_region: str | None = None
 
+    #: SES events through SNS (``POST /v1/providers/ses/events``): where SNS signing
+    #: certificates may be fetched from (a regular expression the whole URL must match).
+    sns_cert_url_pattern: str = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[^?#]+\.pem"
+    #: The SNS topic ARNs whose messages are accepted, comma-separated; empty: none (403).
+    sns_topic_arns: Names = frozenset()
+    #: Soft bounces of one address within ``soft_bounce_window`` seconds that suppress it.
+    soft_bounce_limit: int = Field(default=3, ge=1)
+    soft_bounce_window: float = Field(default=7 * 86400, gt=0)
+    #: Webhooks out: seconds per attempt, attempts in flight per worker process, backoff
+    #: (base doubling up to max) and the period after which a webhook is kept as failed.
+    webhook_timeout: float = Field(default=10.0, gt=0, le=60)
+    webhook_concurrency: int = Field(default=16, ge=1, le=256)
+    webhook_retry_base_delay: float = Field(default=5.0, ge=0)
+    webhook_retry_max_delay: float = Field(default=3600.0, ge=0)
+    webhook_retry_period: float = Field(default=86400.0, ge=0)
+    webhook_poll_interval: float = Field(default=1.0, gt=0)
+    #: Seconds delivered and failed webhooks stay listed (and replayable) after their last attempt.
+    webhook_retention: float = Field(default=7 * 86400, gt=0)
+    #: Networks (CIDR, comma-separated) webhook URLs may reach although they are not public
+    #: (private, loopback, link-local, …); empty: only public addresses.
+    webhook_allowed_networks: Names = frozenset()
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
         if not value.startswith(("sqlite://", "postgresql://", "postgres://", "postgresql+")):
             raise ValueError("DISPATCHER_DATABASE_URL must be sqlite:///path or postgresql://…")
+        return value
+
+    @field_validator("sns_cert_url_pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"DISPATCHER_SNS_CERT_URL_PATTERN is not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: frozenset[str]) -> frozenset[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"DISPATCHER_WEBHOOK_ALLOWED_NETWORKS: {network!r} is not a CIDR") from None
         return value
 
     @field_validator("queue_url")

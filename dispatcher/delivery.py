@@ -79,9 +79,10 @@ class Deliverer:
         planned: list[tuple[int, ChunkPlan, HeaderUpdate]] = []
         users = await self._store.users.load_many(
             dict.fromkeys(r for m in messages for r in m.recipients))
+        suppressed = await self._store.suppressions.among(u.email for u in users.values() if u.email)
         for i, message in enumerate(messages):
             try:
-                planned.append((i, *self._plan(message, users)))
+                planned.append((i, *self._plan(message, users, suppressed)))
             except PoisonMessage as exc:
                 results[i] = exc
         if not planned:
@@ -97,14 +98,14 @@ class Deliverer:
             results[i] = outcome
         return results
 
-    def _plan(self, message: ChunkMessage,
-              users: Mapping[str, UserRecord]) -> tuple[ChunkPlan, HeaderUpdate]:
+    def _plan(self, message: ChunkMessage, users: Mapping[str, UserRecord],
+              suppressed: frozenset[str] = frozenset()) -> tuple[ChunkPlan, HeaderUpdate]:
         try:
             template = self._templates.info(message.template)
             sets = channel_sets(message.channels, template)
         except (UnknownTemplate, ChannelNotInTemplate) as exc:
             raise PoisonMessage(str(exc)) from None
-        plan = self._planner.plan(message, template, sets, users)
+        plan = self._planner.plan(message, template, sets, users, suppressed)
         return plan, header_update(message, template, sets)
 
     async def _open(self, plans: Sequence[ChunkPlan], headers: list[HeaderUpdate],

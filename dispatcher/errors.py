@@ -14,6 +14,7 @@ or an outage (a store or queue that does not answer). The tree, by what the call
     ├── InvalidCursor             a pagination cursor this API did not return (400)
     ├── NotFound                  no such resource (404)
     │   └── UnknownTemplate       no template of that name (a LookupError too)
+    ├── UntrustedMessage          an inbound provider message whose sender can't be proven (403)
     ├── Unavailable               the queue (or another port) does not answer: retry later (503)
     ├── PoisonMessage             a queue message no worker can ever process: to the DLQ
     ├── ChunkNotSettled           rows stayed claimed by another live worker: retry later
@@ -41,6 +42,7 @@ __all__ = [
     "TemplateError",
     "UnknownTemplate",
     "Unavailable",
+    "UntrustedMessage",
     "NotificationCancelled",
 ]
 
@@ -109,6 +111,11 @@ class UnknownTemplate(NotFound):
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown template {name!r}")
         self.name = name
+
+
+class UntrustedMessage(DispatcherError):
+    """An inbound provider message (an SNS delivery) that is unsigned, badly signed, signed
+    with a certificate from the wrong place, or from a topic we don't trust."""
 
 
 class NotificationCancelled(DispatcherError):

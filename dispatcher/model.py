@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from dispatcher.frequency import Cap
 
 __all__ = [
+    "AFTER_SENT",
     "CHANNELS",
     "Channel",
     "ChunkRows",
@@ -31,11 +32,14 @@ __all__ = [
     "FeedEntry",
     "HeaderUpdate",
     "NotificationHeader",
+    "OutboxEntry",
     "Reason",
     "RowKey",
     "RowState",
+    "Suppression",
     "Unfinished",
     "UserRecord",
+    "WebhookEndpoint",
     "now_us",
     "parse_notification_id",
 ]
@@ -55,6 +59,9 @@ class DeliveryStatus(StrEnum):
     """One ledger row's life: ``pending -> sending -> sent | failed``, or ``pending -> skipped``.
 
     ``sending`` means a worker has claimed the row and its provider request may be in flight.
+    After ``sent`` the provider may tell more (SES events through SNS): ``delivered``,
+    ``bounced``, ``complained``, ranked in that order and never moved backwards
+    (:data:`AFTER_SENT`).
     """
 
     PENDING = "pending"
@@ -62,9 +69,21 @@ class DeliveryStatus(StrEnum):
     SENT = "sent"
     FAILED = "failed"
     SKIPPED = "skipped"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
 
 
-FINAL_STATUSES = frozenset({DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED})
+FINAL_STATUSES = frozenset({DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED,
+                            DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED, DeliveryStatus.COMPLAINED})
+
+#: What a provider event may make of a ``sent`` row, by rank: a row only moves to a higher
+#: rank (a ``delivered`` arriving after ``bounced`` changes nothing; a duplicate neither).
+#: ``failed`` is SES's ``Reject`` (it accepted the message, then refused to send it).
+AFTER_SENT: dict[DeliveryStatus, int] = {
+    DeliveryStatus.SENT: 0, DeliveryStatus.DELIVERED: 1, DeliveryStatus.BOUNCED: 2,
+    DeliveryStatus.COMPLAINED: 3, DeliveryStatus.FAILED: 4,
+}
 
 
 class Reason(StrEnum):
@@ -79,6 +98,12 @@ class Reason(StrEnum):
     TEMPLATE_ERROR = "template_error"
     #: The worker crashed after claiming the row: the provider may or may not have the message.
     OUTCOME_UNKNOWN = "outcome_unknown"
+    #: Provider events after ``sent`` (``bounced``/``complained`` rows).
+    HARD_BOUNCE = "hard_bounce"
+    SOFT_BOUNCE = "soft_bounce"
+    COMPLAINT = "complaint"
+    #: The address is on the suppression list (a hard bounce, a complaint, repeated soft bounces).
+    SUPPRESSED = "suppressed"
     #: The service cancelled the notification before this row was sent.
     CANCELLED = "cancelled"
     #: ``pending``: waiting for the end of the user's quiet hours (the detail says until when).
@@ -264,3 +289,40 @@ class UserRecord:
     attributes: Mapping[str, Any] = field(default_factory=dict)
     created_at: int = 0
     updated_at: int = 0
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """An address (email, lower case) or a device token not sent to, and why."""
+
+    address: str
+    channel: str
+    cause: str
+    detail: str | None
+    created_at: int
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    service: str
+    url: str
+    events: tuple[str, ...]
+    secret: str
+    created_at: int
+    updated_at: int
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One webhook in the outbox: its ``id`` is the ``webhook-id`` of every attempt."""
+
+    id: str
+    service: str
+    event: str
+    payload: str
+    status: str           # pending | delivered | failed
+    attempts: int
+    next_attempt_at: int
+    last_error: str | None
+    created_at: int
+    updated_at: int

@@ -187,7 +187,7 @@ class Planner:
         self._clock = clock
 
     def plan(self, message: ChunkMessage, template: TemplateInfo, sets: ChannelSets,
-             users: Mapping[str, UserRecord]) -> ChunkPlan:
+             users: Mapping[str, UserRecord], suppressed: frozenset[str] = frozenset()) -> ChunkPlan:
         category = category_of(message, template)
         channels = sorted(sets.all)
         links = self._links is not None and category not in self._critical
@@ -206,6 +206,8 @@ class Planner:
             release = self._quiet_until(user, category, now)
             for channel in channels:
                 self._plan_one(plan, category, user, channel, parts[channel], unsubscribe, release)
+        if suppressed:
+            _suppress(plan, suppressed)
         return plan
 
     def _quiet_until(self, user: UserRecord, category: str, now: datetime) -> int | None:
@@ -268,6 +270,17 @@ class Planner:
         if channel == Channel.SMS:
             return [normalize_phone(user.phone, self._phone_region)] if user.phone else []
         return [d.token for d in user.devices if d.active]
+
+
+def _suppress(plan: ChunkPlan, suppressed: frozenset[str]) -> None:
+    """Email rows to a suppressed address (``suppressed``: lower-cased addresses, see
+    ``store.suppressions``) become ``skipped``/``suppressed``, without a provider call."""
+    for i, row in enumerate(plan.rows):
+        sends = plan.sends.get(row.key)
+        if row.key.channel == Channel.EMAIL and sends and all(m.to.lower() in suppressed for m in sends):
+            plan.rows[i] = RowState(row.key, _SKIPPED, Reason.SUPPRESSED,
+                                    f"{sends[0].to} is on the suppression list")
+            del plan.sends[row.key]
 
 
 def _with_link(parts: dict[str, str], link: str | None) -> dict[str, str]:

@@ -37,12 +37,15 @@ from dispatcher.queue.local import LocalQueue
 from dispatcher.ratelimit import RateGate, RateLimits, Reserver
 from dispatcher.render_budget import RenderBudget
 from dispatcher.rendering import TemplateRegistry
+from dispatcher.resend import Resender
 from dispatcher.retry import RetryPolicy
 from dispatcher.scheduler import Scheduler
 from dispatcher.scoped_tokens import ScopedTokens
 from dispatcher.sending import Sender
+from dispatcher.sns_messages import SnsVerifier
 from dispatcher.store import Database, Store
 from dispatcher.unsubscribe import UnsubscribeLinks
+from dispatcher.webhooks import AddressGuard, Backoff, WebhookSender
 from dispatcher.worker import Batching, Worker
 
 if TYPE_CHECKING:
@@ -66,6 +69,8 @@ class Runtime:
     release: Releaser
     owned: list[aiohttp.ClientSession] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    sns: SnsVerifier | None = None
+    resender: Resender | None = None
 
     @classmethod
     async def open(cls, settings: Settings,
@@ -103,8 +108,21 @@ class Runtime:
                               resend_stale=settings.recovery == "resend")
         fan_out = FanOut(enqueue, templates, settings.chunk_size,
                          queue.max_message_bytes)
-        return cls(settings, store, queue, bus, feed, templates, built, fan_out, deliverer, links,
-                   release, owned, closers)
+        runtime = cls(settings, store, queue, bus, feed, templates, built, fan_out, deliverer, links,
+                      release, owned, closers)
+        runtime.sns = _sns_verifier(settings, owned)
+        runtime.resender = Resender(store, queue, settings.chunk_size, enqueue_in=(
+            queue.send_batch_in if isinstance(queue, LocalQueue) else None))
+        return runtime
+
+    def webhook_sender(self) -> WebhookSender:
+        """The loop sending the outbox's webhooks (run by each worker process)."""
+        s = self.settings
+        return WebhookSender(self.store.webhooks, AddressGuard(s.webhook_allowed_networks),
+                             Backoff(s.webhook_retry_base_delay, s.webhook_retry_max_delay,
+                                     s.webhook_retry_period),
+                             concurrency=s.webhook_concurrency, timeout=s.webhook_timeout,
+                             poll_interval=s.webhook_poll_interval, retention=s.webhook_retention)
 
     def worker(self) -> Worker:
         return Worker(self.queue, self.deliverer, concurrency=self.settings.worker_concurrency,
@@ -131,6 +149,14 @@ class Runtime:
             await close()
         await _close_sessions(self.owned)
         await self.store.db.close()
+
+
+def _sns_verifier(settings: Settings, owned: list[aiohttp.ClientSession]) -> SnsVerifier:
+    """Its own small pool: fetching SNS certificates never waits behind provider sends."""
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8))
+    owned.append(http)
+    return SnsVerifier(http, cert_url_pattern=settings.sns_cert_url_pattern,
+                       topics=settings.sns_topic_arns)
 
 
 async def _database(settings: Settings) -> Database:

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from dispatcher.api import feed, notifications, templates, unsubscribe, users
+from dispatcher.api import feed, notifications, providers, suppressions, templates, unsubscribe, users, webhooks
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.errors import ApiError, error_responses, install_error_handlers
 from dispatcher.api.limits import BodyLimit, ReadDeadline
@@ -42,6 +42,8 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
         loops = [asyncio.create_task(runtime.worker().run(stop)) for _ in range(workers)]
+        if workers:  # the process that delivers also sends the webhooks (dispatcher.webhooks)
+            loops.append(asyncio.create_task(runtime.webhook_sender().run(stop)))
         try:
             yield
         finally:
@@ -67,7 +69,7 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ReadDeadline, seconds=settings.request_read_timeout)
     app.include_router(metrics_router(runtime.queue, settings.metrics_token))
-    for module in (notifications, users, feed, templates):
+    for module in (notifications, users, feed, templates, suppressions, webhooks):
         app.include_router(module.router(runtime, auth))
     # The people's pages (preference centre, inbox) and their files: see dispatcher.pages.
     page_set = pages.build_pages(runtime)
@@ -76,6 +78,7 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
         app.add_middleware(CORSMiddleware, allow_origins=sorted(settings.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
                            max_age=600)
+    app.include_router(providers.router(runtime))
     app.add_middleware(RequestTelemetry)  # last added, outermost: it sees the 408s and 413s too
     if runtime.links is not None:
         # Pages (text/html), an invalid link included: a person follows it.

@@ -29,6 +29,7 @@ from dispatcher.errors import (
     NotificationCancelled,
     TemplateError,
     Unavailable,
+    UntrustedMessage,
 )
 from dispatcher.store import STORE_UNAVAILABLE
 
@@ -52,6 +53,7 @@ STATUS: tuple[tuple[type[DispatcherError], int, str], ...] = (
     (NotFound, 404, "not_found"),
     (NotificationCancelled, 409, "cancelled"),
     (Unavailable, 503, "unavailable"),
+    (UntrustedMessage, 403, "untrusted_message"),
 )
 
 #: What a 503 tells the caller to wait before sending the same request again.

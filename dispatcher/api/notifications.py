@@ -1,10 +1,11 @@
 """``/v1/notifications``: accept, read and inspect notifications (services only)."""
 
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher.api.auth import Authenticator, Caller
 from dispatcher.api.critical import CriticalSenders
@@ -21,7 +22,8 @@ from dispatcher.api.schemas import (
 )
 from dispatcher.api.timefmt import iso
 from dispatcher.errors import InvalidNotificationId, InvalidRequest
-from dispatcher.model import DeliveryStatus, NotificationHeader, now_us, parse_notification_id
+from dispatcher.model import DeliveryStatus, NotificationHeader, Reason, now_us, parse_notification_id
+from dispatcher.resend import Resender
 from dispatcher.runtime import Runtime
 
 __all__ = ["router"]
@@ -89,6 +91,21 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
             notification_id, limit=limit, cursor=cursor, status=status.value if status else None)
         return {"items": [_delivery_json(r) for r in rows], "next_cursor": next_cursor}
 
+    @api.post("/{notification_id}/resend", response_model=ResendOut,
+              responses=error_responses(400, 401, 403, 404, 409, 422))
+    async def resend_notification(notification_id: NotificationId, body: ResendIn,
+                                  caller: Auth) -> dict[str, Any]:
+        """Send the notification's failed rows again (filter: reasons, channels), as a new
+        attempt on the same rows; answers how many."""
+        header = await _owned(runtime, notification_id, caller.require_service())
+        if header.cancelled_at is not None:
+            raise ApiError(409, f"notification {notification_id!r} was cancelled: nothing is resent", "cancelled")
+        resender = runtime.resender or Resender(runtime.store, runtime.queue, runtime.settings.chunk_size)
+        resent = await resender.resend(
+            header, reasons=[r.value for r in body.reasons] if body.reasons else None,
+            channels=body.channels)
+        return {"id": header.id, "version": header.version, "resent": resent}
+
     return api
 
 
@@ -100,6 +117,25 @@ def _send_at(body: NotificationIn, horizon_days: float) -> int | None:
         raise InvalidRequest("send_at", f"send_at {body.send_at.isoformat()} is more than "
                              f"{horizon_days:g} days ahead (DISPATCHER_SCHEDULE_HORIZON_DAYS)")
     return at
+
+
+class ResendOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    version: int = Field(description="the version the rows are sent at (the notification's current one)")
+    resent: int = Field(description="rows made pending again and queued")
+
+
+class ResendIn(BaseModel):
+    """Which rows to send again: ``failed`` ones (the only status that can be resent), of
+    these reasons (default: any) and channels (default: email, SMS and push)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["failed"] = "failed"
+    reasons: list[Reason] | None = Field(default=None, min_length=1, max_length=20)
+    channels: list[Literal["email", "sms", "push"]] | None = Field(default=None, min_length=1, max_length=3)
 
 
 async def _owned(runtime: Runtime, notification_id: str, service: str) -> NotificationHeader:

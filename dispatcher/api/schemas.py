@@ -21,8 +21,8 @@ from dispatcher.model import CHANNELS
 __all__ = ["ATTRIBUTES_MAX_BYTES", "ATTRIBUTES_MAX_DEPTH", "AcceptedOut", "CancelOut", "DeliveryOut",
            "DeliveryPage", "DeviceIn", "DeviceOut", "FeedEntryOut", "FeedPage", "HealthOut", "NotificationIn",
            "NotificationOut", "PreferenceLinkOut", "PreferencesIn", "PreferencesOut", "PreviewIn", "PreviewOut",
-           "PreviewUserIn", "ReadAllOut", "ReadOut", "RecipientIn", "StreamTokenOut", "TemplateInfoOut",
-           "TemplateList", "UserIn", "UserOut", "bounded_notification"]
+           "PreviewUserIn", "ReadAllOut", "ReadOut", "RecipientIn", "StreamTokenOut", "SuppressionOut",
+           "TemplateInfoOut", "TemplateList", "UserIn", "UserOut", "bounded_notification"]
 
 #: Bounds on a user's ``attributes``: serialised size (compact JSON, UTF-8) and nesting
 #: (``{"a": 1}`` is 1 level, ``{"a": {"b": 1}}`` 2).
@@ -280,9 +280,10 @@ class PreferenceLinkOut(_Out):
     expires_at: Timestamp
 
 
+_COUNTED = ("pending", "sent", "delivered", "bounced", "complained", "failed", "skipped")
 Counts = Annotated[dict[str, int], WithJsonSchema({
-    "type": "object", "required": ["pending", "sent", "failed", "skipped"],
-    "properties": {k: {"type": "integer"} for k in ("pending", "sent", "failed", "skipped")}})]
+    "type": "object", "required": list(_COUNTED),
+    "properties": {k: {"type": "integer"} for k in _COUNTED}})]
 
 
 class NotificationOut(_Out):
@@ -301,17 +302,20 @@ class NotificationOut(_Out):
     created_at: Timestamp
     updated_at: Timestamp
     counts: dict[str, Counts] = Field(description="per channel: rows pending (including recipients "
-                                                  "not fanned out yet), sent, failed, skipped")
+                                                  "not fanned out yet), sent, failed, skipped; and of "
+                                                  "the sent ones, what the provider told since: "
+                                                  "delivered, bounced, complained (sent counts them)")
 
 
 class DeliveryOut(_Out):
     user_id: str
     channel: ChannelName
     version: int
-    status: Literal["pending", "sent", "failed", "skipped"]
-    reason: str | None = Field(description="why it was skipped, failed or is waiting (e.g. opted_out, "
-                                           "no_contact, provider_rejected, retries_exhausted, cancelled, "
-                                           "quiet_hours)")
+    status: Literal["pending", "sent", "delivered", "bounced", "complained", "failed", "skipped"]
+    reason: str | None = Field(description="why it was skipped, failed, bounced or is waiting (e.g. "
+                                           "opted_out, no_contact, provider_rejected, retries_exhausted, "
+                                           "cancelled, quiet_hours, suppressed, hard_bounce, soft_bounce, "
+                                           "complaint)")
     detail: str | None
     attempts: int
     provider_message_id: str | None
@@ -343,6 +347,16 @@ class PreferencesOut(_Out):
         "service's default (DISPATCHER_QUIET_HOURS) applies"))
 
 
+class SuppressionOut(_Out):
+    """An email address (lower case) or a device token not sent to, and why."""
+
+    address: str
+    channel: str
+    cause: str = Field(description="hard_bounce, complaint, soft_bounces or unregistered_device")
+    detail: str | None
+    since: Timestamp
+
+
 class UserOut(_Out):
     id: str
     name: str | None
@@ -353,6 +367,8 @@ class UserOut(_Out):
     attributes: dict[str, Any]
     preferences: PreferencesOut
     devices: list[DeviceOut]
+    #: Only ``GET /v1/users/{id}`` says: its email address and devices on the suppression list.
+    suppressions: list[SuppressionOut] = Field(default_factory=list)
     created_at: Timestamp
     updated_at: Timestamp
 

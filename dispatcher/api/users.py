@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Response
 from dispatcher.api.auth import Authenticator, Caller
 from dispatcher.api.errors import ApiError, error_responses
 from dispatcher.api.schemas import DeviceIn, DeviceOut, PreferencesIn, PreferencesOut, UserIn, UserOut
+from dispatcher.api.suppressions import suppression_json
 from dispatcher.api.timefmt import iso
 from dispatcher.contacts import normalize_email, normalize_phone
 from dispatcher.model import UserRecord
@@ -39,7 +40,9 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
         user = await users.get(user_id)
         if user is None:
             raise ApiError(404, f"no user {user_id!r}")
-        return _user_json(user)
+        held = await runtime.store.suppressions.get_many(
+            [user.email] if user.email else [], [d.token for d in user.devices])
+        return _user_json(user) | {"suppressions": [suppression_json(s) for s in held]}
 
     @api.post("/devices", status_code=201, response_model=DeviceOut,
               responses=error_responses(401, 403, 422))

@@ -16,8 +16,12 @@ from dispatcher.store.database import Database
 from dispatcher.store.feed import FeedStore
 from dispatcher.store.ledger import LedgerStore
 from dispatcher.store.notifications import NotificationStore
+from dispatcher.store.provider_events import ProviderEventStore
+from dispatcher.store.resend import ResendStore
 from dispatcher.store.schedule import Held, ScheduleStore
+from dispatcher.store.suppressions import SuppressionStore
 from dispatcher.store.users import UserStore
+from dispatcher.store.webhooks import WebhookStore
 
 __all__ = ["STORE_UNAVAILABLE", "Database", "Held", "Store"]
 
@@ -34,9 +38,16 @@ class Store:
     ledger: LedgerStore
     feed: FeedStore
     schedule: ScheduleStore
+    suppressions: SuppressionStore
+    webhooks: WebhookStore
+    provider_events: ProviderEventStore
+    resend: ResendStore
 
     @classmethod
     def from_database(cls, db: Database) -> Store:
         feed, notifications, schedule = FeedStore(db), NotificationStore(db), ScheduleStore(db)
-        return cls(db, UserStore(db), notifications,
-                   LedgerStore(db, notifications, feed, schedule), feed, schedule)
+        suppressions, webhooks = SuppressionStore(db), WebhookStore(db, notifications)
+        ledger = LedgerStore(db, notifications, feed, schedule)
+        ledger.events = webhooks  # webhooks written in the ledger's own transactions
+        return cls(db, UserStore(db), notifications, ledger, feed, schedule, suppressions, webhooks,
+                   ProviderEventStore(db, suppressions, webhooks), ResendStore(db))

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from dispatcher.errors import ConfigurationError, Unavailable
-from dispatcher.store.schema import metadata
+from dispatcher.store.schema import add_missing_indexes, metadata
 
 __all__ = ["Database"]
 
@@ -89,6 +89,7 @@ class Database:
                                        {"key": _SCHEMA_LOCK})
                 await conn.run_sync(metadata.create_all)
                 await conn.run_sync(_add_missing_columns)
+                await conn.run_sync(add_missing_indexes)
         except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             raise Unavailable(f"the database {_shown(self.url)} can't be used: {reason}") from exc

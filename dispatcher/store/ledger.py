@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -51,7 +52,7 @@ from dispatcher.store.notifications import NotificationStore
 from dispatcher.store.schedule import ScheduleStore
 from dispatcher.store.schema import deliveries, frequency_log, notifications
 
-__all__ = ["LedgerStore", "Opened"]
+__all__ = ["LedgerEvents", "LedgerStore", "Opened"]
 
 _PENDING, _SENDING = DeliveryStatus.PENDING.value, DeliveryStatus.SENDING.value
 
@@ -73,6 +74,13 @@ class _Current:
     attempts: int
 
 
+class LedgerEvents(Protocol):
+    """Told of each ledger change inside its transaction (the webhook outbox)."""
+
+    async def after_rows(self, conn: AsyncConnection, keys: Sequence[RowKey],
+                         changed_at: int | None) -> None: ...
+
+
 class LedgerStore:
     """Every method is a fixed number of statements, whatever the number of rows or
     notifications: a unit of work of 64 small notifications holds the write lock for a few
@@ -85,6 +93,9 @@ class LedgerStore:
         self._notifications = notifications
         self._feed = feed
         self._schedule = schedule
+
+    #: Set by the store: webhooks caused by a change are written in its transaction.
+    events: LedgerEvents | None = None
 
     async def open(self, headers: Sequence[HeaderUpdate], chunks: Sequence[ChunkRows],
                    claim: Claim | None = None) -> Opened:
@@ -113,6 +124,8 @@ class LedgerStore:
                        for k in keys if k.channel == "in_app" and k.user_id in chunk.feed]
             await self._feed.write(conn, entries)
             await self._schedule.add_in(conn, [h for chunk in chunks for h in chunk.held])
+            if self.events is not None:
+                await self.events.after_rows(conn, [k for keys in won for k in keys], now)
         return Opened(won, claimed, frozenset(cancelled))
 
     async def _within_caps(self, conn: AsyncConnection, chunks: Sequence[ChunkRows],
@@ -188,6 +201,8 @@ class LedgerStore:
                        deliveries.c.status == _PENDING)
                 .values(status=_SKIPPED, reason=Reason.CANCELLED.value, detail=_CANCELLED_DETAIL,
                         claim_token=None, claimed_at=None, updated_at=now))
+            if self.events is not None:  # the cancel may finish the notification
+                await self.events.after_rows(conn, [RowKey(notification_id, "", "")], None)
             by_status: dict[str, int] = {status: int(n) for status, n in (await conn.execute(
                 sa.select(deliveries.c.status, sa.func.count())
                 .where(deliveries.c.notification_id == notification_id)
@@ -292,6 +307,8 @@ class LedgerStore:
         async with self._db.write() as conn:
             await conn.execute(stmt, params)
             await _cancel_released_in(conn, released, now)
+            if self.events is not None:
+                await self.events.after_rows(conn, [o.key for o, _ in outcomes], now)
 
     async def claim(self, rows: Iterable[tuple[RowKey, int]], token: str) -> set[RowKey]:
         """Claim ``pending`` rows at the given versions for a send; return those won."""
@@ -337,7 +354,7 @@ class LedgerStore:
         groups: dict[tuple[str, str], list[str]] = defaultdict(list)
         for key in keys:
             groups[(key.notification_id, key.channel)].append(key.user_id)
-        settled = 0
+        settled, now = 0, now_us()
         async with self._db.write() as conn:
             for (nid, channel), user_ids in groups.items():
                 result = await conn.execute(
@@ -345,11 +362,14 @@ class LedgerStore:
                     .where(deliveries.c.notification_id == nid,
                            deliveries.c.channel == channel, deliveries.c.user_id.in_(user_ids),
                            deliveries.c.status == _SENDING, deliveries.c.claimed_at < older_than)
-                    .values(**values, claim_token=None, claimed_at=None, updated_at=now_us())
+                    .values(**values, claim_token=None, claimed_at=None, updated_at=now)
                 )
                 settled += result.rowcount
             if resend:
-                await _cancel_released_in(conn, sorted({nid for nid, _ in groups}), now_us())
+                await _cancel_released_in(conn, sorted({nid for nid, _ in groups}), now)
+            if self.events is not None:
+                await self.events.after_rows(
+                    conn, [RowKey(n, u, c) for (n, c), us in groups.items() for u in us], now)
         return settled
 
 

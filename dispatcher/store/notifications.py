@@ -75,21 +75,30 @@ class NotificationStore:
         return None if row is None else _header(row, {})
 
     async def counts(self, header: NotificationHeader) -> dict[str, dict[str, int]]:
-        """Per channel: pending (including not yet fanned out), sent, failed, skipped. Once
+        """Per channel: pending (including not yet fanned out), sent, failed, skipped; and
+        what the provider told after ``sent``: delivered, bounced, complained. ``sent``
+        counts every row the provider accepted, those three included (they are sub-states
+        of sent), so pending + sent + failed + skipped is the number of recipients. Once
         the notification is cancelled, the rows never made count as skipped: only the sends
         in flight at the cancel are still pending."""
         async with self._db.read() as conn:
-            rows = (await conn.execute(
-                sa.select(deliveries.c.channel, deliveries.c.status, sa.func.count())
-                .where(deliveries.c.notification_id == header.id)
-                .group_by(deliveries.c.channel, deliveries.c.status)
-            )).all()
-        counts = {c: {"pending": 0, "sent": 0, "failed": 0, "skipped": 0}
-                  for c in CHANNELS if c in header.channels}
+            return await self.counts_in(conn, header)
+
+    async def counts_in(self, conn: AsyncConnection, header: NotificationHeader) -> dict[str, dict[str, int]]:
+        """:meth:`counts` inside the caller's transaction."""
+        rows = (await conn.execute(
+            sa.select(deliveries.c.channel, deliveries.c.status, sa.func.count())
+            .where(deliveries.c.notification_id == header.id)
+            .group_by(deliveries.c.channel, deliveries.c.status)
+        )).all()
+        counts = {c: _empty_counts() for c in CHANNELS if c in header.channels}
         open_rows: dict[str, int] = {}
         for channel, status, n in rows:
-            bucket = counts.setdefault(channel, {"pending": 0, "sent": 0, "failed": 0, "skipped": 0})
-            if status in (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED):
+            bucket = counts.setdefault(channel, _empty_counts())
+            if status in _AFTER_SENT:
+                bucket[status] += n
+                bucket["sent"] += n
+            elif status in (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED):
                 bucket[status] += n
             else:
                 open_rows[channel] = open_rows.get(channel, 0) + n
@@ -101,6 +110,13 @@ class NotificationStore:
                 bucket["skipped"] += bucket["pending"] - in_flight
                 bucket["pending"] = in_flight
         return counts
+
+    async def get_in(self, conn: AsyncConnection, notification_id: str) -> NotificationHeader | None:
+        """:meth:`get` inside the caller's transaction."""
+        row = (await conn.execute(
+            sa.select(notifications).where(notifications.c.id == notification_id)
+        )).one_or_none()
+        return None if row is None else _header(row, {})
 
     async def deliveries(
         self, notification_id: str, *, limit: int, cursor: str | None = None,
@@ -124,6 +140,14 @@ class NotificationStore:
         if len(rows) > limit:
             next_cursor = encode_cursor(page[-1]["user_id"], page[-1]["channel"])
         return page, next_cursor
+
+
+_AFTER_SENT = (DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED, DeliveryStatus.COMPLAINED)
+
+
+def _empty_counts() -> dict[str, int]:
+    return {"pending": 0, "sent": 0, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0,
+            "skipped": 0}
 
 
 def _insert_values(u: HeaderUpdate, now: int) -> dict[str, Any]:

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 
 __all__ = ["metadata", "users", "devices", "notifications", "deliveries", "inbox",
            "queue_messages", "dead_letters", "scheduled_messages", "rate_limits",
-           "frequency_log"]
+           "frequency_log", "suppressions", "soft_bounces", "webhook_endpoints", "webhook_outbox",
+           "add_missing_indexes"]
 
 metadata = sa.MetaData()
 
@@ -76,6 +77,10 @@ deliveries = sa.Table(
     sa.Column("claimed_at", sa.BigInteger),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # SES events name the message by its id: found on email rows only (a push row may join
+    # many FCM ids, longer than a PostgreSQL b-tree entry may be).
+    sa.Index("ix_deliveries_email_message_id", "provider_message_id",
+             sqlite_where=sa.text("channel = 'email'"), postgresql_where=sa.text("channel = 'email'")),
 )
 
 # The in-app feed: one entry per (user, notification), updated in place by later versions.
@@ -151,3 +156,67 @@ frequency_log = sa.Table(
     sa.Column("at", sa.BigInteger, nullable=False),
     sa.Index("ix_frequency_user", "user_id", "category", "channel", "at"),
 )
+
+
+# Addresses (normalised, lower case) and device tokens not to send to, and why.
+suppressions = sa.Table(
+    "suppressions", metadata,
+    sa.Column("address", sa.String(1024), primary_key=True),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("cause", sa.String(32), nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("provider_message_id", sa.Text),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+# Soft bounces per address, one row per provider event (a redelivered event counts once).
+soft_bounces = sa.Table(
+    "soft_bounces", metadata,
+    sa.Column("address", sa.String(320), primary_key=True),
+    sa.Column("event_id", sa.String(128), primary_key=True),
+    sa.Column("at", sa.BigInteger, nullable=False),
+)
+
+# One webhook endpoint per service.
+webhook_endpoints = sa.Table(
+    "webhook_endpoints", metadata,
+    sa.Column("service", sa.String(64), primary_key=True),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("events", sa.JSON, nullable=False),
+    sa.Column("secret", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+# Webhooks to send, written in the transaction of the ledger change that causes them.
+# ``dedupe_key`` makes an event that may be noticed twice (a notification completed) one row.
+webhook_outbox = sa.Table(
+    "webhook_outbox", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # the webhook-id, kept across attempts
+    sa.Column("service", sa.String(64), nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("dedupe_key", sa.String(512), nullable=False, unique=True),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", sa.BigInteger, nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_webhook_outbox_due", "status", "next_attempt_at"),
+    sa.Index("ix_webhook_outbox_service", "service", "status", "created_at"),
+)
+
+
+def add_missing_indexes(conn: sa.Connection) -> None:
+    """Create the indexes :data:`metadata` has and an existing table lacks (``create_all``
+    creates a missing table with its indexes, but leaves an existing table as it is; columns
+    are added by ``database._add_missing_columns``). Nothing is dropped or altered."""
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        indexes = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexes:
+                index.create(conn)

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from dispatcher.model import Device, UserRecord, now_us
 from dispatcher.preferences import Preferences
 from dispatcher.store.database import Database
-from dispatcher.store.schema import devices, users
+from dispatcher.store.schema import devices, suppressions, users
 
 __all__ = ["UserStore"]
 
@@ -88,6 +88,9 @@ class UserStore:
                 index_elements=[devices.c.token],
                 set_={"user_id": user_id, "platform": platform, "active": True, "updated_at": now},
             ))
+            # Registered again: no longer listed as unregistered.
+            await conn.execute(suppressions.delete().where(suppressions.c.address == token,
+                                                           suppressions.c.channel == "push"))
         return Device(token, platform, True)
 
     async def remove_device(self, user_id: str, token: str) -> bool:
@@ -107,6 +110,11 @@ class UserStore:
                 devices.update().where(devices.c.token.in_(tokens))
                 .values(active=False, updated_at=now_us())
             )
+            # Listed with the suppressions too, so a user's record says why (cause and time).
+            await conn.execute(self._db.insert(suppressions).on_conflict_do_nothing(), [
+                {"address": t, "channel": "push", "cause": "unregistered_device",
+                 "detail": "FCM answered UNREGISTERED; the device is inactive",
+                 "provider_message_id": None, "created_at": now_us()} for t in dict.fromkeys(tokens)])
 
     async def _ensure(self, conn: Any, user_id: str, now: int) -> None:
         stmt = self._db.insert(users).values(

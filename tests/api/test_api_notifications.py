@@ -36,10 +36,10 @@ async def test_a_bulk_is_accepted_and_every_recipient_gets_one_row_per_channel(
     got = r.json()
     assert (got["state"], got["version"], got["recipients"]) == ("installing", 1, 130)
     assert got["counts"] == {
-        "in_app": {"pending": 0, "sent": 130, "failed": 0, "skipped": 0},
-        "email": {"pending": 0, "sent": 120, "failed": 0, "skipped": 10},
-        "sms": {"pending": 0, "sent": 120, "failed": 0, "skipped": 10},
-        "push": {"pending": 0, "sent": 0, "failed": 0, "skipped": 130},
+        "in_app": {"pending": 0, "sent": 130, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0, "skipped": 0},
+        "email": {"pending": 0, "sent": 120, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0, "skipped": 10},
+        "sms": {"pending": 0, "sent": 120, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0, "skipped": 10},
+        "push": {"pending": 0, "sent": 0, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0, "skipped": 130},
     }
     emails = [line for line in sent_lines(runtime.settings.log_provider_path)
               if line["channel"] == "email"]

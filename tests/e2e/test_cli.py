@@ -103,8 +103,8 @@ def test_send_wait_follows_1000_recipients_with_live_bars_and_exits_0(
     assert "━" in shown and "in_app" in shown and "1000/1000" in shown  # the bars, at the end full
     notification_id = next(line.strip() for line in shown.splitlines() if line.startswith("app#"))
     assert counts(server, notification_id)["counts"] == {
-        "in_app": {"pending": 0, "sent": 1000, "failed": 0, "skipped": 0},
-        "email": {"pending": 0, "sent": 0, "failed": 0, "skipped": 1000}}  # no email addresses
+        "in_app": {"pending": 0, "sent": 1000, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0, "skipped": 0},
+        "email": {"pending": 0, "sent": 0, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0, "skipped": 1000}}  # no email addresses
     assert "deliveries" in shown and "skipped" in shown  # the summary table
 
 
@@ -125,7 +125,8 @@ def test_send_wait_exits_1_when_rows_fail_and_says_why(
     assert "progress: in_app" in sent.stderr  # progress lines when not on a terminal
     notification_id = sent.stdout.splitlines()[0]
     assert counts(server, notification_id)["counts"]["sms"] == {
-        "pending": 0, "sent": 0, "failed": 1, "skipped": 1}  # u1's SMS failed; u2 has no phone
+        "pending": 0, "sent": 0, "delivered": 0, "bounced": 0, "complained": 0, "failed": 1,
+        "skipped": 1}  # u1's SMS failed; u2 has no phone
     assert "retries_exhausted" in sent.stdout  # the summary's reasons
     status = cli(shell, tmp_path, "status", notification_id, "--watch")
     assert status.returncode == 1 and "app-install" in status.stdout

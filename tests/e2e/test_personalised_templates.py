@@ -72,7 +72,8 @@ def test_a_personalised_bulk_reaches_each_recipient_with_its_own_text(
         assert r.status_code == 202, r.text
         counts = wait_until(lambda: settled(client, nid), timeout=240, what="every row final")
         for channel in ("email", "sms", "push", "in_app"):  # u500 fails alone, all of its rows
-            assert counts[channel] == {"pending": 0, "sent": N - 1, "failed": 1, "skipped": 0}, channel
+            assert counts[channel] == {"pending": 0, "sent": N - 1, "delivered": 0, "bounced": 0,
+                                       "complained": 0, "failed": 1, "skipped": 0}, channel
         failed = client.get(f"/v1/notifications/{path_id(nid)}/deliveries", params={"status": "failed"}).json()
         assert sorted((r["user_id"], r["channel"], r["reason"]) for r in failed["items"]) == [
             ("u500", channel, "template_error") for channel in ("email", "in_app", "push", "sms")]
@@ -157,7 +158,8 @@ def test_sighup_reloads_every_process_under_load_and_a_broken_set_is_kept_out(
     with server.client() as client:
         for nid in sent_ids:
             counts = wait_until(lambda nid=nid: settled(client, nid), timeout=240, what=f"{nid} final")
-            assert counts["sms"] == {"pending": 0, "sent": users, "failed": 0, "skipped": 0}
+            assert counts["sms"] == {"pending": 0, "sent": users, "delivered": 0, "bounced": 0,
+                                       "complained": 0, "failed": 0, "skipped": 0}
     sent = sent_lines(tmp_path / "sent.jsonl")
     keys = Counter((m["notification_id"], m["user_id"]) for m in sent)
     assert len(keys) == len(sent_ids) * users and set(keys.values()) == {1}  # nothing lost, nothing twice

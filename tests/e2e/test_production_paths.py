@@ -85,9 +85,9 @@ async def test_a_bulk_through_sqs_reaches_all_four_channels(
     await register(client, 60)
     nid = await send(client, runtime, [f"u{i}" for i in range(60)] + ["nobody"])
     counts = (await client.get(f"/v1/notifications/{path_id(nid)}")).json()["counts"]
-    assert counts["in_app"] == {"pending": 0, "sent": 61, "failed": 0, "skipped": 0}
+    assert counts["in_app"] == {"pending": 0, "sent": 61, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0, "skipped": 0}
     for channel in ("email", "sms", "push"):
-        assert counts[channel] == {"pending": 0, "sent": 60, "failed": 0, "skipped": 1}
+        assert counts[channel] == {"pending": 0, "sent": 60, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0, "skipped": 1}
     data = moto_data.dump()
     emails = sorted(m["destinations"]["ToAddresses"][0] for m in data["ses"]["Message"])
     assert emails == sorted(f"u{i}@example.com" for i in range(60))

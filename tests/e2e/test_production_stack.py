@@ -64,7 +64,8 @@ def test_two_workers_share_one_bulk_to_all_four_channels(
 
         body = wait_until(done, timeout=300, what="every delivery to be final")
     for channel in ("in_app", "email", "sms", "push"):
-        assert body["counts"][channel] == {"pending": 0, "sent": USERS, "failed": 0, "skipped": 0}
+        assert body["counts"][channel] == {"pending": 0, "sent": USERS, "delivered": 0, "bounced": 0,
+                                                   "complained": 0, "failed": 0, "skipped": 0}
     data = moto_data.dump()
     emails = Counter(m["destinations"]["ToAddresses"][0] for m in _ses_messages(data))
     assert emails == Counter({f"u{i}@example.com": 1 for i in range(USERS)})

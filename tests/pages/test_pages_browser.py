@@ -95,9 +95,9 @@ def test_sms_switched_off_in_the_centre_is_skipped_opted_out_and_the_rest_are_se
     send(server, install("alice", notification_id, "installing"))
     counts = wait_for(lambda: settled_counts(server, notification_id), timeout=SETTLE_TIMEOUT,
                       what="every channel of the notification to settle")
-    assert counts["sms"] == {"pending": 0, "sent": 0, "failed": 0, "skipped": 1}
+    assert counts["sms"] == {"pending": 0, "sent": 0, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0, "skipped": 1}
     for channel in ("email", "push", "in_app"):
-        assert counts[channel] == {"pending": 0, "sent": 1, "failed": 0, "skipped": 0}, channel
+        assert counts[channel] == {"pending": 0, "sent": 1, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0, "skipped": 0}, channel
     with server.api() as api:
         rows = api.get(f"/v1/notifications/{path_id(notification_id)}/deliveries").json()["items"]
     assert {(r["channel"], r["status"], r["reason"]) for r in rows if r["channel"] == "sms"} == {
