@@ -21,6 +21,10 @@ Workloads:
           gateway with no worker.
   smoke   the embedded default in one process with the log providers: one bulk of N.
   memory  peak RSS of each dispatcher process on one big bulk (1,000,000 in-app by default).
+  scaleout  CPU per delivery of each process of the production stack with 1 and 2 workers, the
+          model of a PostgreSQL's capacity that follows, and a check with pinned CPUs.
+  events  SES delivery events in a burst during an email bulk: the bulk's time against the same
+          bulk alone, side by side, per round.
   ratelimit  DISPATCHER_EMAIL_RATE_LIMIT's accuracy: target vs the rate the SES stand-in saw
           on an email-only bulk with 2 worker processes, and the same bulk unlimited.
 """
@@ -82,7 +86,29 @@ def cli(argv: list[str] | None = None) -> int:
     q.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     q.add_argument("--no-unlimited", action="store_true", help="skip the unlimited run")
     q.add_argument("--out", type=Path, help="write the JSON report here")
+    e = sub.add_parser("events", help="an email bulk alone and during a burst of SES events")
+    e.add_argument("--recipients", type=int, default=10_000)
+    e.add_argument("--events", type=int, default=10_000)
+    e.add_argument("--rounds", type=int, default=3)
+    e.add_argument("--concurrency", type=int, default=32)
+    e.add_argument("--out", type=Path, help="write the JSON report here")
+    o = sub.add_parser("scaleout", help="CPU per delivery per process, 1 and 2 workers, pinned check")
+    o.add_argument("--recipients", type=int, default=10_000)
+    o.add_argument("--no-pinned", action="store_true", help="skip the pinned run")
+    o.add_argument("--out", type=Path, help="write the JSON report here")
     args = parser.parse_args(argv)
+    if args.workload == "scaleout":
+        from bench.scaleout import measure as scaleout
+
+        report = scaleout(args.recipients, pinned=not args.no_pinned)
+        report["command"] = "python -m bench " + " ".join(sys.argv[1:])
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report, indent=2))
+        return 0
+    if args.workload == "events":
+        return _events(args)
     if args.workload == "ratelimit":
         return _ratelimit(args)
     if args.workload == "smoke":
@@ -148,6 +174,18 @@ def _small(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(small_tables(report))
+    return 0
+
+
+def _events(args: argparse.Namespace) -> int:
+    from bench.events import measure
+
+    report = measure(args.recipients, args.events, rounds=args.rounds, concurrency=args.concurrency)
+    report["command"] = "python -m bench " + " ".join(sys.argv[1:])
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
     return 0
 
 

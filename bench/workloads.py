@@ -33,7 +33,7 @@ import aiohttp
 import httpx
 import sqlalchemy as sa
 
-from bench.processes import Proc, ResourceMonitor, start_dispatcher, start_moto, stop_all
+from bench.processes import PidLister, Proc, ResourceMonitor, start_dispatcher, start_moto, stop_all
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -286,14 +286,17 @@ def _wait_final(database_url: str, nid: str, expected: int, version: int, channe
 
 def run_mixed(stack: Stack, standins: StandIns, people: list[dict[str, Any]], *,
               update: bool = True, timeout: float = 3600,
-              only: list[str] | None = None, template: str = TEMPLATE) -> MixedResult:
+              only: list[str] | None = None, template: str = TEMPLATE,
+              also: dict[str, int] | None = None,
+              groups: dict[str, PidLister] | None = None) -> MixedResult:
     """``only``: send just these channels (the per-channel figures); default all four.
-    ``template``: :data:`PERSONAL_TEMPLATE` for the personalised workload."""
+    ``template``: :data:`PERSONAL_TEMPLATE` for the personalised workload. ``also``,
+    ``groups``: more processes whose CPU to measure (the database's, the queue's)."""
     recipients = [p["id"] for p in people]
     nid = f"app#{uuid.uuid4()}"
     standins.reset()
     channels = set(only or ("in_app", "email", "sms", "push"))
-    with ResourceMonitor(stack.dispatcher_pids()) as monitor:
+    with ResourceMonitor({**stack.dispatcher_pids(), **(also or {})}, groups=groups or {}) as monitor:
         started = time.perf_counter()
         accept = _post_bulk(stack.gateway.url, nid, recipients, 1, "installing", only, template)
         progress = _wait_final(stack.database_url, nid, len(recipients) * len(channels), 1,

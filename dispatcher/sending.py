@@ -152,14 +152,16 @@ class Sender:
         active: set[asyncio.Future[RowKey | None]] = {
             asyncio.ensure_future(self._deliver(o, token)) for o in first}
         waiting = [o for o in unique if claimed.get(o.key) != o.version]
-        # Rate-limited channels: each row waits for its send time first, then claims.
-        active |= {asyncio.ensure_future(self._limited(o, token))
-                   for o in waiting if o.key.channel in self._limits.channels}
+        # Rate-limited channels: each row waits for its send time first, then claims. They
+        # are not counted in the window, so an unlimited channel never waits behind them.
+        limited: set[asyncio.Future[RowKey | None]] = {
+            asyncio.ensure_future(self._limited(o, token))
+            for o in waiting if o.key.channel in self._limits.channels}
         waiting = [o for o in waiting if o.key.channel not in self._limits.channels]
         slot_freed: asyncio.Future[None] | None = None
         try:
-            while waiting or active:
-                wait_for: set[asyncio.Future[RowKey | None]] = set(active)
+            while waiting or active or limited:
+                wait_for: set[asyncio.Future[RowKey | None]] = active | limited
                 if waiting and len(active) <= self._window // 2:
                     taken = self._slots.take_now(min(self._window - len(active), len(waiting)))
                     if taken:
@@ -169,15 +171,16 @@ class Sender:
                     slot_freed = self._slots.changed()  # none free: wait for one, or for ours
                     wait_for.add(slot_freed)  # type: ignore[arg-type]
                 done, _ = await asyncio.wait(wait_for, return_when=asyncio.FIRST_COMPLETED)
-                done_rows = done & active
+                done_rows = done & (active | limited)
                 active -= done_rows
+                limited -= done_rows
                 finished |= {k for k in (t.result() for t in done_rows) if k is not None}
         finally:
             if slot_freed is not None:
                 slot_freed.cancel()
-            for task in active:
+            for task in active | limited:
                 task.cancel()
-            await asyncio.gather(*active, return_exceptions=True)
+            await asyncio.gather(*active, *limited, return_exceptions=True)
         return finished
 
     async def _claim_and_start(self, batch: list[Outbound], token: str,

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sns_signing import TOPIC, FakeSns, ses_event
+from bench.sns_signing import TOPIC, FakeSns, ses_event
 from support import API_KEYS, USER_SECRET, new_id, path_id, sent_lines, verify_sender
 
 from dispatcher.api import create_app

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest
-from sns_signing import TOPIC, FakeSns, ses_event
+from bench.sns_signing import TOPIC, FakeSns, ses_event
 from support import API_KEYS, USER_SECRET, new_id, path_id
 from webhook_receiver import Receiver
 

@@ -1,4 +1,4 @@
-"""SNS as a test plays it: a signing key and self-signed certificate made here, served by a
+"""SNS as a test or the bench plays it: a signing key and self-signed certificate made here, served by a
 local HTTP server (which also records SubscribeURL visits), and messages signed the way SNS
 signs them (SignatureVersion 1: SHA1withRSA, 2: SHA256withRSA)."""
 
