@@ -100,13 +100,7 @@ def cli(argv: list[str] | None = None) -> int:
     if args.workload == "scaleout":
         from bench.scaleout import measure as scaleout
 
-        report = scaleout(args.recipients, pinned=not args.no_pinned)
-        report["command"] = "python -m bench " + " ".join(sys.argv[1:])
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(json.dumps(report, indent=2))
-        return 0
+        return _report(scaleout(args.recipients, pinned=not args.no_pinned), args.out)
     if args.workload == "events":
         return _events(args)
     if args.workload == "ratelimit":
@@ -177,16 +171,21 @@ def _small(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(report: dict[str, Any], out: Path | None) -> int:
+    """Print a JSON report with the command that made it, and write it to ``out`` if given."""
+    report["command"] = "python -m bench " + " ".join(sys.argv[1:])
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _events(args: argparse.Namespace) -> int:
     from bench.events import measure
 
     report = measure(args.recipients, args.events, rounds=args.rounds, concurrency=args.concurrency)
-    report["command"] = "python -m bench " + " ".join(sys.argv[1:])
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    return 0
+    return _report(report, args.out)
 
 
 def _ratelimit(args: argparse.Namespace) -> int:
@@ -194,12 +193,7 @@ def _ratelimit(args: argparse.Namespace) -> int:
 
     report = measure(args.rates, args.messages, kind=args.stack, workers=args.workers,
                      unlimited=not args.no_unlimited)
-    report["command"] = "python -m bench " + " ".join(sys.argv[1:])
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    return 0
+    return _report(report, args.out)
 
 
 def _memory(args: argparse.Namespace) -> int:

@@ -95,3 +95,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def sqlite_query(db_path: Path, sql: str, *params: object) -> list[Any]:
+    """A read-only query of a server's SQLite file, safe while the server writes (WAL)."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=60)
+    db.row_factory = sqlite3.Row
+    try:
+        return db.execute(sql, params).fetchall()
+    finally:
+        db.close()

@@ -16,15 +16,14 @@ of 8 rows, would claim 32 rows with a connection pool of 24 and 8 slots.
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from servers.holding_ses import HoldingSes
+from support import sqlite_query
 
 USERS = 200
 SEND_CONCURRENCY = 8
@@ -72,7 +71,7 @@ def test_a_kill_mid_storm_leaves_unknown_only_the_requests_in_flight(
                what=f"{SEND_CONCURRENCY} requests held at the provider")
     server.kill()
     held = Counter(ses.held)
-    sending = {row["user_id"] for row in _query(
+    sending = {row["user_id"] for row in sqlite_query(
         tmp_path / "dispatcher.db",
         "SELECT user_id FROM deliveries WHERE notification_id = ? AND channel = 'email' "
         "AND status = 'sending'", nid)}
@@ -91,7 +90,7 @@ def test_a_kill_mid_storm_leaves_unknown_only_the_requests_in_flight(
         counts = wait_until(lambda: _settled(client, nid), timeout=180,
                             what="every email row final after the restart")
     assert counts == {"sent": USERS - len(held), "failed": len(held)}, counts
-    unknown = {row["user_id"] for row in _query(
+    unknown = {row["user_id"] for row in sqlite_query(
         tmp_path / "dispatcher.db",
         "SELECT user_id FROM deliveries WHERE notification_id = ? AND channel = 'email' "
         "AND status = 'failed' AND reason = 'outcome_unknown'", nid)}
@@ -109,11 +108,3 @@ def _settled(client, nid: str) -> dict[str, int] | None:
     nonzero = {status: n for status, n in email.items() if n}
     return nonzero if set(nonzero) <= {"sent", "failed", "skipped"} else None
 
-
-def _query(db_path: Path, sql: str, *params: object) -> list[sqlite3.Row]:
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=60)
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute(sql, params).fetchall()
-    finally:
-        db.close()

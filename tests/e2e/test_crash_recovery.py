@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psutil
+from support import sqlite_query
 
 USERS = 3_000            # with email, phone and one device: 4 ledger rows each
 NO_CONTACT_USERS = 10    # registered, but no email, phone or device
@@ -191,15 +192,6 @@ def _register(db_path: Path, with_contacts: list[str], no_contact: list[str]) ->
     db.close()
 
 
-def _query(db_path: Path, sql: str, *params: object) -> list[sqlite3.Row]:
-    """A read-only query, safe while the server writes (WAL)."""
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=60)
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute(sql, params).fetchall()
-    finally:
-        db.close()
-
 
 def _freeze(pid: int) -> list[psutil.Process]:
     """SIGSTOP a server and its worker processes (children first found, then stopped)."""
@@ -212,7 +204,7 @@ def _freeze(pid: int) -> list[psutil.Process]:
 
 def _progress(db_path: Path, nid: str) -> tuple[int, int]:
     """(final rows, rows claimed for sending) of the notification's ledger."""
-    row = _query(db_path, "SELECT count(*) FILTER (WHERE status IN ('sent', 'failed', 'skipped')),"
+    row = sqlite_query(db_path, "SELECT count(*) FILTER (WHERE status IN ('sent', 'failed', 'skipped')),"
                  " count(*) FILTER (WHERE status = 'sending') FROM deliveries"
                  " WHERE notification_id = ?", nid)[0]
     return row[0], row[1]
@@ -226,12 +218,12 @@ def _mid_send(db_path: Path, nid: str, total_rows: int) -> bool:
 
 
 def _ledger(db_path: Path, nid: str) -> list[dict[str, object]]:
-    return [dict(r) for r in _query(
+    return [dict(r) for r in sqlite_query(
         db_path, "SELECT user_id, channel, status, reason, provider_message_id FROM deliveries"
         " WHERE notification_id = ?", nid)]
 
 
 def _feed_counts(db_path: Path, nid: str) -> dict[str, int]:
-    return {r[0]: r[1] for r in _query(
+    return {r[0]: r[1] for r in sqlite_query(
         db_path, "SELECT user_id, count(*) FROM inbox WHERE notification_id = ? GROUP BY user_id",
         nid)}
