@@ -7,8 +7,9 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import jwt
@@ -107,3 +108,21 @@ def sqlite_query(db_path: Path, sql: str, *params: object) -> list[Any]:
         return db.execute(sql, params).fetchall()
     finally:
         db.close()
+
+
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], *, timeout: float, what: str,
+               interval: float = 0.1) -> T:
+    """Call ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {result!r})")
+        time.sleep(interval)

@@ -82,30 +82,30 @@ def router(runtime: Runtime, links: UnsubscribeLinks, pages: Pages) -> APIRouter
         user = await runtime.store.users.get(link.user_id)
         return link, user, negotiate(lang, user.locale if user else None, accept_language=accept)
 
-    @api.get("/{token}", response_class=HTMLResponse)
-    async def unsubscribe_page(token: Token, request: Request, lang: Lang = None,
-                      accept_language: AcceptLanguage = None) -> HTMLResponse:
-        found = await opened(token, lang, accept_language)
+    async def answer(token: str, request: Request, lang: str | None, accept: str | None, *,
+                     unsubscribe: bool) -> HTMLResponse:
+        """The page for a link: refused (409), the confirmation (GET) or done (POST)."""
+        found = await opened(token, lang, accept)
         if isinstance(found, HTMLResponse):
             return found
         link, user, chosen = found
         refused = refusal(link, user)
         if refused is not None:
             return page(request, link, user, chosen, refused, 409)
-        return page(request, link, user, chosen, "confirm")
+        if not unsubscribe:
+            return page(request, link, user, chosen, "confirm")
+        await runtime.store.users.merge_preferences(
+            link.user_id, Preferences(categories={link.category: {"email": False}}))
+        return page(request, link, user, chosen, "done")
+
+    @api.get("/{token}", response_class=HTMLResponse)
+    async def unsubscribe_page(token: Token, request: Request, lang: Lang = None,
+                               accept_language: AcceptLanguage = None) -> HTMLResponse:
+        return await answer(token, request, lang, accept_language, unsubscribe=False)
 
     @api.post("/{token}", response_class=HTMLResponse)
     async def unsubscribe(token: Token, request: Request, lang: Lang = None,
                           accept_language: AcceptLanguage = None) -> HTMLResponse:
-        found = await opened(token, lang, accept_language)
-        if isinstance(found, HTMLResponse):
-            return found
-        link, user, chosen = found
-        refused = refusal(link, user)
-        if refused is not None:
-            return page(request, link, user, chosen, refused, 409)
-        await runtime.store.users.merge_preferences(
-            link.user_id, Preferences(categories={link.category: {"email": False}}))
-        return page(request, link, user, chosen, "done")
+        return await answer(token, request, lang, accept_language, unsubscribe=True)
 
     return api

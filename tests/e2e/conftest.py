@@ -15,33 +15,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import jwt
 import pytest
-
-from support import free_port
+from support import free_port, wait_until
 
 API_KEY = "appkey"
 USER_TOKEN_SECRET = "e2e-user-token-secret-at-least-32-bytes"  # HS256 wants >= 32
 START_TIMEOUT = 120.0  # seconds for a (re)started server to answer /healthz on a loaded machine
 STOP_TIMEOUT = 60.0
 
-T = TypeVar("T")
-
-
-def wait_until(check: Callable[[], T], *, timeout: float, what: str,
-               interval: float = 0.1) -> T:
-    """Call ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {result!r})")
-        time.sleep(interval)
 
 
 @dataclass

@@ -15,33 +15,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import jwt
-
-from support import free_port
+from support import free_port, wait_until  # noqa: F401  (re-exported for the page tests)
 
 API_KEY = "pages-key"
 SECRET = "pages-user-token-secret-of-32-bytes-or-more"
 CHROMIUM = os.environ.get("DISPATCHER_TEST_CHROMIUM", "/usr/bin/chromium")
 START_TIMEOUT = 120.0
-T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T], *, timeout: float, what: str, interval: float = 0.1) -> T:
-    """Call ``check`` until it returns something truthy; AssertionError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {result!r})")
-        time.sleep(interval)
 
 
 @dataclass

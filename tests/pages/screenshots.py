@@ -14,7 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parents[1])]
 
-from live import SECRET, LiveServer, add_user, launch_chromium, send, start_server, user_token, wait_for  # noqa: E402
+from live import SECRET, LiveServer, add_user, launch_chromium, send, start_server, user_token, wait_until  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from dispatcher.unsubscribe import UnsubscribeLinks  # noqa: E402
@@ -32,7 +32,7 @@ def populate(server: LiveServer) -> dict[str, str]:
         send(server, {"id": notification_id, "recipients": ["mina"], "template": "app-install",
                       "data": {"app_name": app}, "state": state})
     with server.api() as api:
-        wait_for(lambda: len(api.get("/v1/users/mina/notifications").json()["items"]) == 3,
+        wait_until(lambda: len(api.get("/v1/users/mina/notifications").json()["items"]) == 3,
                  timeout=60, what="three feed entries")
         api.post(f"/v1/users/mina/notifications/{ids[0].replace('#', '%23')}/read")
         api.put("/v1/users/mina/preferences", json={"categories": {"marketing": {"sms": False, "push": False}}})

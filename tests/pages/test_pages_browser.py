@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from live import SECRET, LiveServer, add_user, send, serve_app_page, user_token, wait_for
+from live import SECRET, LiveServer, add_user, send, serve_app_page, user_token, wait_until
 from playwright.sync_api import expect
 
 from dispatcher.unsubscribe import UnsubscribeLinks
@@ -93,7 +93,7 @@ def test_sms_switched_off_in_the_centre_is_skipped_opted_out_and_the_rest_are_se
 
     notification_id = new_id()
     send(server, install("alice", notification_id, "installing"))
-    counts = wait_for(lambda: settled_counts(server, notification_id), timeout=SETTLE_TIMEOUT,
+    counts = wait_until(lambda: settled_counts(server, notification_id), timeout=SETTLE_TIMEOUT,
                       what="every channel of the notification to settle")
     assert counts["sms"] == {"pending": 0, "sent": 0, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0, "skipped": 1}
     for channel in ("email", "push", "in_app"):
@@ -149,7 +149,7 @@ def test_the_inbox_lists_newest_first_and_marks_all_read(page: Any, server: Live
     first, second = new_id(), new_id()
     for notification_id in (first, second):
         send(server, install("erin", notification_id, "installing"))
-        wait_for(lambda nid=notification_id: settled_counts(server, nid), timeout=SETTLE_TIMEOUT,
+        wait_until(lambda nid=notification_id: settled_counts(server, nid), timeout=SETTLE_TIMEOUT,
                  what="the notification to reach the feed")
     page.goto(f"{server.url}/inbox#token={user_token('erin')}")
     inbox = page.locator("dispatcher-inbox")
@@ -200,7 +200,7 @@ def test_a_switch_works_from_the_keyboard(page: Any, server: LiveServer) -> None
     page.keyboard.press("Enter")
     expect(email).to_be_checked()
     with server.api() as api:
-        wait_for(lambda: api.get("/v1/users/dave/preferences").json()["categories"] == {"app": {"email": True}},
+        wait_until(lambda: api.get("/v1/users/dave/preferences").json()["categories"] == {"app": {"email": True}},
                  timeout=30, what="the switch back on to be saved")
 
 
@@ -234,7 +234,7 @@ def test_every_page_fits_a_phone_and_passes_contrast(browser: Any, server: LiveS
     add_user(server, "hana")
     notification_id = new_id()
     send(server, install("hana", notification_id, "installing"))
-    wait_for(lambda: settled_counts(server, notification_id), timeout=SETTLE_TIMEOUT, what="the notification")
+    wait_until(lambda: settled_counts(server, notification_id), timeout=SETTLE_TIMEOUT, what="the notification")
     unsubscribe = _unsubscribe_url(server, "hana")
     pages = {"preferences": preference_link(server, "hana"),
              "inbox": f"{server.url}/inbox#token={user_token('hana')}",
