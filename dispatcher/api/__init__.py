@@ -78,8 +78,13 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
         app.add_middleware(CORSMiddleware, allow_origins=sorted(settings.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
                            max_age=600)
-    app.include_router(providers.router(runtime))
-    app.add_middleware(RequestTelemetry)  # last added, outermost: it sees the 408s and 413s too
+    ses_events = providers.SesEvents(runtime)
+    app.include_router(providers.router(ses_events))
+    app.add_middleware(RequestTelemetry)  # outermost but one: it sees the 408s and 413s too
+    # Outermost: SES events (one per email sent, arriving while the sends go on) skip the
+    # general stack; the lane does for them what that stack would (dispatcher.api.providers).
+    app.add_middleware(providers.SesEventsLane, events=ses_events,
+                       read_timeout=settings.request_read_timeout)
     if runtime.links is not None:
         # Pages (text/html), an invalid link included: a person follows it.
         page = {"text/html": {"schema": {"type": "string"}}}

@@ -23,7 +23,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimit", "READ_DEADLINE", "ReadDeadline"]
+__all__ = ["BodyLimit", "READ_DEADLINE", "ReadDeadline", "content_length"]
 
 #: ASGI scope extension through which the server's protocol hands over the instant
 #: (``time.monotonic()``) by which the request must be whole: ``{"monotonic": float}``.
@@ -40,7 +40,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         guard = _Guard(send)
-        declared = _content_length(scope)
+        declared = content_length(scope)
         if declared is not None and declared > self.max_bytes:
             await guard.answer(413, "payload_too_large", self._message(f"{declared} bytes"))
             return
@@ -128,7 +128,8 @@ class _Guard:
         await self._send({"type": "http.response.body", "body": body})
 
 
-def _content_length(scope: Scope) -> int | None:
+def content_length(scope: Scope) -> int | None:
+    """The request's declared Content-Length, if any."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:

@@ -29,7 +29,7 @@ from dispatcher.api.errors import ApiError, error_responses
 from dispatcher.observability import logs, metrics
 from dispatcher.queue import Queue, QueueStats
 
-__all__ = ["REQUEST_ID_HEADER", "RequestTelemetry", "metrics_router"]
+__all__ = ["REQUEST_ID_HEADER", "RequestTelemetry", "metrics_router", "record", "request_id_of"]
 
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -49,7 +49,7 @@ class RequestTelemetry:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _request_id(scope)
+        request_id = request_id_of(scope)
         logs.bind(request_id=request_id)
         start = time.monotonic()
         status = 500  # unless the app answers: an exception escapes to the server's handler
@@ -65,10 +65,11 @@ class RequestTelemetry:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            _record(scope, status, time.monotonic() - start)
+            record(scope, status, time.monotonic() - start)
 
 
-def _request_id(scope: Scope) -> str:
+def request_id_of(scope: Scope) -> str:
+    """The caller's ``X-Request-ID`` when sane, else a new one."""
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER.encode():
             given = value.decode("latin-1")
@@ -78,8 +79,10 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-def _record(scope: Scope, status: int, seconds: float) -> None:
-    route = getattr(scope.get("route"), "path", None) or "unmatched"
+def record(scope: Scope, status: int, seconds: float, *, route: str | None = None) -> None:
+    """The access line and the HTTP metrics of one request (``route``: its template, when
+    no router matched it)."""
+    route = route or getattr(scope.get("route"), "path", None) or "unmatched"
     method = scope["method"] if scope["method"] in _METHODS else "other"
     metrics.http_request(method, route, status, seconds)
     params = scope.get("path_params") or {}

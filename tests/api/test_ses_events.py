@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from bench.sns_signing import TOPIC, FakeSns, ses_event
 from support import API_KEYS, USER_SECRET, new_id, path_id, sent_lines, verify_sender
 
+from bench.sns_signing import TOPIC, FakeSns, ses_event
 from dispatcher.api import create_app
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
@@ -270,3 +271,35 @@ async def test_an_event_about_a_message_sent_through_ses_finds_its_row(
             assert (held["status"], held["reason"]) == ("skipped", "suppressed")
     finally:
         await rt.close()
+
+
+async def test_events_get_what_every_request_gets(client: httpx.AsyncClient, runtime: Runtime,
+                                                  sns: FakeSns) -> None:
+    """The events skip the general middleware (``SesEventsLane``): they still carry the caller's
+    request id, are counted in the HTTP metrics by route, and a body streamed past the limit
+    (no Content-Length) is refused with 413 before it is read whole."""
+    async def counted(status: int) -> float:  # the registry is the process's: compare before/after
+        text = (await client.get("/metrics")).text
+        found = re.search(r'dispatcher_http_requests_total\{method="POST",'
+                          rf'route="/v1/providers/ses/events",status="{status}"\}} ([0-9.]+)', text)
+        return float(found.group(1)) if found else 0.0
+
+    before = {status: await counted(status) for status in (200, 413)}
+    row = await send_email(client, runtime, "u1", "u1@example.com")
+    r = await client.post(EVENTS, content=sns.notification(ses_event("Delivery", row["provider_message_id"],
+                                                                      "u1@example.com")),
+                          headers={"content-type": "text/plain", "x-request-id": "sns-42"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "sns-42"
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(64):  # 64 × 64 KiB = 4 MiB offered
+            sent += 1
+            yield b"x" * 65536
+
+    big = await client.post(EVENTS, content=chunks(), headers={"content-type": "text/plain"})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "payload_too_large"
+    assert sent < 64, "the body was read whole"
+    assert big.headers["x-request-id"]
+    assert {status: await counted(status) - before[status] for status in (200, 413)} == {200: 1, 413: 1}
