@@ -67,3 +67,8 @@ class FrequencyCaps:
 
     def for_category(self, category: str) -> tuple[Cap, ...]:
         return self._caps.get(category, ())
+
+    def retention_us(self) -> int:
+        """How long an admitted entry can still count: the longest period, and at least a
+        day (what a restart with a changed cap can still see)."""
+        return max([86_400_000_000, *(c.period_us for caps in self._caps.values() for c in caps)])

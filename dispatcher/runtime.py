@@ -22,6 +22,7 @@ from dispatcher.delivery import Deliverer, SettleTimes
 from dispatcher.errors import ConfigurationError
 from dispatcher.fan_out import FanOut
 from dispatcher.feed import Feed
+from dispatcher.model import now_us
 from dispatcher.observability.metrics import timed_providers
 from dispatcher.planning import Planner
 from dispatcher.queue import Queue
@@ -132,7 +133,14 @@ class Runtime:
                       batching=Batching(self.settings.worker_batch_messages, self.settings.chunk_size,
                                         self.settings.worker_batch_linger),
                       scheduler=Scheduler(self.release,
-                                          poll_interval=self.settings.scheduler_poll_interval))
+                                          poll_interval=self.settings.scheduler_poll_interval,
+                                          prune=self.prune))
+
+    async def prune(self) -> int:
+        """Forget what no window needs any more: frequency-cap entries older than the longest
+        cap (at least a day)."""
+        retention = self.settings.frequency_caps_parsed().retention_us()
+        return await self.store.ledger.prune_frequency_log(now_us() - retention)
 
     async def ready(self) -> None:
         """Raise when the store, the queue or the bus is unreachable."""

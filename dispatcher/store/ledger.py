@@ -178,6 +178,20 @@ class LedgerStore:
             await conn.execute(self._db.insert(frequency_log).on_conflict_do_nothing(), admitted)
         return out
 
+    async def prune_frequency_log(self, older_than: int, *, batch: int = 10_000) -> int:
+        """Forget frequency-cap entries admitted before ``older_than`` (µs), ``batch`` per
+        transaction (a short hold of SQLite's one writer each); how many were forgotten."""
+        key = sa.tuple_(frequency_log.c.notification_id, frequency_log.c.user_id, frequency_log.c.channel)
+        total = 0
+        while True:
+            old = (sa.select(frequency_log.c.notification_id, frequency_log.c.user_id, frequency_log.c.channel)
+                   .where(frequency_log.c.at < older_than).limit(batch))
+            async with self._db.write() as conn:
+                deleted = int((await conn.execute(frequency_log.delete().where(key.in_(old)))).rowcount)
+            total += deleted
+            if deleted < batch:
+                return total
+
     async def cancel(self, notification_id: str) -> CancelSummary | None:
         """Cancel a notification (see the module docstring); None if there is no such id."""
         now = now_us()

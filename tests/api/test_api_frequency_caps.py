@@ -102,3 +102,47 @@ def test_a_bad_cap_setting_is_refused_naming_it(tmp_path: Path, caps: str, fragm
     with pytest.raises(ValidationError, match=fragment):
         Settings(database_url=f"sqlite:///{tmp_path / 'd.db'}", api_keys=API_KEYS,
                  user_token_secret=USER_SECRET, frequency_caps=caps)
+
+
+async def test_entries_too_old_to_count_are_pruned_by_the_workers(
+        client: httpx.AsyncClient, runtime: Runtime) -> None:
+    """The frequency log keeps what a window can still count (the longest cap, at least a
+    day) and the worker's scheduler forgets the rest, so it does not grow for ever."""
+    import sqlalchemy as sa
+
+    await _user(client)
+    ids = [new_id() for _ in range(3)]
+    for nid in ids:
+        assert (await client.post("/v1/notifications", json=body(nid))).status_code == 202
+        await runtime.worker().drain()
+
+    async def entries() -> dict[str, int]:
+        async with runtime.store.db.read() as conn:
+            rows = (await conn.execute(sa.text(
+                "SELECT notification_id, COUNT(*) FROM frequency_log GROUP BY notification_id"))).all()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    assert await entries() == {ids[0]: 2, ids[1]: 1}  # push twice, email once; the third capped
+    two_days = 2 * 86_400_000_000
+    async with runtime.store.db.write() as conn:  # the first notification, two days ago
+        await conn.execute(sa.text("UPDATE frequency_log SET at = at - :d WHERE notification_id = :n"),
+                           {"d": two_days, "n": ids[0]})
+    stop = asyncio.Event()
+    worker = asyncio.create_task(runtime.worker().run(stop))
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while await entries() != {ids[1]: 1}:
+            assert asyncio.get_running_loop().time() < deadline, await entries()
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await worker
+    # What was forgotten no longer counts (it was out of every window anyway); what was kept does.
+    again, third = new_id(), new_id()
+    for nid in (again, third):
+        assert (await client.post("/v1/notifications", json=body(nid))).status_code == 202
+        await runtime.worker().drain()
+    assert {c: (await _rows(client, again))[c] for c in ("push", "email")} == {
+        "push": ("sent", None), "email": ("sent", None)}
+    assert {c: (await _rows(client, third))[c] for c in ("push", "email")} == {
+        "push": ("skipped", "rate_limited"), "email": ("skipped", "rate_limited")}
