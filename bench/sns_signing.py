@@ -78,13 +78,13 @@ class FakeSns:
                      message_id: str | None = None, cert: str = "/cert.pem") -> bytes:
         fields = {"Type": "Notification", "MessageId": message_id or str(uuid.uuid4()),
                   "TopicArn": topic, "Message": json.dumps(message),
-                  "Timestamp": "2026-11-29T12:00:00.000Z", "SigningCertURL": self.base + cert}
+                  "Timestamp": _now(), "SigningCertURL": self.base + cert}
         return json.dumps(self.sign(fields, version)).encode()
 
     def confirmation(self, subscribe_url: str) -> bytes:
         fields = {"Type": "SubscriptionConfirmation", "MessageId": str(uuid.uuid4()), "TopicArn": TOPIC,
                   "Message": "You have chosen to subscribe…", "Token": "tok", "SubscribeURL": subscribe_url,
-                  "Timestamp": "2026-11-29T12:00:00.000Z", "SigningCertURL": self.base + "/cert.pem"}
+                  "Timestamp": _now(), "SigningCertURL": self.base + "/cert.pem"}
         return json.dumps(self.sign(fields, "2")).encode()
 
 
@@ -105,3 +105,8 @@ def ses_event(kind: str, message_id: str, address: str, *, classic: bool = False
             {"emailAddress": address}], "expirationTime": "2026-11-30T12:00:00Z"}},
     }[kind]
     return {("notificationType" if classic else "eventType"): kind, "mail": mail, **body}
+
+
+def _now() -> str:
+    """An SNS ``Timestamp``: now, in UTC, to the millisecond."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

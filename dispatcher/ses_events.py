@@ -24,7 +24,7 @@ No I/O here.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dispatcher.errors import InvalidRequest
@@ -55,9 +55,10 @@ class ProviderEvent:
     addresses: tuple[str, ...]         # the recipients the event is about
     suppress: str | None               # Suppress.NOW / Suppress.COUNT / None
     cause: str | None                  # why an address is suppressed (hard_bounce, complaint)
+    published_at: int | None = None    # when SNS published it (µs; its signed Timestamp)
 
 
-def parse_ses_event(message: str, event_id: str) -> ProviderEvent | None:
+def parse_ses_event(message: str, event_id: str, published_at: int | None = None) -> ProviderEvent | None:
     """The SNS ``Message`` of an SES event; None for an event type that changes nothing.
     Raises :class:`InvalidRequest` (field ``Message``) for what is not an SES event."""
     try:
@@ -79,7 +80,7 @@ def parse_ses_event(message: str, event_id: str) -> ProviderEvent | None:
     if not isinstance(message_id, str) or not message_id or len(message_id) > 255:
         raise InvalidRequest("Message", "mail.messageId is missing or not a string")
     body = _section(raw, kind)
-    return _READERS[kind](event_id, message_id, body, mail)
+    return replace(_READERS[kind](event_id, message_id, body, mail), published_at=published_at)
 
 
 def _section(raw: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import json
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -61,6 +62,18 @@ class SnsMessage:
     @property
     def subscribe_url(self) -> str | None:
         return self.fields.get("SubscribeURL")
+
+    @property
+    def published_at(self) -> int | None:
+        """When SNS published the message (µs since the epoch), from its signed ``Timestamp``;
+        None when that is missing or unreadable."""
+        try:
+            when = datetime.fromisoformat(self.fields.get("Timestamp", "").replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if when.tzinfo is None:
+            return None
+        return int(when.timestamp() * 1_000_000)
 
 
 def parse_sns_message(body: bytes) -> SnsMessage:

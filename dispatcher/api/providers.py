@@ -69,7 +69,7 @@ class SesEvents:
         if message.type == "UnsubscribeConfirmation":
             log.warning("SNS says this endpoint was unsubscribed from %s", message.topic_arn)
             return {"subscription": "unsubscribed", "topic": message.topic_arn}
-        event = parse_ses_event(message.message, message.message_id)
+        event = parse_ses_event(message.message, message.message_id, message.published_at)
         if event is None:
             return {"applied": False, "reason": "an event type that changes nothing"}
         pending = _Pending(event)

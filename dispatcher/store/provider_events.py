@@ -21,7 +21,7 @@ from dispatcher.model import AFTER_SENT, DeliveryStatus, RowKey, now_us
 from dispatcher.ses_events import ProviderEvent, Suppress
 from dispatcher.store.database import Database
 from dispatcher.store.schema import deliveries
-from dispatcher.store.suppressions import SuppressionStore
+from dispatcher.store.suppressions import SuppressionStore, address_key
 from dispatcher.store.webhooks import WebhookStore
 
 __all__ = ["Applied", "ProviderEventStore", "SoftBounces"]
@@ -155,12 +155,18 @@ class ProviderEventStore:
                                      "deliveries": [delivery]})
 
     async def _suppress(self, conn: AsyncConnection, event: ProviderEvent, soft: SoftBounces) -> list[str]:
+        if event.suppress is None:
+            return []
+        candidates = list(event.addresses)
+        if event.published_at is not None and candidates:
+            lifted = await self._suppressions.lifted_after(conn, candidates, event.published_at)
+            candidates = [a for a in candidates if address_key(a) not in lifted]
         if event.suppress == Suppress.NOW:
-            addresses = list(event.addresses)
+            addresses = candidates
             cause = event.cause or "bounce"
         elif event.suppress == Suppress.COUNT:
             addresses = await self._suppressions.soft_bounce_in(
-                conn, event.addresses, event.event_id, limit=soft.limit,
+                conn, candidates, event.event_id, limit=soft.limit,
                 window_us=int(soft.window_seconds * 1e6))
             cause = "soft_bounces"
         else:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 __all__ = ["metadata", "users", "devices", "notifications", "deliveries", "inbox",
            "queue_messages", "dead_letters", "scheduled_messages", "rate_limits",
-           "frequency_log", "suppressions", "soft_bounces", "webhook_endpoints", "webhook_outbox",
+           "frequency_log", "suppressions", "suppression_lifts", "soft_bounces", "webhook_endpoints", "webhook_outbox",
            "add_missing_indexes"]
 
 metadata = sa.MetaData()
@@ -167,6 +167,14 @@ suppressions = sa.Table(
     sa.Column("detail", sa.Text),
     sa.Column("provider_message_id", sa.Text),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+# When an address's suppression was last lifted: an event published before that (an old
+# bounce, redelivered or replayed) does not suppress it again.
+suppression_lifts = sa.Table(
+    "suppression_lifts", metadata,
+    sa.Column("address", sa.String(1024), primary_key=True),
+    sa.Column("lifted_at", sa.BigInteger, nullable=False),
 )
 
 # Soft bounces per address, one row per provider event (a redelivered event counts once).

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dispatcher.model import Suppression, now_us
 from dispatcher.store.database import Database
-from dispatcher.store.schema import soft_bounces, suppressions
+from dispatcher.store.schema import soft_bounces, suppression_lifts, suppressions
 
 __all__ = ["SuppressionStore", "address_key"]
 
@@ -52,13 +52,28 @@ class SuppressionStore:
         return [_suppression(r) for r in rows]
 
     async def lift(self, address: str) -> bool:
-        """Remove ``address`` from the list (and forget its soft bounces)."""
+        """Remove ``address`` from the list (and forget its soft bounces); events published
+        before now no longer suppress it (:meth:`lifted_after`)."""
         key = address_key(address)
+        now = now_us()
         async with self._db.write() as conn:
             result = await conn.execute(suppressions.delete().where(
                 suppressions.c.address == key, suppressions.c.channel == "email"))
             await conn.execute(soft_bounces.delete().where(soft_bounces.c.address == key))
+            await conn.execute(suppression_lifts.delete().where(suppression_lifts.c.address == key))
+            await conn.execute(suppression_lifts.insert().values(address=key, lifted_at=now))
         return bool(result.rowcount)
+
+    async def lifted_after(self, conn: AsyncConnection, addresses: Sequence[str], published_at: int) -> set[str]:
+        """Which of ``addresses`` were lifted at or after ``published_at`` (µs): an event
+        published then is older than the lift (SNS redelivering it, or someone replaying a
+        captured message: its signed timestamp can't be changed) and must not suppress them."""
+        keys = sorted({address_key(a) for a in addresses})
+        if not keys:
+            return set()
+        rows = await conn.execute(sa.select(suppression_lifts.c.address).where(
+            suppression_lifts.c.address.in_(keys), suppression_lifts.c.lifted_at >= published_at))
+        return {r.address for r in rows}
 
     async def add_in(self, conn: AsyncConnection, addresses: Sequence[str], *, channel: str,
                      cause: str, detail: str | None, provider_message_id: str | None = None) -> None:

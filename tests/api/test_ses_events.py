@@ -120,6 +120,33 @@ async def test_a_hard_bounce_suppresses_the_address_until_it_is_lifted(
     assert (await send_email(client, runtime, "u2", "bob@example.com"))["status"] == "sent"
 
 
+async def test_a_bounce_published_before_the_lift_does_not_suppress_again(
+        client: httpx.AsyncClient, runtime: Runtime, sns: FakeSns) -> None:
+    """A captured signed bounce replayed after an operator lifted the address (or SNS
+    redelivering an old one) changes nothing: its signed Timestamp is older than the lift.
+    A bounce published after the lift suppresses as before."""
+    row = await send_email(client, runtime, "u1", "bob@example.com")
+    old_bounce = sns.notification(ses_event("Bounce", row["provider_message_id"], "bob@example.com"))
+    assert (await post(client, old_bounce)).json()["suppressed"] == ["bob@example.com"]
+    soft = [sns.notification(ses_event("Bounce", row["provider_message_id"], "bob@example.com",
+                                       bounce_type="Transient")) for _ in range(3)]
+    await asyncio.sleep(0.002)  # the lift comes strictly after those Timestamps (ms resolution)
+    assert (await client.delete("/v1/suppressions/bob@example.com")).status_code == 204
+
+    replayed = await post(client, old_bounce)
+    assert replayed.status_code == 200 and replayed.json()["suppressed"] == []
+    for body in soft:  # three old soft bounces, over the limit of 3, count for nothing either
+        assert (await post(client, body)).json()["suppressed"] == []
+    assert (await client.get("/v1/users/u1")).json()["suppressions"] == []
+    assert (await send_email(client, runtime, "u1", "bob@example.com"))["status"] == "sent"
+
+    await asyncio.sleep(0.002)
+    again = await send_email(client, runtime, "u1", "bob@example.com")
+    fresh = await post(client, sns.notification(ses_event("Bounce", again["provider_message_id"],
+                                                          "bob@example.com")))
+    assert fresh.json()["suppressed"] == ["bob@example.com"]
+
+
 async def test_a_classic_complaint_notification_suppresses_and_marks_complained(
         client: httpx.AsyncClient, runtime: Runtime, sns: FakeSns) -> None:
     row = await send_email(client, runtime, "u1", "u1@example.com")
