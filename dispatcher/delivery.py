@@ -35,7 +35,7 @@ from dispatcher.model import (
     UserRecord,
     now_us,
 )
-from dispatcher.observability import rows_recorded
+from dispatcher.observability import rows_recorded, stale_failed
 from dispatcher.planning import ChunkPlan, Planner, channel_sets, header_update
 from dispatcher.rendering import TemplateRegistry
 from dispatcher.sending import Outbound, Sender
@@ -123,7 +123,8 @@ class Deliverer:
             self._sender.drop_claim(claim)
             raise
         won = opened.won
-        rows_recorded(r for keys, planned in zip(won, rows, strict=True) for r in planned if r.key in keys)
+        written = opened.rows if opened.rows is not None else rows
+        rows_recorded(r for keys, chunk in zip(won, written, strict=True) for r in chunk if r.key in keys)
         await self._feed.announce(plan.feed[k.user_id] for plan, keys in zip(plans, won, strict=True)
                                   for k in sorted(keys)
                                   if k.channel == "in_app" and k.user_id in plan.feed)
@@ -164,9 +165,11 @@ class Deliverer:
         settled = await self._store.ledger.resolve_stale(
             stale, older_than=cutoff, resend=self._resend_stale)
         log.warning("%s: settled %d rows left in flight by a stopped worker (%s)",
-                    stale[0].notification_id, settled,
+                    stale[0].notification_id, sum(settled.values()),
                     "sending again" if self._resend_stale else "outcome unknown")
-        return settled > 0
+        if not self._resend_stale:
+            stale_failed(settled)
+        return sum(settled.values()) > 0
 
 
 def _still_open(plan: ChunkPlan, rows: list[Unfinished],

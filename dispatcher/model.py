@@ -205,6 +205,9 @@ class CancelSummary:
     first: bool
     cancelled: int
     in_flight: int
+    #: of ``cancelled``, the rows that existed (``pending``) and were made skipped/cancelled
+    #: now, per channel (the others are counted when they open as cancelled)
+    made_skipped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -235,6 +235,14 @@ def deliveries(rows: Iterable[RowState]) -> None:
                                row.reason.value if row.reason else "").inc()
 
 
+def deliveries_counted(counts: Iterable[tuple[str, str, str, int]]) -> None:
+    """Count final rows known only by number: (channel, status, reason, how many)."""
+    with _never_raising():
+        counter = _m().deliveries
+        for channel, status, reason, n in counts:
+            counter.labels(channel, status, reason).inc(n)
+
+
 async def chunks_timed(work: Awaitable[T], chunks: int) -> T:
     """Await ``work`` (a batch of ``chunks`` chunk messages) and time it, once per chunk."""
     start = time.monotonic()

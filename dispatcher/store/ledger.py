@@ -65,6 +65,9 @@ class Opened:
     won: list[set[RowKey]]
     claimed: dict[RowKey, int]  # key -> the version claimed
     cancelled: frozenset[str] = frozenset()  # notifications whose rows opened as cancelled
+    #: per chunk, its rows as written: a cancel or a frequency cap may have changed what the
+    #: caller planned (skipped/cancelled, skipped/rate_limited)
+    rows: list[list[RowState]] | None = None
 
 
 @dataclass
@@ -126,7 +129,7 @@ class LedgerStore:
             await self._schedule.add_in(conn, [h for chunk in chunks for h in chunk.held])
             if self.events is not None:
                 await self.events.after_rows(conn, [k for keys in won for k in keys], now)
-        return Opened(won, claimed, frozenset(cancelled))
+        return Opened(won, claimed, frozenset(cancelled), [list(c.rows) for c in chunks])
 
     async def _within_caps(self, conn: AsyncConnection, chunks: Sequence[ChunkRows],
                            now: int) -> list[ChunkRows]:
@@ -214,7 +217,11 @@ class LedgerStore:
                 .where(deliveries.c.notification_id == notification_id,
                        deliveries.c.status == _PENDING)
                 .values(status=_SKIPPED, reason=Reason.CANCELLED.value, detail=_CANCELLED_DETAIL,
-                        claim_token=None, claimed_at=None, updated_at=now))
+                        claim_token=None, claimed_at=None, updated_at=now)
+                .returning(deliveries.c.channel))
+            made_skipped: dict[str, int] = defaultdict(int)
+            for (channel,) in result.all():
+                made_skipped[channel] += 1
             if self.events is not None:  # the cancel may finish the notification
                 await self.events.after_rows(conn, [RowKey(notification_id, "", "")], None)
             by_status: dict[str, int] = {status: int(n) for status, n in (await conn.execute(
@@ -225,8 +232,8 @@ class LedgerStore:
         never_made = max(header.recipients * len(header.channels) - made, 0) if first else 0
         in_flight = int(by_status.get(_SENDING, 0))
         return CancelSummary(notification_id, cancelled_at, first,
-                             cancelled=int(result.rowcount or 0) + never_made,
-                             in_flight=in_flight)
+                             cancelled=sum(made_skipped.values()) + never_made,
+                             in_flight=in_flight, made_skipped=dict(made_skipped))
 
     async def _insert(self, conn: AsyncConnection, chunks: Sequence[ChunkRows],
                       now: int) -> dict[RowKey, int]:
@@ -358,8 +365,10 @@ class LedgerStore:
         return [Unfinished(RowKey(notification_id, r.user_id, r.channel),
                            DeliveryStatus(r.status), r.version, r.claimed_at) for r in rows]
 
-    async def resolve_stale(self, keys: Iterable[RowKey], *, older_than: int, resend: bool) -> int:
-        """Settle ``sending`` rows whose claim is older than ``older_than`` (µs since epoch)."""
+    async def resolve_stale(self, keys: Iterable[RowKey], *, older_than: int,
+                            resend: bool) -> dict[str, int]:
+        """Settle ``sending`` rows whose claim is older than ``older_than`` (µs since epoch);
+        how many, per channel."""
         if resend:
             values = {"status": _PENDING, "detail": "claim expired; sending again"}
         else:
@@ -368,7 +377,8 @@ class LedgerStore:
         groups: dict[tuple[str, str], list[str]] = defaultdict(list)
         for key in keys:
             groups[(key.notification_id, key.channel)].append(key.user_id)
-        settled, now = 0, now_us()
+        settled: dict[str, int] = defaultdict(int)
+        now = now_us()
         async with self._db.write() as conn:
             for (nid, channel), user_ids in groups.items():
                 result = await conn.execute(
@@ -378,13 +388,13 @@ class LedgerStore:
                            deliveries.c.status == _SENDING, deliveries.c.claimed_at < older_than)
                     .values(**values, claim_token=None, claimed_at=None, updated_at=now)
                 )
-                settled += result.rowcount
+                settled[channel] += result.rowcount
             if resend:
                 await _cancel_released_in(conn, sorted({nid for nid, _ in groups}), now)
             if self.events is not None:
                 await self.events.after_rows(
                     conn, [RowKey(n, u, c) for (n, c), us in groups.items() for u in us], now)
-        return settled
+        return dict(settled)
 
 
 _SKIPPED = DeliveryStatus.SKIPPED.value

@@ -146,3 +146,22 @@ async def test_entries_too_old_to_count_are_pruned_by_the_workers(
         "push": ("sent", None), "email": ("sent", None)}
     assert {c: (await _rows(client, third))[c] for c in ("push", "email")} == {
         "push": ("skipped", "rate_limited"), "email": ("skipped", "rate_limited")}
+
+
+async def test_rows_a_cap_skips_are_counted_in_the_metrics(client: httpx.AsyncClient, runtime: Runtime) -> None:
+    """``dispatcher_deliveries_total`` counts the rows as the ledger wrote them: a row the
+    planner meant to send and the cap skipped is a skipped/rate_limited row, not nothing."""
+    import re
+
+    async def counted() -> float:  # the registry is the process's: compare before/after
+        text = (await client.get("/metrics")).text
+        found = re.search(r'dispatcher_deliveries_total\{channel="email",reason="rate_limited",'
+                          r'status="skipped"\} ([0-9.]+)', text)
+        return float(found.group(1)) if found else 0.0
+
+    await _user(client)
+    before = await counted()
+    for _ in range(3):
+        assert (await client.post("/v1/notifications", json=body(new_id()))).status_code == 202
+        await runtime.worker().drain()
+    assert await counted() - before == 2  # the email cap is 1 per hour: the second and third

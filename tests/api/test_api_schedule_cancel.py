@@ -128,6 +128,7 @@ async def test_a_queued_notification_cancelled_opens_its_rows_as_cancelled(
         client: httpx.AsyncClient, runtime: Runtime) -> None:
     users = await _users(client, 3)
     nid = new_id()
+    before = await _cancelled_counted(client)
     assert (await client.post("/v1/notifications", json=body(nid, users))).status_code == 202
     r = await client.post(f"/v1/notifications/{path_id(nid)}/cancel")  # before any worker ran
     assert r.json()["cancelled"] == 12
@@ -137,6 +138,16 @@ async def test_a_queued_notification_cancelled_opens_its_rows_as_cancelled(
     rows = (await client.get(f"/v1/notifications/{path_id(nid)}/deliveries")).json()["items"]
     assert len(rows) == 12
     assert {(d["status"], d["reason"]) for d in rows} == {("skipped", "cancelled")}
+    # counted in dispatcher_deliveries_total as written: skipped/cancelled, not as planned
+    assert await _cancelled_counted(client) - before == 12
+
+
+async def _cancelled_counted(client: httpx.AsyncClient) -> float:
+    """skipped/cancelled rows in ``dispatcher_deliveries_total`` (the process's registry)."""
+    text = (await client.get("/metrics")).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("dispatcher_deliveries_total{")
+               and 'reason="cancelled"' in line and 'status="skipped"' in line)
 
 
 async def test_what_was_sent_stays_sent_and_a_later_version_is_refused(

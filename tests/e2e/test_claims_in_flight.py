@@ -89,6 +89,12 @@ def test_a_kill_mid_storm_leaves_unknown_only_the_requests_in_flight(
     with server.client() as client:
         counts = wait_until(lambda: _settled(client, nid), timeout=180,
                             what="every email row final after the restart")
+        metrics = client.get("/metrics").text
+    # the rows recovery settled are counted like any other final row
+    unknown_counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                          if line.startswith("dispatcher_deliveries_total{")
+                          and 'reason="outcome_unknown"' in line)
+    assert unknown_counted == len(held), metrics
     assert counts == {"sent": USERS - len(held), "failed": len(held)}, counts
     unknown = {row["user_id"] for row in sqlite_query(
         tmp_path / "dispatcher.db",

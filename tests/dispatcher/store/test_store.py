@@ -163,8 +163,8 @@ async def test_stale_claims_settle_as_outcome_unknown(runtime: Runtime) -> None:
     key = RowKey(nid, "u1", "push")
     await ledger.claim([(key, 1)], "dead-worker")
     [row] = await ledger.unfinished(nid, ["u1"])
-    assert await ledger.resolve_stale([key], older_than=row.claimed_at, resend=False) == 0
-    assert await ledger.resolve_stale([key], older_than=row.claimed_at + 1, resend=False) == 1
+    assert sum((await ledger.resolve_stale([key], older_than=row.claimed_at, resend=False)).values()) == 0
+    assert await ledger.resolve_stale([key], older_than=row.claimed_at + 1, resend=False) == {"push": 1}
     rows, _ = await runtime.store.notifications.deliveries(nid, limit=10)
     assert [(r["status"], r["reason"]) for r in rows] == [("failed", "outcome_unknown")]
 
