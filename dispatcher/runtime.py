@@ -125,7 +125,9 @@ class Runtime:
                              concurrency=s.webhook_concurrency, timeout=s.webhook_timeout,
                              poll_interval=s.webhook_poll_interval, retention=s.webhook_retention)
 
-    def worker(self) -> Worker:
+    def worker(self, *, schedule: bool = True) -> Worker:
+        """A worker loop; with ``schedule``, with the scheduler beside it (one per process is
+        enough: the release is one transaction, whoever runs it)."""
         return Worker(self.queue, self.deliverer, concurrency=self.settings.worker_concurrency,
                       visibility_timeout=self.settings.queue_visibility_timeout,
                       wait_seconds=self.settings.queue_wait_seconds,
@@ -134,7 +136,7 @@ class Runtime:
                                         self.settings.worker_batch_linger),
                       scheduler=Scheduler(self.release,
                                           poll_interval=self.settings.scheduler_poll_interval,
-                                          prune=self.prune))
+                                          prune=self.prune) if schedule else None)
 
     async def prune(self) -> int:
         """Forget what no window needs any more: frequency-cap entries older than the longest

@@ -41,7 +41,7 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        loops = [asyncio.create_task(runtime.worker().run(stop)) for _ in range(workers)]
+        loops = [asyncio.create_task(runtime.worker(schedule=i == 0).run(stop)) for i in range(workers)]
         if workers:  # the process that delivers also sends the webhooks (dispatcher.webhooks)
             loops.append(asyncio.create_task(runtime.webhook_sender().run(stop)))
         try:
