@@ -6,26 +6,30 @@ current version's content go to the queue for exactly those recipients and chann
 worker plans them again (so a suppressed or opted-out address is skipped now) and claims each
 row as a new attempt.
 
-With the embedded queue the rows and their messages commit in one transaction (``enqueue_in``).
-With SQS the rows commit first and the messages follow (as headers do before messages,
-``dispatcher.queue.enqueue``); should the enqueue fail the rows are put back as they were (the
-caller sees the error), but a gateway killed between the two leaves those rows ``pending``
-with no message (they show as pending in the counts).
+The rows and their messages always commit in one transaction, so a crash can't leave rows
+``pending`` with no message: with the embedded queue the messages go on the queue itself
+(``enqueue_in``); with SQS they go to the held messages (``scheduled_messages``), due now, and
+are released to SQS at once after the commit (``release``). If that release fails, or the
+gateway dies before it, the schedulers of the workers release them (under a lease, as any
+due message: ``dispatcher.queue.enqueue``), so the resend answered is the resend done.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from dispatcher.messages import ChunkMessage, encode_chunk
-from dispatcher.model import Channel, NotificationHeader
-from dispatcher.queue import Queue
+from dispatcher.model import Channel, Held, NotificationHeader, now_us
+from dispatcher.queue.enqueue import Releaser
 from dispatcher.store import Store
 from dispatcher.store.resend import Reopened
 
 __all__ = ["RESENDABLE", "Resender"]
+
+log = logging.getLogger("dispatcher.resend")
 
 RESENDABLE = (Channel.EMAIL.value, Channel.SMS.value, Channel.PUSH.value)
 
@@ -35,33 +39,38 @@ EnqueueIn = Callable[[Any, Sequence[str]], Awaitable[None]]
 
 
 class Resender:
-    def __init__(self, store: Store, queue: Queue, chunk_size: int, *,
-                 enqueue_in: EnqueueIn | None = None) -> None:
+    """``enqueue_in``: the embedded queue's ``send_batch_in``; None: hold the messages (due
+    now) and ``release`` them after the commit."""
+
+    def __init__(self, store: Store, chunk_size: int, *, enqueue_in: EnqueueIn | None = None,
+                 release: Releaser | None = None) -> None:
         self._store = store
-        self._queue = queue
         self._chunk_size = chunk_size
         self._enqueue_in = enqueue_in
+        self._release = release
 
     async def resend(self, header: NotificationHeader, *, reasons: Sequence[str] | None,
                      channels: Sequence[str] | None) -> int:
         """Resend the matching failed rows; return how many."""
         wanted = [c for c in (channels or RESENDABLE) if c in RESENDABLE]
-        together = self._enqueue_in
+        direct = self._enqueue_in
 
         async def enqueue_in(conn: Any, rows: list[Reopened]) -> None:
-            assert together is not None
-            await together(conn, self._bodies(header, rows))
+            bodies = self._bodies(header, rows)
+            if direct is not None:
+                await direct(conn, bodies)
+                return
+            now = now_us()
+            await self._store.schedule.add_in(conn, [Held(header.id, header.version, now, b) for b in bodies])
 
         rows = await self._store.resend.reopen(header.id, header.version, reasons=reasons, channels=wanted,
-                                               enqueue_in=enqueue_in if together else None)
-        if together is None and rows:
-            bodies = self._bodies(header, rows)
+                                               enqueue_in=enqueue_in)
+        if rows and direct is None and self._release is not None:
             try:
-                for i in range(0, len(bodies), 10):
-                    await self._queue.send_batch(bodies[i:i + 10])
-            except BaseException:
-                await self._store.resend.restore(rows)
-                raise
+                await self._release(len(rows) + 10)
+            except Exception as exc:  # held and due: a worker's scheduler sends them
+                log.warning("%s: releasing the resend's messages failed (%s); the workers will",
+                            header.id, exc)
         return len(rows)
 
     def _bodies(self, header: NotificationHeader, rows: list[Reopened]) -> list[str]:

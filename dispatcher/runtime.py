@@ -112,8 +112,9 @@ class Runtime:
         runtime = cls(settings, store, queue, bus, feed, templates, built, fan_out, deliverer, links,
                       release, owned, closers)
         runtime.sns = _sns_verifier(settings, owned)
-        runtime.resender = Resender(store, queue, settings.chunk_size, enqueue_in=(
-            queue.send_batch_in if isinstance(queue, LocalQueue) else None))
+        runtime.resender = (Resender(store, settings.chunk_size, enqueue_in=queue.send_batch_in)
+                            if isinstance(queue, LocalQueue) else
+                            Resender(store, settings.chunk_size, release=release))
         return runtime
 
     def webhook_sender(self) -> WebhookSender:

@@ -102,7 +102,7 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
         header = await _owned(runtime, notification_id, caller.require_service())
         if header.cancelled_at is not None:
             raise ApiError(409, f"notification {notification_id!r} was cancelled: nothing is resent", "cancelled")
-        resender = runtime.resender or Resender(runtime.store, runtime.queue, runtime.settings.chunk_size)
+        resender = runtime.resender or Resender(runtime.store, runtime.settings.chunk_size, release=runtime.release)
         resent = await resender.resend(
             header, reasons=[r.value for r in body.reasons] if body.reasons else None,
             channels=body.channels)

@@ -57,19 +57,3 @@ class ResendStore:
             if reopened and enqueue_in is not None:
                 await enqueue_in(conn, reopened)
         return reopened
-
-    async def restore(self, rows: Sequence[Reopened]) -> None:
-        """Put rows :meth:`reopen` made ``pending`` back as they were (the enqueue failed)."""
-        if not rows:
-            return
-        async with self._db.write() as conn:
-            await conn.execute(
-                deliveries.update().where(
-                    deliveries.c.notification_id == sa.bindparam("b_nid"),
-                    deliveries.c.user_id == sa.bindparam("b_user"),
-                    deliveries.c.channel == sa.bindparam("b_channel"),
-                    deliveries.c.status == DeliveryStatus.PENDING.value)
-                .values(status=DeliveryStatus.FAILED.value, reason=sa.bindparam("b_reason"),
-                        detail=sa.bindparam("b_detail"), updated_at=now_us()),
-                [{"b_nid": r.key.notification_id, "b_user": r.key.user_id, "b_channel": r.key.channel,
-                  "b_reason": r.reason, "b_detail": r.detail} for r in rows])

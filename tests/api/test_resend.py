@@ -11,6 +11,7 @@ import pytest
 from support import new_id, path_id
 
 from channels.base import InvalidRecipient, Message, Receipt
+from dispatcher.api import create_app
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
 
@@ -91,3 +92,65 @@ async def test_resend_refuses_what_it_cannot_do(client: httpx.AsyncClient) -> No
         assert r.status_code == 422, body
     other = await client.post(f"/v1/notifications/{path_id(new_id('billing'))}/resend", json={})
     assert other.status_code == 403
+
+
+@pytest.fixture
+async def sqs_runtime(settings: Settings, email: FlakyEmail, aws: str) -> AsyncIterator[Runtime]:
+    """The same service with SQS (moto_server) as its queue: the rows and the messages of a
+    resend can't commit in one transaction there."""
+    from support import create_queues
+
+    queue_url, _ = create_queues(f"resend-{new_id().split('#')[1][:8]}")
+    rt = await Runtime.open(settings.model_copy(update={"queue_url": queue_url, "queue_wait_seconds": 0}),
+                            providers={"email": email})
+    yield rt
+    await rt.close()
+
+
+async def test_a_resend_on_sqs_survives_a_gateway_lost_before_the_enqueue(
+        sqs_runtime: Runtime, email: FlakyEmail) -> None:
+    """The resend's messages are held (due now) in the transaction that reopens the rows. A
+    gateway that dies right after that commit leaves them held, not lost: a worker's scheduler
+    sends them. With the gateway alive they go to SQS at once."""
+    from dispatcher.resend import Resender
+
+    rt = sqs_runtime
+    transport = httpx.ASGITransport(app=create_app(rt))
+    async with httpx.AsyncClient(transport=transport, base_url="http://dispatcher",
+                                 headers={"Authorization": "Bearer app-key"}) as client:
+        for i in range(4):
+            await client.put(f"/v1/users/u{i}", json={"email": f"bad{i}@example.com"})
+        nid = new_id()
+        r = await client.post("/v1/notifications", json={"id": nid, "recipients": [f"u{i}" for i in range(4)],
+                                                          "template": "app-install", "data": {"app_name": "Foo"},
+                                                          "channels": ["email"]})
+        assert r.status_code == 202
+        await rt.worker().drain()
+        assert {row["status"] for row in (await rows(client, nid)).values()} == {"failed"}
+        email.refusing = False
+
+        # The gateway commits the resend and dies before releasing it (no release at all).
+        header = await rt.store.notifications.get(nid)
+        assert header is not None
+        lost = Resender(rt.store, rt.settings.chunk_size, release=None)
+        assert await lost.resend(header, reasons=None, channels=["email"]) == 4
+        assert await rt.queue.depth() == 0  # nothing reached SQS
+        assert {row["status"] for row in (await rows(client, nid)).values()} == {"pending"}
+        await rt.worker().drain()  # a worker: its scheduler releases what is due, then works
+        after = await rows(client, nid)
+        assert {u: (row["status"], row["attempts"]) for u, row in after.items()} == {
+            f"u{i}": ("sent", 2) for i in range(4)}
+
+        # Through the API, with the gateway alive: released to SQS before the answer.
+        email.refusing = True
+        other = new_id()
+        r = await client.post("/v1/notifications", json={"id": other, "recipients": ["u0"],
+                                                          "template": "app-install", "data": {"app_name": "Foo"},
+                                                          "channels": ["email"]})
+        await rt.worker().drain()
+        email.refusing = False
+        resent = await client.post(f"/v1/notifications/{path_id(other)}/resend", json={})
+        assert resent.status_code == 200 and resent.json()["resent"] == 1
+        assert await rt.queue.depth() >= 1  # on SQS already
+        await rt.worker().drain()
+        assert (await rows(client, other))["u0"]["status"] == "sent"
