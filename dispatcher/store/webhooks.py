@@ -155,8 +155,12 @@ class WebhookStore:
         counts = await self._notifications.counts_in(conn, header)
         if any(bucket["pending"] for bucket in counts.values()):
             return  # rows of chunks not opened yet
+        # Once per version, and once more each time a resend's rows are final again: their
+        # attempts are the only thing that grows once every row is final.
+        attempts = (await conn.execute(sa.select(sa.func.coalesce(sa.func.sum(deliveries.c.attempts), 0))
+                                       .where(deliveries.c.notification_id == nid))).scalar_one()
         await self.add_in(conn, header.service, "notification.completed",
-                          f"completed:{nid}:{header.version}",
+                          f"completed:{nid}:{header.version}:{int(attempts)}",
                           {"notification_id": nid, "version": header.version, "counts": counts})
 
     # -- the sender's side ---------------------------------------------------------------

@@ -266,3 +266,26 @@ async def test_a_cancelled_scheduled_notification_is_told_completed_with_its_ski
     assert done["data"]["counts"]["email"]["skipped"] == 3 and done["data"]["counts"]["email"]["pending"] == 0
     resend = await client.post(f"/v1/notifications/{path_id(nid)}/resend", json={})
     assert resend.status_code == 409 and resend.json()["error"]["code"] == "cancelled"
+
+
+async def test_completion_is_told_again_when_a_resend_is_final(
+        client: httpx.AsyncClient, runtime: Runtime, receiver: Receiver) -> None:
+    await register(client, receiver, events=["notification.completed"])
+    recipients = await users(client, good=1, bad=2)
+    nid = await notify(client, runtime, recipients)
+    [first] = await until(lambda: receiver.of_type("notification.completed"), "the first completion")
+    assert (first["data"]["counts"]["email"]["sent"], first["data"]["counts"]["email"]["failed"]) == (1, 2)
+
+    for uid in recipients[:2]:  # the addresses are fixed; what failed is sent again
+        assert (await client.put(f"/v1/users/{uid}", json={"email": f"fixed-{uid}@example.com"})).status_code == 200
+    resent = await client.post(f"/v1/notifications/{path_id(nid)}/resend", json={})
+    assert resent.json()["resent"] == 2
+    await runtime.worker().drain()
+    completions = await until(lambda: len(receiver.of_type("notification.completed")) == 2
+                              and receiver.of_type("notification.completed"), "the completion after the resend")
+    assert completions[1]["data"]["version"] == 1
+    assert (completions[1]["data"]["counts"]["email"]["sent"], completions[1]["data"]["counts"]["email"]["failed"]) \
+        == (3, 0)
+    # nothing more is told once it is final again
+    await runtime.worker().drain()
+    assert len(receiver.of_type("notification.completed")) == 2 and receiver.accepted_twice == []
