@@ -9,7 +9,8 @@ Workloads:
           only), the gateway workload (single-recipient requests, and one 10,000-recipient
           request), the in-app fan-out, the ceiling of the stand-ins with a minimal client,
           and the small workload below (a fixed offer, the sustainable-rate search within a
-          time budget per contender, the gateway alone). Writes docs/bench-results.json, the table into docs/BENCHMARKS.md and the chart
+          time budget per contender, the gateway alone). Writes docs/bench-results.json, the table into
+          docs/BENCHMARKS.md and the chart
           docs/deliveries.png.
   small   single-recipient notifications and their updates, offered open loop at fixed
           rates: N users each get `installing` (app-install, all four channels) and 1-3 s

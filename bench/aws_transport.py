@@ -45,10 +45,10 @@ from aiohttp import web
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.credentials import Credentials  # type: ignore[import-untyped]
 
-from transport.aws import AwsClient
 from channels.base import Message
 from channels.ses import SesProvider
 from channels.sns import SnsProvider
+from transport.aws import AwsClient
 
 __all__ = ["main"]
 

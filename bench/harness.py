@@ -24,8 +24,18 @@ from typing import Any
 
 from bench.ceiling import measure_ceiling
 from bench.standins import StandIns
-from bench.workloads import (PERSONAL_TEMPLATE, TEMPLATE, GatewayResult, MixedResult, run_gateway,
-                             run_mixed, seed, start_stack, stop_stack, users)
+from bench.workloads import (
+    PERSONAL_TEMPLATE,
+    TEMPLATE,
+    GatewayResult,
+    MixedResult,
+    run_gateway,
+    run_mixed,
+    seed,
+    start_stack,
+    stop_stack,
+    users,
+)
 
 __all__ = ["Options", "run"]
 

@@ -124,7 +124,7 @@ class ResourceMonitor:
     _cpu0: dict[str, float] = field(default_factory=dict)
     _thread: threading.Thread | None = None
 
-    def __enter__(self) -> "ResourceMonitor":
+    def __enter__(self) -> ResourceMonitor:
         self._procs = {n: psutil.Process(p) for n, p in self.pids.items()}
         self._cpu0 = {n: _cpu(p) for n, p in self._procs.items()}
         self._members = {name: _Members(time.time()) for name in self.groups}

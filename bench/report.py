@@ -116,7 +116,8 @@ def rounds_table(report: dict[str, Any]) -> str:
         values = [r[key].get("external_per_second", r[key].get("per_second")) for r in report["rounds"] if key in r]
         if values:
             ordered = sorted(values)
-            median = ordered[len(ordered) // 2] if len(ordered) % 2 else sum(ordered[len(ordered) // 2 - 1:len(ordered) // 2 + 1]) / 2
+            half = len(ordered) // 2
+            median = ordered[half] if len(ordered) % 2 else sum(ordered[half - 1:half + 1]) / 2
             lines.append(f"| {name} | " + " | ".join(_f(v) for v in values) + f" | **{_f(median)}** |")
     return "\n".join(lines)
 

@@ -38,8 +38,7 @@ import sqlalchemy as sa
 
 from bench.completion import Completion, FinalRow, ReadFinal, Tracked
 from bench.open_loop import Attempt, Offer, Submit, drive, run_async, small_plan
-from bench.processes import (PidLister, PostgresBackends, ResourceMonitor, children_of,
-                             redis_server_pid)
+from bench.processes import PidLister, PostgresBackends, ResourceMonitor, children_of, redis_server_pid
 from bench.workloads import API_KEY, Stack, engine_for
 
 if TYPE_CHECKING:

@@ -21,8 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.small import DispatcherTarget, SmallResult, Target, run_small, warm_up
-from bench.sustainable import (GATEWAY_RATES, RATES, GatewayAlone, RateSearch, find_sustainable,
-                               gateway_alone, sustainable)
+from bench.sustainable import (
+    GATEWAY_RATES,
+    RATES,
+    GatewayAlone,
+    RateSearch,
+    find_sustainable,
+    gateway_alone,
+    sustainable,
+)
 from bench.workloads import seed, start_stack, stop_stack, users
 
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 
 from dispatcher.api import create_app
 from dispatcher.config import Settings
-from dispatcher.runtime import Runtime
 from dispatcher.model import now_us
+from dispatcher.runtime import Runtime
 from dispatcher.store.schema import deliveries, devices, users
 
 __all__ = ["SmokeResult", "run_smoke"]

@@ -27,14 +27,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
 import sqlalchemy as sa
 
 from bench.processes import PidLister, Proc, ResourceMonitor, start_dispatcher, start_moto, stop_all
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bench.standins import StandIns

@@ -19,12 +19,12 @@ import aiohttp
 import httpx
 import psycopg
 import pytest
+from servers.aws_errors import AwsProtocolServer
+from support import API_KEYS, POSTGRES_ADMIN_URL, USER_SECRET, free_port, require_server
 
 from dispatcher.api import create_app
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
-from servers.aws_errors import AwsProtocolServer
-from support import API_KEYS, POSTGRES_ADMIN_URL, USER_SECRET, free_port, require_server
 
 MOTO_URL = os.environ.get("DISPATCHER_TEST_MOTO_URL")
 REDIS_URL = os.environ.get("DISPATCHER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -135,7 +135,7 @@ def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def moto_data(aws: str) -> "MotoData":
+def moto_data(aws: str) -> MotoData:
     return MotoData(aws)
 
 

@@ -14,12 +14,19 @@ from urllib.parse import quote
 
 import jwt
 
-__all__ = ["require_server", "API_KEYS", "POSTGRES_ADMIN_URL", "USER_SECRET", "new_id", "path_id", "sent_lines", "user_token"]
+__all__ = ["API_KEYS", "POSTGRES_ADMIN_URL", "USER_SECRET", "channel_counts", "new_id", "path_id",
+           "require_server", "sent_lines", "user_token"]
 
 API_KEYS = "app:app-key,billing:billing-key"
 POSTGRES_ADMIN_URL = os.environ.get(
     "DISPATCHER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 USER_SECRET = "test-user-secret-of-at-least-32-bytes"
+
+
+def channel_counts(**nonzero: int) -> dict[str, int]:
+    """One channel's ``counts`` as the API answers them: every bucket, 0 unless given."""
+    buckets = ("pending", "sent", "delivered", "bounced", "complained", "failed", "skipped")
+    return dict.fromkeys(buckets, 0) | nonzero
 
 
 def new_id(service: str = "app") -> str:

@@ -45,8 +45,8 @@ from apprise.plugins.fcm import NotifyFCM
 from apprise.plugins.ses import NotifySES
 from apprise.plugins.sns import NotifySNS
 
-from dispatcher.rendering import TemplateRegistry
 from bench.peers import PeerResult
+from dispatcher.rendering import TemplateRegistry
 
 if TYPE_CHECKING:
     from bench.standins import StandIns
@@ -192,7 +192,7 @@ def _run_workers(jobs: list[dict[str, Any]]) -> tuple[int, float]:
     processes = [subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE) for _ in jobs]
     try:
-        for process, job in zip(processes, jobs):
+        for process, job in zip(processes, jobs, strict=True):
             _write(process, json.dumps(job))
         for process in processes:
             _expect(process, "ready")

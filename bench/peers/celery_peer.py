@@ -72,8 +72,8 @@ from pyfcm import FCMNotification  # type: ignore[import-untyped]
 from pyfcm.errors import FCMError, FCMNotRegisteredError  # type: ignore[import-untyped]
 from requests import RequestException
 
-from dispatcher.rendering import TemplateError, TemplateRegistry
 from bench.peers import PeerResult
+from dispatcher.rendering import TemplateError, TemplateRegistry
 
 __all__ = ["Clients", "PeerResult", "PeerRun", "Recipient", "Result", "app", "clients",
            "delete_broker_keys", "load_users", "notify_recipient", "run_celery", "send_email",

@@ -47,10 +47,25 @@ from celery import Celery  # type: ignore[import-untyped]
 
 from bench.completion import FinalRow, ReadFinal
 from bench.open_loop import Offer, Submit
-from bench.peers.celery_peer import (DEFAULT_ADMIN_URL, DEFAULT_BROKER_URL, TEMPLATE, Clients,
-                                     PeerRun, Recipient, Result, app, clients,
-                                     delete_broker_keys, load_users, send_email, send_push,
-                                     send_sms, start_worker, stop_worker, wait_until_ready)
+from bench.peers.celery_peer import (
+    DEFAULT_ADMIN_URL,
+    DEFAULT_BROKER_URL,
+    TEMPLATE,
+    Clients,
+    PeerRun,
+    Recipient,
+    Result,
+    app,
+    clients,
+    delete_broker_keys,
+    load_users,
+    send_email,
+    send_push,
+    send_sms,
+    start_worker,
+    stop_worker,
+    wait_until_ready,
+)
 from bench.processes import PidLister, PostgresBackends, redis_server_pid
 from dispatcher.rendering import TemplateError
 

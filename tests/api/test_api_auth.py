@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from support import USER_SECRET
 
 from dispatcher.config import Settings
-from support import USER_SECRET
 
 DAY = 86400
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+from support import new_id
 
 from dispatcher.api import create_app
 from dispatcher.config import SHIPPED_TEMPLATES, Settings
 from dispatcher.runtime import Runtime
-from support import new_id
 
 
 @pytest.fixture

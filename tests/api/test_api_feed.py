@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from support import new_id, sent_lines, user_token
 
 from dispatcher.runtime import Runtime
-from support import new_id, sent_lines, user_token
 
 ME = {"Authorization": f"Bearer {user_token('u1')}"}
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
+from support import new_id
 
 from dispatcher.config import Settings
-from support import new_id
 
 LIMIT = 2 * 1024 * 1024  # the documented default
 

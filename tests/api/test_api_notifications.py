@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
+from support import channel_counts, new_id, path_id, sent_lines, user_token
 
 from dispatcher.runtime import Runtime
-from support import new_id, path_id, sent_lines, user_token
 
 
 def body(nid: str, recipients: list[str], **extra: Any) -> dict[str, Any]:
@@ -36,10 +36,10 @@ async def test_a_bulk_is_accepted_and_every_recipient_gets_one_row_per_channel(
     got = r.json()
     assert (got["state"], got["version"], got["recipients"]) == ("installing", 1, 130)
     assert got["counts"] == {
-        "in_app": {"pending": 0, "sent": 130, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0, "skipped": 0},
-        "email": {"pending": 0, "sent": 120, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0, "skipped": 10},
-        "sms": {"pending": 0, "sent": 120, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0, "skipped": 10},
-        "push": {"pending": 0, "sent": 0, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0, "skipped": 130},
+        "in_app": channel_counts(sent=130),
+        "email": channel_counts(sent=120, skipped=10),
+        "sms": channel_counts(sent=120, skipped=10),
+        "push": channel_counts(skipped=130),
     }
     emails = [line for line in sent_lines(runtime.settings.log_provider_path)
               if line["channel"] == "email"]
@@ -163,10 +163,10 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
 async def test_an_unreachable_store_is_a_503_not_a_500(postgres_url: str) -> None:
     """The database goes away under a running gateway (dropped, connections killed)."""
     import psycopg
+    from support import API_KEYS, POSTGRES_ADMIN_URL
 
     from dispatcher.api import create_app
     from dispatcher.config import Settings
-    from support import API_KEYS, POSTGRES_ADMIN_URL
 
     name = f"dispatcher_gone_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support import new_id
 
 from dispatcher.api import create_app
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
-from support import new_id
 
 GREET = {
     "default/sms.txt": "Hi {{ user.name or 'there' }}, {{ app_name }} code {{ code }}",
@@ -109,8 +109,8 @@ async def test_recipients_with_their_own_data_are_accepted(client: httpx.AsyncCl
 async def test_bad_recipient_data_is_a_4xx_naming_the_recipient(
         client: httpx.AsyncClient, recipients: list[object], says: str | None) -> None:
     if says is None:
-        content = ('{"id": "%s", "template": "greet", "recipients": [{"id": "u1", "data": {"n": Infinity}}]}'
-                   % new_id())
+        content = (f'{{"id": "{new_id()}", "template": "greet", '
+                   '"recipients": [{"id": "u1", "data": {"n": Infinity}}]}')
         r = await client.post("/v1/notifications", content=content,
                               headers={"Content-Type": "application/json"})
     else:

@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest
-from bench.sns_signing import TOPIC, FakeSns, ses_event
 from support import API_KEYS, USER_SECRET, new_id, path_id
 from webhook_receiver import Receiver
 
+from bench.sns_signing import TOPIC, FakeSns, ses_event
 from channels.base import InvalidRecipient, Message, Receipt
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime

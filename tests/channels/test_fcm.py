@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
@@ -20,8 +20,8 @@ from google.oauth2 import service_account as google_service_account
 
 from bench.fcm_server import FcmServer, Scripted, fcm_error, rpc_error
 from channels.base import Message, PermanentError, TransientError, UnregisteredDevice
-from transport.http import parse_retry_after
 from channels.fcm import FCM_SCOPE, AccessTokenSource, FcmProvider
+from transport.http import parse_retry_after
 
 PROJECT = "test-project"
 
@@ -345,7 +345,7 @@ def test_retry_after_in_seconds(header: str | None, expected: float | None) -> N
 
 
 def test_retry_after_as_an_http_date() -> None:
-    when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
 
     seconds = parse_retry_after(when)
 

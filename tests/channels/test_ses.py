@@ -11,12 +11,11 @@ import botocore.session
 import pytest
 from botocore.credentials import Credentials
 from botocore.validate import ParamValidator
+from servers.aws_errors import AwsProtocolServer, MotoDump, Reply, rest_json_error, unused_port_url
 
-from transport.aws import AwsClient, AwsError
 from channels.base import InvalidRecipient, Message, PermanentError, TransientError
 from channels.ses import SesProvider
-from servers.aws_errors import (AwsProtocolServer, MotoDump, Reply, rest_json_error,
-                                unused_port_url)
+from transport.aws import AwsClient, AwsError
 
 SENDER = "no-reply@example.com"
 

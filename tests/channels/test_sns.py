@@ -10,12 +10,11 @@ import botocore.session
 import pytest
 from botocore.credentials import Credentials
 from botocore.serialize import create_serializer
+from servers.aws_errors import AwsProtocolServer, MotoDump, Reply, query_error, unused_port_url
 
-from transport.aws import AwsClient, AwsError
 from channels.base import InvalidRecipient, Message, PermanentError, TransientError
 from channels.sns import SnsProvider, fit_sms
-from servers.aws_errors import (AwsProtocolServer, MotoDump, Reply, query_error,
-                                unused_port_url)
+from transport.aws import AwsClient, AwsError
 
 PHONE = "+15555550100"
 

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 import sqlalchemy as sa
+from support import new_id
 
 from channels.base import InvalidRecipient, Message, Receipt, TransientError, UnregisteredDevice
 from dispatcher.config import Settings
@@ -20,7 +21,6 @@ from dispatcher.messages import ChunkMessage, encode_chunk
 from dispatcher.preferences import Preferences
 from dispatcher.runtime import Runtime
 from dispatcher.store.schema import users
-from support import new_id
 
 
 class ScriptedProvider:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from support import new_id, sent_lines
 
 from dispatcher.part_limits import PART_LIMITS, PUSH_BYTES, bounded, fit
 from dispatcher.runtime import Runtime
-from support import new_id, sent_lines
 
 
 def test_a_part_that_fits_is_left_alone() -> None:

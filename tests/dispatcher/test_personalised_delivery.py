@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from support import new_id
 
 from channels.base import Message, Receipt
 from dispatcher.config import Settings
 from dispatcher.messages import ChunkMessage, decode_chunk, encode_chunk
 from dispatcher.rendering import TemplateSet
 from dispatcher.runtime import Runtime
-from support import new_id
 
 FILES = {
     "greet/default/sms.txt": "Hi {{ user.name or 'there' }}, {{ app_name }} code {{ code }}"
@@ -107,7 +107,7 @@ async def test_each_recipient_gets_its_own_data_and_name_and_a_bad_one_fails_alo
 
     emails = {m.user_id: m for m in providers["email"].calls}
     assert len(emails) == 59
-    for user_id, mail in emails.items():  # one shared render, each recipient's own link in it
+    for mail in emails.values():  # one shared render, each recipient's own link in it
         link = mail.unsubscribe_url
         assert link and link.startswith("https://notify.example.com/v1/unsubscribe/")
         assert mail.parts["html"] == f'<html><b>Foo</b><a href="{link}">x</a></html>'

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-
 from support import free_port, path_id
 
 if TYPE_CHECKING:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
 from e2e.conftest import Server, wait_until
 from support import new_id, path_id, sent_lines
 

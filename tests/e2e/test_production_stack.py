@@ -8,13 +8,14 @@ import os
 import re
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from support import create_queues, verify_sender
 
 from bench.fcm_server import FcmServer
-from support import create_queues, verify_sender
 
 USERS = 240
 

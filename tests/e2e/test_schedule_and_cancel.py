@@ -30,7 +30,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from servers.holding_ses import HoldingSes
-from support import create_queues
+from support import channel_counts, create_queues
 
 NOTIFICATIONS = 40
 LEAD_SECONDS = 4.0
@@ -201,7 +201,7 @@ def test_a_cancel_racing_sends_in_flight_records_each_row_truthfully(
         counts = wait_until(lambda: _counts_if_final(client, nid), timeout=60,
                             what="the rows in flight recorded")
     server.stop()
-    assert counts["email"] == {"pending": 0, "sent": 2, "delivered": 0, "bounced": 0, "complained": 0, "failed": 0, "skipped": 8}, counts
+    assert counts["email"] == channel_counts(sent=2, skipped=8), counts
     assert sorted(ses.accepted_held) == sorted(ses.held) and not ses.accepted
     assert len(ses.held) == 2
 

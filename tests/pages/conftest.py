@@ -19,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from live import CHROMIUM, LiveServer, launch_chromium, start_server  # noqa: E402
 from playwright.sync_api import expect  # noqa: E402
-
 from support import require_server  # noqa: E402
 
 # expect() waits 5 s by default; a shared 2-core machine under load needs longer (a passing

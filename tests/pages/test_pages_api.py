@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support import USER_SECRET, new_id, user_token
 
 from dispatcher.api import create_app
 from dispatcher.api.auth import ScopedTokens
@@ -22,7 +23,6 @@ from dispatcher.config import Settings
 from dispatcher.errors import ConfigurationError
 from dispatcher.pages.catalog import Categories, negotiate
 from dispatcher.runtime import Runtime
-from support import USER_SECRET, new_id, user_token
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,6 @@ from aiohttp import web
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
-
 from support import free_port
 
 __all__ = ["AwsProtocolServer", "MotoDump", "Recorded", "Reply", "json10_error", "query_error",

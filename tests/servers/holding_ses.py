@@ -2,7 +2,8 @@
 dispatcher as a real process: it answers the first ``throttle_first`` requests with a
 throttling error (429, ``Retry-After: 0.2``), then holds every request it receives without
 answering, as a provider stuck mid-storm would, until :meth:`HoldingSes.accept_from_now_on`;
-from then on it accepts every message, the held ones included (``accepted_held``). It records who each request was for: ``throttled``, ``held``, ``accepted``.
+from then on it accepts every message, the held ones included (``accepted_held``). It records
+who each request was for: ``throttled``, ``held``, ``accepted``.
 """
 
 from __future__ import annotations

@@ -12,10 +12,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 from botocore.credentials import Credentials, RefreshableCredentials
+from servers.aws_errors import (
+    AwsProtocolServer,
+    Reply,
+    json10_error,
+    query_error,
+    rest_json_error,
+    signature_matches,
+    unused_port_url,
+)
 
 from transport.aws import AwsClient, AwsConfigurationError, AwsError, AwsTransportError
-from servers.aws_errors import (AwsProtocolServer, Reply, json10_error, query_error,
-                                rest_json_error, signature_matches, unused_port_url)
 
 SECRET = "local-secret"
 CREDENTIALS = Credentials("AKIDLOCAL", SECRET, "session-token")
@@ -145,7 +152,7 @@ async def test_refreshable_credentials_are_refreshed_once_off_the_event_loop(
 
     def refresh() -> dict[str, str]:
         refreshed_in.append(threading.current_thread())
-        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
         return {"access_key": "AKIDFRESH", "secret_key": "fresh-secret", "token": "fresh-token",
                 "expiry_time": later.isoformat()}
 
@@ -285,7 +292,7 @@ async def test_error_answers_become_aws_errors(
 
 async def test_retry_after_as_an_http_date(http: aiohttp.ClientSession,
                                            server: AwsProtocolServer) -> None:
-    when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30)
+    when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
     server.reply(rest_json_error("TooManyRequestsException", "slow down", 429,
                                  retry_after=format_datetime(when, usegmt=True)))
 

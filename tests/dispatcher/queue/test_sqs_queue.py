@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-
-from transport.aws import AwsClient
-from dispatcher.queue.sqs import MAX_BATCH_BYTES, SqsQueue, _batches
 from support import create_queues
+
+from dispatcher.queue.sqs import MAX_BATCH_BYTES, SqsQueue, _batches
+from transport.aws import AwsClient
 
 
 @pytest.fixture

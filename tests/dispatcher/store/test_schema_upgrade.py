@@ -25,6 +25,7 @@ async def test_an_older_users_table_gains_the_profile_columns(database_url: str)
         assert old is not None and (old.email, old.name, dict(old.attributes)) == ("old@example.com", None, {})
         await users.upsert("old", {"name": "Ann", "attributes": {"plan": "pro"}})
         again = await users.get("old")
-        assert again is not None and (again.name, dict(again.attributes), again.locale) == ("Ann", {"plan": "pro"}, "ko")
+        assert again is not None
+        assert (again.name, dict(again.attributes), again.locale) == ("Ann", {"plan": "pro"}, "ko")
     finally:
         await db.close()

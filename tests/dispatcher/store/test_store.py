@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dispatcher.runtime import Runtime
+from collections.abc import Collection
+
+from support import new_id
+
 from dispatcher.model import ChunkRows, Claim, DeliveryStatus, FeedEntry, HeaderUpdate, Reason, RowKey, RowState
 from dispatcher.preferences import Preferences
-from support import new_id
+from dispatcher.runtime import Runtime
 
 
 def header(nid: str, version: int, state: str, channels: tuple[str, ...] = ("in_app",),
@@ -63,12 +66,13 @@ PENDING, SENT, FAILED, SKIPPED = (DeliveryStatus.PENDING, DeliveryStatus.SENT,
                                    DeliveryStatus.FAILED, DeliveryStatus.SKIPPED)
 
 
-def rows_of(nid: str, *planned: tuple[str, str, DeliveryStatus] | tuple[str, str, DeliveryStatus, Reason]) -> list[RowState]:
+def rows_of(nid: str,
+            *planned: tuple[str, str, DeliveryStatus] | tuple[str, str, DeliveryStatus, Reason]) -> list[RowState]:
     return [RowState(RowKey(nid, p[0], p[1]), *p[2:]) for p in planned]  # type: ignore[arg-type]
 
 
 async def open_rows(runtime: Runtime, nid: str, version: int, rows: list[RowState], *,
-                    insert: set[str], reset: set[str] = set()) -> set[RowKey]:
+                    insert: set[str], reset: Collection[str] = ()) -> set[RowKey]:
     opened = await runtime.store.ledger.open(
         [], [ChunkRows(nid, version, rows, frozenset(insert), frozenset(reset), {})])
     [won] = opened.won
@@ -231,7 +235,7 @@ async def test_processes_starting_together_create_the_schema_once(database_url: 
 
 async def test_an_update_takes_over_many_rows_of_a_bulk_at_once(runtime: Runtime) -> None:
     """Twenty in-app rows taking the same values: one set-based UPDATE, every row won once."""
-    ledger, nid = runtime.store.ledger, new_id()
+    nid = new_id()
     users = [f"u{i}" for i in range(20)]
     v1 = rows_of(nid, *[(u, "in_app", SENT) for u in users], ("x", "in_app", SENT))
     await open_rows(runtime, nid, 1, v1, insert={"in_app"})
