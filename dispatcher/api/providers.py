@@ -125,6 +125,8 @@ class SesEventsLane:
         logs.bind(request_id=request_id)
         response = await self._answer(scope, receive)
         response.headers[REQUEST_ID_HEADER] = request_id
+        if response.status_code in (400, 408, 413):  # the body may be unread: end the connection
+            response.headers["connection"] = "close"
         await response(scope, receive, send)
         record(scope, response.status_code, time.monotonic() - started, route=PATH)
 

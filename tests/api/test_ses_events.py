@@ -327,6 +327,7 @@ async def test_events_get_what_every_request_gets(client: httpx.AsyncClient, run
 
     big = await client.post(EVENTS, content=chunks(), headers={"content-type": "text/plain"})
     assert big.status_code == 413 and big.json()["error"]["code"] == "payload_too_large"
+    assert big.headers["connection"] == "close"  # the rest of the body is never read
     assert sent < 64, "the body was read whole"
     assert big.headers["x-request-id"]
     assert {status: await counted(status) - before[status] for status in (200, 413)} == {200: 1, 413: 1}
