@@ -33,7 +33,8 @@ from dispatcher.errors import (
 )
 from dispatcher.store import STORE_UNAVAILABLE
 
-__all__ = ["ANY_REQUEST", "ApiError", "ErrorOut", "STATUS", "error_responses", "install_error_handlers"]
+__all__ = ["ANY_REQUEST", "ApiError", "ErrorOut", "STATUS", "error_responses", "install_error_handlers",
+           "response_for"]
 
 log = logging.getLogger("dispatcher.api")
 
@@ -127,20 +128,32 @@ def status_of(exc: DispatcherError) -> tuple[int, str, str]:
     return 500, "internal", "internal error; the server log has the details"
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+def response_for(exc: Exception, where: str) -> JSONResponse:
+    """The answer to an error a route raised (``where``: method and path, for the log): its
+    own status for an :class:`ApiError` or one of the core's errors, 503 when the store is
+    away, 500 (logged with its traceback) for anything else."""
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message)
-
-    @app.exception_handler(DispatcherError)
-    async def _core_error(request: Request, exc: DispatcherError) -> JSONResponse:
+    if isinstance(exc, DispatcherError):
         status, code, message = status_of(exc)
         if status == 503:
-            log.error("%s %s: %s", request.method, request.url.path, exc)
+            log.error("%s: %s", where, exc)
         elif status >= 500:
-            log.error("unmapped %s on %s %s: %s", type(exc).__name__, request.method,
-                      request.url.path, exc)
+            log.error("unmapped %s on %s: %s", type(exc).__name__, where, exc)
         return error_response(status, code, message)
+    if isinstance(exc, STORE_UNAVAILABLE):
+        log.error("store error on %s: %s", where, exc)
+        return error_response(503, "unavailable", "the store is unavailable; retry later")
+    log.exception("unhandled error on %s", where, exc_info=exc)
+    return error_response(500, "internal", "internal error; the server log has the details")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def _raised(request: Request, exc: Exception) -> JSONResponse:
+        return response_for(exc, f"{request.method} {request.url.path}")
+
+    for kind in (ApiError, DispatcherError, *STORE_UNAVAILABLE, Exception):
+        app.add_exception_handler(kind, _raised)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -149,17 +162,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, _CODES.get(exc.status_code, "error"), str(exc.detail))
-
-    for kind in STORE_UNAVAILABLE:
-        @app.exception_handler(kind)
-        async def _store_down(request: Request, exc: Exception) -> JSONResponse:
-            log.error("store error on %s %s: %s", request.method, request.url.path, exc)
-            return error_response(503, "unavailable", "the store is unavailable; retry later")
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal", "internal error; the server log has the details")
 
 
 def _describe(exc: RequestValidationError) -> str:

@@ -23,7 +23,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimit", "READ_DEADLINE", "ReadDeadline", "content_length"]
+__all__ = ["BodyLimit", "READ_DEADLINE", "ReadDeadline", "content_length", "read_deadline"]
 
 #: ASGI scope extension through which the server's protocol hands over the instant
 #: (``time.monotonic()``) by which the request must be whole: ``{"monotonic": float}``.
@@ -72,8 +72,7 @@ class ReadDeadline:
             await self.app(scope, receive, send)
             return
         guard = _Guard(send)
-        handed = (scope.get("extensions") or {}).get(READ_DEADLINE) or {}
-        deadline = float(handed.get("monotonic", time.monotonic() + self.seconds))
+        deadline = read_deadline(scope, self.seconds)
         body_done = False
 
         async def bounded() -> Message:
@@ -126,6 +125,13 @@ class _Guard:
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"connection", b"close")]})
         await self._send({"type": "http.response.body", "body": body})
+
+
+def read_deadline(scope: Scope, seconds: float) -> float:
+    """The instant (``time.monotonic()``) by which the request's body must be whole: the one
+    the server's protocol handed over (:data:`READ_DEADLINE`), else ``seconds`` from now."""
+    handed = (scope.get("extensions") or {}).get(READ_DEADLINE) or {}
+    return float(handed.get("monotonic", time.monotonic() + seconds))
 
 
 def content_length(scope: Scope) -> int | None:

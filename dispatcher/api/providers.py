@@ -19,16 +19,15 @@ from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dispatcher.api.errors import ApiError, error_response, error_responses, status_of
-from dispatcher.api.limits import READ_DEADLINE, content_length
+from dispatcher.api.errors import ApiError, error_responses, response_for
+from dispatcher.api.limits import content_length, read_deadline
 from dispatcher.api.telemetry import REQUEST_ID_HEADER, record, request_id_of
-from dispatcher.errors import DispatcherError, UntrustedMessage
+from dispatcher.errors import UntrustedMessage
 from dispatcher.group_commit import GroupCommit
 from dispatcher.observability import logs
 from dispatcher.runtime import Runtime
 from dispatcher.ses_events import ProviderEvent, parse_ses_event
 from dispatcher.sns_messages import parse_sns_message
-from dispatcher.store import STORE_UNAVAILABLE
 from dispatcher.store.provider_events import Applied, SoftBounces
 
 __all__ = ["MAX_SNS_BODY", "SesEvents", "SesEventsLane", "router"]
@@ -134,26 +133,14 @@ class SesEventsLane:
         try:
             body = await self._body(scope, receive)
             return JSONResponse({k: v for k, v in (await self._events.handle(body)).items() if v is not None})
-        except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.message)
-        except DispatcherError as exc:
-            status, code, message = status_of(exc)
-            if status >= 500:
-                log.error("POST %s: %s", PATH, exc)
-            return error_response(status, code, message)
-        except STORE_UNAVAILABLE as exc:
-            log.error("store error on POST %s: %s", PATH, exc)
-            return error_response(503, "unavailable", "the store is unavailable; retry later")
-        except Exception:
-            log.exception("unhandled error on POST %s", PATH)
-            return error_response(500, "internal", "internal error; the server log has the details")
+        except Exception as exc:  # the envelope the app's own handlers give
+            return response_for(exc, f"POST {PATH}")
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         declared = content_length(scope)
         if declared is not None and declared > MAX_SNS_BODY:
             raise ApiError(413, _TOO_LARGE)
-        handed = (scope.get("extensions") or {}).get(READ_DEADLINE) or {}
-        deadline = float(handed.get("monotonic", time.monotonic() + self._read_timeout))
+        deadline = read_deadline(scope, self._read_timeout)
         body = bytearray()
         more = True
         while more:
