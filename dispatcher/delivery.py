@@ -29,13 +29,14 @@ from dispatcher.model import (
     DeliveryStatus,
     HeaderUpdate,
     Held,
+    Reason,
     RowKey,
     RowState,
     Unfinished,
     UserRecord,
     now_us,
 )
-from dispatcher.observability import rows_recorded, stale_failed
+from dispatcher.observability import rows_recorded, rows_settled
 from dispatcher.planning import ChunkPlan, Planner, channel_sets, header_update
 from dispatcher.rendering import TemplateRegistry
 from dispatcher.sending import Outbound, Sender
@@ -168,7 +169,7 @@ class Deliverer:
                     stale[0].notification_id, sum(settled.values()),
                     "sending again" if self._resend_stale else "outcome unknown")
         if not self._resend_stale:
-            stale_failed(settled)
+            rows_settled(settled, DeliveryStatus.FAILED, Reason.OUTCOME_UNKNOWN)
         return sum(settled.values()) > 0
 
 

@@ -23,7 +23,7 @@ from dispatcher.api.schemas import (
 from dispatcher.api.timefmt import iso
 from dispatcher.errors import InvalidNotificationId, InvalidRequest
 from dispatcher.model import DeliveryStatus, NotificationHeader, Reason, now_us, parse_notification_id
-from dispatcher.observability import rows_cancelled
+from dispatcher.observability import rows_settled
 from dispatcher.resend import Resender
 from dispatcher.runtime import Runtime
 
@@ -70,7 +70,7 @@ def router(runtime: Runtime, auth: Authenticator) -> APIRouter:
         summary = await runtime.store.ledger.cancel(notification_id)
         if summary is None:
             raise ApiError(404, f"no notification {notification_id!r}")
-        rows_cancelled(summary.made_skipped)
+        rows_settled(summary.made_skipped, DeliveryStatus.SKIPPED, Reason.CANCELLED)
         return {"id": notification_id, "cancelled_at": iso(summary.cancelled_at),
                 "already_cancelled": not summary.first, "cancelled": summary.cancelled,
                 "in_flight": summary.in_flight}

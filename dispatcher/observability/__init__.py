@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dispatcher.model import DeliveryStatus, Reason, RowState
 from dispatcher.observability import logs, metrics
 
-__all__ = ["rows_cancelled", "rows_recorded", "stale_failed"]
+__all__ = ["rows_recorded", "rows_settled"]
 
 
 def rows_recorded(rows: Iterable[RowState]) -> None:
@@ -22,16 +22,9 @@ def rows_recorded(rows: Iterable[RowState]) -> None:
     logs.failed_deliveries(rows)
 
 
-def stale_failed(per_channel: Mapping[str, int]) -> None:
-    """Rows a stopped worker left ``sending`` that recovery just made ``failed``/
-    ``outcome_unknown`` (``dispatcher.store.ledger``), per channel: counted like any final row."""
-    metrics.deliveries_counted(
-        (channel, DeliveryStatus.FAILED.value, Reason.OUTCOME_UNKNOWN.value, n)
-        for channel, n in per_channel.items() if n)
-
-
-def rows_cancelled(per_channel: Mapping[str, int]) -> None:
-    """Rows a cancel just made ``skipped``/``cancelled``, per channel."""
-    metrics.deliveries_counted(
-        (channel, DeliveryStatus.SKIPPED.value, Reason.CANCELLED.value, n)
-        for channel, n in per_channel.items() if n)
+def rows_settled(per_channel: Mapping[str, int], status: DeliveryStatus, reason: Reason) -> None:
+    """Rows the ledger itself just made final, known only by number per channel (a cancel's
+    ``skipped``/``cancelled``, recovery's ``failed``/``outcome_unknown``): counted like any
+    final row."""
+    metrics.deliveries_counted((channel, status.value, reason.value, n)
+                               for channel, n in per_channel.items() if n)
