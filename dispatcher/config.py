@@ -187,11 +187,6 @@ class Settings(BaseSettings):
     #: Soft bounces of one address within ``soft_bounce_window`` seconds that suppress it.
     soft_bounce_limit: int = Field(default=3, ge=1)
     soft_bounce_window: float = Field(default=7 * 86400, gt=0)
-    #: SES events yield to sends (``dispatcher.yielding``): while this process is sending,
-    #: events are admitted at most this many per second, each held at most ``max_hold``
-    #: seconds (then admitted anyway). 0: never held.
-    ses_events_rate_while_sending: float = Field(default=100.0, ge=0, le=100_000)
-    ses_events_max_hold: float = Field(default=1.0, ge=0, le=10)
     #: Webhooks out: seconds per attempt, attempts in flight per worker process, backoff
     #: (base doubling up to max) and the period after which a webhook is kept as failed.
     webhook_timeout: float = Field(default=10.0, gt=0, le=60)

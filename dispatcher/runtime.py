@@ -42,7 +42,7 @@ from dispatcher.resend import Resender
 from dispatcher.retry import RetryPolicy
 from dispatcher.scheduler import Scheduler
 from dispatcher.scoped_tokens import ScopedTokens
-from dispatcher.sending import Sender, Slots
+from dispatcher.sending import Sender
 from dispatcher.sns_messages import SnsVerifier
 from dispatcher.store import Database, Store
 from dispatcher.unsubscribe import UnsubscribeLinks
@@ -72,7 +72,6 @@ class Runtime:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     sns: SnsVerifier | None = None
     resender: Resender | None = None
-    send_slots: Slots | None = None
 
     @classmethod
     async def open(cls, settings: Settings,
@@ -113,7 +112,6 @@ class Runtime:
         runtime = cls(settings, store, queue, bus, feed, templates, built, fan_out, deliverer, links,
                       release, owned, closers)
         runtime.sns = _sns_verifier(settings, owned)
-        runtime.send_slots = sender.slots
         runtime.resender = (Resender(store, settings.chunk_size, enqueue_in=queue.send_batch_in)
                             if isinstance(queue, LocalQueue) else
                             Resender(store, settings.chunk_size, release=release))

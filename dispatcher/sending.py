@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,36 +67,26 @@ class Slots:
     """How many more sends this process may start now: every call of every batch shares them.
 
     ``take_now`` takes what is free without waiting, ``take`` waits for one, ``give`` returns
-    them and wakes whoever waits. ``sending_within`` says whether any was in use lately (what
-    lower-priority work in the process, such as SES events, yields to)."""
+    them and wakes whoever waits."""
 
     def __init__(self, total: int) -> None:
         self.total = max(total, 1)
         self._free = self.total
         self._waiters: list[asyncio.Future[None]] = []
-        self._idle_since: float | None = -math.inf  # monotonic time all were last free; None: in use
 
     @property
     def free(self) -> int:
         return self._free
 
-    def sending_within(self, seconds: float) -> bool:
-        """A send is in flight now, or ended less than ``seconds`` ago."""
-        idle_since = self._idle_since
-        return idle_since is None or time.monotonic() - idle_since < seconds
-
     def take_now(self, n: int) -> int:
         taken = max(min(n, self._free), 0)
         self._free -= taken
-        if taken:
-            self._idle_since = None
         return taken
 
     async def take(self) -> None:
         while not self._free:
             await self.changed()
         self._free -= 1
-        self._idle_since = None
 
     def changed(self) -> asyncio.Future[None]:
         """Done at the next :meth:`give`."""
@@ -110,8 +98,6 @@ class Slots:
         if n <= 0:
             return
         self._free += n
-        if self._free >= self.total:
-            self._idle_since = time.monotonic()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():

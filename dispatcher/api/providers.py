@@ -29,15 +29,10 @@ from dispatcher.runtime import Runtime
 from dispatcher.ses_events import ProviderEvent, parse_ses_event
 from dispatcher.sns_messages import parse_sns_message
 from dispatcher.store.provider_events import Applied, SoftBounces
-from dispatcher.yielding import Yield
 
-__all__ = ["MAX_SNS_BODY", "SENDING_GRACE", "SesEvents", "SesEventsLane", "router"]
+__all__ = ["MAX_SNS_BODY", "SesEvents", "SesEventsLane", "router"]
 
 log = logging.getLogger("dispatcher.api.providers")
-
-#: Sends that ended less than this many seconds ago still count as sending (the gaps
-#: between a worker's batches are shorter).
-SENDING_GRACE = 0.25
 
 #: An SNS message is at most 256 KiB; its envelope (JSON-escaped, with the signature and the
 #: URLs) stays well under twice that.
@@ -57,15 +52,10 @@ class SesEvents:
                 pending.applied = result
 
         self._commit: GroupCommit[_Pending, None] = GroupCommit(flush)
-        slots, settings = runtime.send_slots, runtime.settings
-        self.pacing = Yield(lambda: slots is not None and slots.sending_within(SENDING_GRACE),
-                            rate=settings.ses_events_rate_while_sending,
-                            max_hold=settings.ses_events_max_hold)
 
     async def handle(self, body: bytes) -> dict[str, Any]:
         """Verify, then confirm a subscription or apply an event; the answer's fields (none
         that is None). Raises the core's errors (403 ``untrusted_message``, 422, 503)."""
-        await self.pacing.admit()  # while this process sends, events wait their turn
         message = parse_sns_message(body)
         verifier = self._runtime.sns
         if verifier is None:

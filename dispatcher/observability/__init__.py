@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dispatcher.model import DeliveryStatus, Reason, RowState
 from dispatcher.observability import logs, metrics
 
-__all__ = ["held_back", "rows_recorded", "rows_settled"]
+__all__ = ["rows_recorded", "rows_settled"]
 
 
 def rows_recorded(rows: Iterable[RowState]) -> None:
@@ -28,8 +28,3 @@ def rows_settled(per_channel: Mapping[str, int], status: DeliveryStatus, reason:
     final row."""
     metrics.deliveries_counted((channel, status.value, reason.value, n)
                                for channel, n in per_channel.items() if n)
-
-
-def held_back() -> None:
-    """Low-priority work waited while the process was sending (``dispatcher_ses_events_held_total``)."""
-    metrics.events_held()

@@ -58,7 +58,7 @@ from dispatcher.errors import ConfigurationError
 from dispatcher.model import FINAL_STATUSES, RowState
 from dispatcher.queue import QueueStats
 
-__all__ = ["CONTENT_TYPE", "ENV", "chunks_timed", "deliveries", "events_held", "exposition", "http_request",
+__all__ = ["CONTENT_TYPE", "ENV", "chunks_timed", "deliveries", "exposition", "http_request",
            "prepare_multiprocess", "serve_worker_metrics", "timed_providers"]
 
 T = TypeVar("T")
@@ -94,8 +94,6 @@ class _Metrics:
                                        buckets=_CHUNK_BUCKETS)
         self.http_requests = Counter("dispatcher_http_requests", "HTTP requests answered.",
                                      ["method", "route", "status"])
-        self.events_held = Counter("dispatcher_ses_events_held",
-                                   "SES events held for their turn while the process was sending.")
         self.http_seconds = Histogram("dispatcher_http_request_seconds",
                                       "HTTP requests, from receiving to the end of the answer.",
                                       ["method", "route"], buckets=_HTTP_BUCKETS)
@@ -243,12 +241,6 @@ def deliveries_counted(counts: Iterable[tuple[str, str, str, int]]) -> None:
         counter = _m().deliveries
         for channel, status, reason, n in counts:
             counter.labels(channel, status, reason).inc(n)
-
-
-def events_held() -> None:
-    """One SES event waited for its turn (``dispatcher.yielding``)."""
-    with _never_raising():
-        _m().events_held.inc()
 
 
 async def chunks_timed(work: Awaitable[T], chunks: int) -> T:
