@@ -3,7 +3,7 @@
 ``python -m bench.event_burst URL BODIES CONCURRENCY``: posts every SNS message in the file
 ``BODIES`` (one JSON document per line) to ``URL``/v1/providers/ses/events over
 ``CONCURRENCY`` keep-alive connections, then prints one JSON line: seconds, answers by
-status, and this process's CPU seconds.
+status, when each answer came (wall-clock seconds), and this process's CPU seconds.
 
 Its own process, so the burst does not share the bench's interpreter (and GIL) with the
 client that times the bulk; and a plain HTTP/1.1 writer over asyncio streams, not httpx,
@@ -32,7 +32,8 @@ def _request(host: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
-async def _lane(host: str, port: int, queue: list[bytes], statuses: Counter[int]) -> None:
+async def _lane(host: str, port: int, queue: list[bytes], statuses: Counter[int],
+                answered: list[float]) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while queue:
@@ -46,6 +47,7 @@ async def _lane(host: str, port: int, queue: list[bytes], statuses: Counter[int]
                     length = int(value)
             await reader.readexactly(length)
             statuses[status] += 1
+            answered.append(time.time())
     finally:
         writer.close()
 
@@ -55,9 +57,11 @@ async def burst(url: str, bodies: list[bytes], concurrency: int) -> dict[str, ob
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     queue = [_request(f"{host}:{port}", b) for b in reversed(bodies)]
     statuses: Counter[int] = Counter()
+    answered: list[float] = []
     started = time.perf_counter()
-    await asyncio.gather(*(_lane(host, port, queue, statuses) for _ in range(concurrency)))
-    return {"seconds": time.perf_counter() - started, "statuses": {str(k): v for k, v in statuses.items()}}
+    await asyncio.gather(*(_lane(host, port, queue, statuses, answered) for _ in range(concurrency)))
+    return {"seconds": time.perf_counter() - started, "statuses": {str(k): v for k, v in statuses.items()},
+            "answered_at": [round(t, 3) for t in answered]}
 
 
 def main() -> None:

@@ -14,3 +14,5 @@ def test_the_events_benchmark_times_a_bulk_alone_and_during_a_burst() -> None:
     assert row["event_answers"] == {"200": 300}  # every signed event was verified and applied
     assert row["ratio"] == report["median_ratio"] > 0
     assert row["burst_client_cpu_ms_per_event"] > 0 and row["cpu_seconds_during"]["serve"] > 0
+    assert "serve-workers" in row["cpu_seconds_during"]  # serve's own worker processes count too
+    assert 0 <= row["events_during_bulk"] <= 300
