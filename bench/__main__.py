@@ -125,7 +125,8 @@ def _small_parser(sub: Any) -> None:
                                    "--help). Without --rate, --find-rate or --gateway-alone: "
                                    "one offer at 200/s.")
     s.add_argument("--contenders", default="embedded",
-                   help="comma-separated: embedded, production_1, production_2, celery "
+                   help="comma-separated: embedded, split_1, split_2 (the gateway and workers "
+                        "apart on SQLite), production_1, production_2, celery "
                         "(default embedded); each on a fresh stack, one after another")
     s.add_argument("--users", type=int, default=20_000, help="users seeded (20,000)")
     s.add_argument("--rate", type=_floats, help="offered notifications/s, comma-separated for "

@@ -85,7 +85,8 @@ class DispatcherTarget:
 
     @property
     def name(self) -> str:
-        return self.stack.name if self.stack.name != "production" else f"production_{self.stack.workers}"
+        return (f"{self.stack.name}_{self.stack.workers}" if self.stack.name in ("production", "split")
+                else self.stack.name)
 
     @asynccontextmanager
     async def submitter(self) -> AsyncIterator[Submit]:

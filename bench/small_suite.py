@@ -2,7 +2,9 @@
 
 Contenders: ``embedded`` (``dispatcher serve`` on SQLite: the gateway and a worker per extra
 CPU), ``production_1`` / ``production_2`` (``dispatcher gateway`` + 1 or 2 ``dispatcher
-worker`` on PostgreSQL, Redis and SQS on moto_server), ``celery`` (the Celery 5 + boto3 +
+worker`` on PostgreSQL, Redis and SQS on moto_server), ``split_1`` / ``split_2``
+(``dispatcher gateway`` + 1 or 2 ``dispatcher worker`` on serve's SQLite store and queue: the
+embedded stack with the API in a process of its own), ``celery`` (the Celery 5 + boto3 +
 pyfcm peer, prefork 2). Each gets a fresh stack with the same N users (:func:`users`), a
 warm-up of a few unmeasured notifications, then in order: the fixed-rate offers (``rates``,
 each ``seconds`` long, or every user once), and the sustainable-rate search. The gateway
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CONTENDERS", "SmallOptions", "measure_small"]
 
-CONTENDERS = ("embedded", "production_1", "production_2", "celery")
+CONTENDERS = ("embedded", "split_1", "split_2", "production_1", "production_2", "celery")
 WARM_UP_USERS = 10
 
 
@@ -115,7 +117,7 @@ def open_target(contender: str, standins: StandIns, people: list[dict[str, Any]]
             yield celery
         return
     kind, _, workers = contender.partition("_")
-    if kind not in ("embedded", "production"):
+    if kind not in ("embedded", "split", "production"):
         raise ValueError(f"unknown contender {contender!r}; one of {', '.join(CONTENDERS)}")
     with tempfile.TemporaryDirectory(prefix=f"bench-small-{contender}-") as folder:
         # embedded: ``serve`` alone, which starts a worker process per extra CPU itself

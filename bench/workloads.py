@@ -54,7 +54,7 @@ BENCH_TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 @dataclass
 class Stack:
-    name: str                       # "embedded", "production" or "gateway-alone"
+    name: str                       # "embedded", "split", "production" or "gateway-alone"
     workers: int = 1                # worker processes (production); chunks at once (embedded)
     database_url: str = ""
     processes: list[Proc] = field(default_factory=list)
@@ -110,6 +110,12 @@ def start_stack(kind: str, standins: StandIns, folder: Path, *, workers: int,
             stack.database_url = f"sqlite:///{folder / 'dispatcher.db'}"
             env.update(DISPATCHER_DATABASE_URL=stack.database_url)
             stack.processes.append(start_dispatcher("gateway", env, folder, "gateway"))
+        elif kind == "split":  # embedded store and queue; the API and the workers apart
+            stack.database_url = f"sqlite:///{folder / 'dispatcher.db'}"
+            env.update(DISPATCHER_DATABASE_URL=stack.database_url)
+            stack.processes.append(start_dispatcher("gateway", env, folder, "gateway"))
+            for i in range(workers):
+                stack.processes.append(start_dispatcher("worker", env, folder, f"worker-{i + 1}"))
         elif kind == "embedded":
             stack.database_url = f"sqlite:///{folder / 'dispatcher.db'}"
             env.update(DISPATCHER_DATABASE_URL=stack.database_url)

@@ -137,9 +137,10 @@ class Settings(BaseSettings):
     #: ``dispatcher serve``: worker processes, itself included; unset: one per CPU.
     worker_processes: int | None = Field(default=None, ge=1)
     #: Small messages gathered into one unit of work: at most this many messages (and at most
-    #: ``chunk_size`` recipients), waiting at most ``worker_batch_linger`` seconds for more.
+    #: ``chunk_size`` recipients); while they keep coming (one less than
+    #: ``worker_batch_linger`` seconds after the last), waiting that long for more first.
     worker_batch_messages: int = Field(default=64, ge=1, le=1000)
-    worker_batch_linger: float = Field(default=0.005, ge=0, le=1)
+    worker_batch_linger: float = Field(default=0.1, ge=0, le=1)
     send_concurrency: int = Field(default=512, ge=1)
     queue_visibility_timeout: float = Field(default=30.0, gt=0)
     #: Provider rate limits, messages per second across every worker process (unset: none).

@@ -4,11 +4,13 @@ The unit of work is a *batch*: one or more chunk messages, of one or many notifi
 planned together and opened in one transaction (``Deliverer.deliver_many``). A message of a
 bulk (hundreds of recipients) is a batch by itself, as before. Small messages (a notification
 to one user, its update) are gathered: when what was received holds fewer than
-``batch_recipients`` recipients, the worker waits ``batch_linger`` seconds and takes more from
-the queue, up to ``batch_messages`` messages. So a thousand single-recipient notifications cost
-a few dozen transactions, not five thousand, and a lone notification waits a few ms at most.
-Under load the batches grow by themselves: messages accumulate while the batches in progress
-run.
+``batch_recipients`` recipients, the worker takes more from the queue, up to
+``batch_messages`` messages. While small messages keep coming (the last one was received less
+than ``batch_linger`` seconds before), it first waits ``batch_linger`` seconds for more; a
+message after a quiet spell starts at once. So steady single-recipient traffic is delivered in
+batches of every message of the last ``batch_linger`` (a few statements per batch instead of a
+few per message), while a lone notification waits for nothing. Under load the batches grow by
+themselves too: messages accumulate while the batches in progress run.
 
 Up to ``concurrency`` batches are in progress at once per process. While a batch is in
 progress its messages' visibility is extended, so no other worker receives them. Outcomes, per
@@ -27,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,7 +52,7 @@ class Batching:
 
     messages: int = 64
     recipients: int = 500
-    linger: float = 0.005
+    linger: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class Worker:
         self._retry_delay = retry_delay
         self._wait = wait_seconds
         self._batching = batching
+        self._last_received = -math.inf  # monotonic time the last messages were received
         self._scheduler = scheduler
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -109,20 +114,24 @@ class Worker:
         while True:
             if self._scheduler is not None:
                 await self._scheduler.release_due()
-            batches = await self._take(self._concurrency, 0)
+            batches = await self._take(self._concurrency, 0, linger=False)  # what is there now
             if not batches:
                 return handled
             await asyncio.gather(*(self._handle(b) for b in batches))
             handled += sum(len(b) for b in batches)
 
-    async def _take(self, free: int, wait: float) -> list[list[_Received]]:
-        """Receive up to ``free`` messages, top small ones up into a batch, and split what was
-        received into batches of at most ``batching.recipients`` recipients each."""
+    async def _take(self, free: int, wait: float, *, linger: bool = True) -> list[list[_Received]]:
+        """Receive up to ``free`` messages, top small ones up into a batch (after the linger,
+        when traffic is steady and ``linger``), and split what was received into batches of at
+        most ``batching.recipients`` recipients each."""
         received = [self._decode(m) for m in await self._queue.receive(free, wait_seconds=wait)]
         size = _recipients(received)
         if received and size < self._batching.recipients:
-            await asyncio.sleep(self._batching.linger)
+            if linger and time.monotonic() - self._last_received < self._batching.linger:  # steady
+                await asyncio.sleep(self._batching.linger)
             received += await self._top_up(len(received), size)
+        if received:
+            self._last_received = time.monotonic()
         return _split(received, self._batching.recipients)
 
     async def _top_up(self, count: int, recipients: int) -> list[_Received]:

@@ -1,6 +1,7 @@
 """The small workload (``python -m bench small``) runs at a tiny size, so it cannot rot.
 
-Real parts only: the dispatcher's ``serve`` (embedded) or a Celery worker subprocess on the
+Real parts only: the dispatcher's ``serve`` (embedded), its gateway and a worker apart on the
+same SQLite store (``split_1``), or a Celery worker subprocess on the
 real Redis and PostgreSQL, the provider stand-ins in their own process. It asserts what the
 harness must get right, never speed: every notification and its update reached a final row,
 the stand-ins received exactly what the ledger says was sent, and the report has every field.
@@ -27,6 +28,7 @@ USERS, RATE = 30, 20
 FIELDS = {f.name for f in dataclasses.fields(SmallResult)} | {"sustainable"}
 PROCESSES = {
     "embedded": {"serve", "serve-workers", "stand-ins", "client"},
+    "split_1": {"gateway", "worker-1", "stand-ins", "client"},
     "celery": {"celery-main", "celery-pool-1", "celery-pool-2", "redis", "postgres", "stand-ins",
                "client"},
 }
@@ -47,7 +49,7 @@ def _run_small(contender: str, tmp_path: Path) -> tuple[dict[str, Any], str]:
     return run, done.stdout
 
 
-@pytest.mark.parametrize("contender", ["embedded", "celery"])
+@pytest.mark.parametrize("contender", ["embedded", "split_1", "celery"])
 def test_every_notification_and_update_settles_and_the_standins_agree_with_the_ledger(
         contender: str, tmp_path: Path) -> None:
     if contender == "celery":
