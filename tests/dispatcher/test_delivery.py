@@ -6,6 +6,7 @@ outcomes), injected through ``Runtime.open``; nothing is patched.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from dispatcher.messages import ChunkMessage, encode_chunk
 from dispatcher.preferences import Preferences
 from dispatcher.runtime import Runtime
 from dispatcher.store.schema import users
+from dispatcher.worker import Batching, Worker
 
 
 class ScriptedProvider:
@@ -320,3 +322,36 @@ async def test_small_notifications_and_their_updates_share_one_unit_of_work(
     assert await runtime.queue.depth() == 0
     feed, _ = await runtime.store.feed.list("u0", limit=5)
     assert [(e["state"], e["version"]) for e in feed] == [("completed", 2)]
+
+
+def _worker(runtime: Runtime, linger: float) -> Worker:
+    return Worker(runtime.queue, runtime.deliverer, concurrency=4, visibility_timeout=30,
+                  known_services=None, batching=Batching(linger=linger))
+
+
+def _ids(batches: list[list[Any]]) -> list[list[str]]:
+    return [[r.chunk.id for r in batch] for batch in batches]
+
+
+async def test_steady_small_traffic_waits_for_more_messages(runtime: Runtime) -> None:
+    """While small messages keep coming, a take waits the linger for more: C, sent after B was
+    taken, joins B's unit of work."""
+    worker = _worker(runtime, linger=2.0)
+    await runtime.queue.send_batch([encode_chunk(chunk(["u0"]))])
+    assert len(await worker._take(4, 0)) == 1  # a message just before: traffic is steady
+    b, c = chunk(["u1"]), chunk(["u2"])
+    await runtime.queue.send_batch([encode_chunk(b)])
+    take = asyncio.create_task(worker._take(4, 0))
+    while (await runtime.queue.stats()).visible:  # until B is taken
+        await asyncio.sleep(0.005)
+    await runtime.queue.send_batch([encode_chunk(c)])
+    assert _ids(await asyncio.wait_for(take, timeout=30)) == [[b.id, c.id]]
+
+
+async def test_a_message_after_a_quiet_spell_waits_for_nothing(runtime: Runtime) -> None:
+    """The first message after a quiet spell is taken at once, however long the linger: with
+    a linger of a minute, the take still ends well within 30 s."""
+    worker = _worker(runtime, linger=60.0)
+    b = chunk(["u1"])
+    await runtime.queue.send_batch([encode_chunk(b)])
+    assert _ids(await asyncio.wait_for(worker._take(4, 0), timeout=30)) == [[b.id]]
