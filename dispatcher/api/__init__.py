@@ -69,7 +69,9 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ReadDeadline, seconds=settings.request_read_timeout)
     app.include_router(metrics_router(runtime.queue, settings.metrics_token))
-    for module in (notifications, users, feed, templates, suppressions, webhooks):
+    sender = notifications.Sender(runtime)
+    app.include_router(notifications.router(runtime, auth, sender))
+    for module in (users, feed, templates, suppressions, webhooks):
         app.include_router(module.router(runtime, auth))
     # The people's pages (preference centre, inbox) and their files: see dispatcher.pages.
     page_set = pages.build_pages(runtime)
@@ -80,9 +82,13 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
                            max_age=600)
     ses_events = providers.SesEvents(runtime)
     app.include_router(providers.router(ses_events))
-    app.add_middleware(RequestTelemetry)  # outermost but one: it sees the 408s and 413s too
-    # Outermost: SES events (one per email sent, arriving while the sends go on) skip the
-    # general stack; the lane does for them what that stack would (dispatcher.api.providers).
+    app.add_middleware(RequestTelemetry)  # outermost but the lanes: it sees the 408s and 413s too
+    # Outermost: the two requests that come by the thousand skip the general stack, each lane
+    # doing for its request what that stack would: a service's notifications
+    # (dispatcher.api.notifications) and SES events, one per email sent, arriving while the
+    # sends go on (dispatcher.api.providers).
+    app.add_middleware(notifications.SendLane, send=sender, auth=auth,
+                       max_bytes=settings.max_body_bytes, read_timeout=settings.request_read_timeout)
     app.add_middleware(providers.SesEventsLane, events=ses_events,
                        read_timeout=settings.request_read_timeout)
     if runtime.links is not None:

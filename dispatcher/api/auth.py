@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import jwt
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import Scope
 
 from dispatcher.api.errors import ApiError
 from dispatcher.observability import logs
@@ -71,6 +72,15 @@ class Authenticator:
         user_id = self._user(token.strip())
         logs.bind(user_id=user_id)  # on every log line of this request
         return Caller(user_id=user_id)
+
+    def service_of(self, scope: Scope) -> str | None:
+        """The service whose API key a request (its ASGI scope) carries, or None (no key, a
+        user token, anything wrong: what :meth:`__call__` tells apart)."""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                return self._service(token.strip()) if scheme.lower() == "bearer" and token else None
+        return None
 
     def _service(self, token: str) -> str | None:
         for key, service in self._keys.items():

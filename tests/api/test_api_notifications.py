@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from support import channel_counts, new_id, path_id, sent_lines, user_token
 
+from dispatcher.api import create_app
 from dispatcher.runtime import Runtime
 
 
@@ -202,3 +207,71 @@ async def test_one_uuid_is_one_notification_only_its_canonical_spelling_is_accep
     r = await client.post("/v1/notifications", json={"id": f"app#{spelling(canonical)}", **body})
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "invalid_id" and "canonical" in r.json()["error"]["message"]
+
+
+async def test_a_send_the_lane_takes_answers_as_the_app_would(client: httpx.AsyncClient) -> None:
+    """A well-formed send is answered in front of the app (dispatcher.api.notifications.SendLane):
+    the caller still gets its request id, and operators its access metric by route."""
+    nid = new_id()
+    r = await client.post("/v1/notifications", json=body(nid, ["u1"]), headers={"X-Request-ID": "send-1"})
+    assert (r.status_code, r.json(), r.headers["x-request-id"]) == (202, {"id": nid, "accepted": 1}, "send-1")
+    assert r.headers["content-type"] == "application/json"
+    again = await client.post("/v1/notifications", json=body(nid, ["u1"]))
+    assert again.status_code == 202 and again.headers["x-request-id"] != "send-1"
+    metrics = (await client.get("/metrics")).text
+    assert re.search(r'dispatcher_http_requests_total\{method="POST",route="/v1/notifications",'
+                     r'status="202"\} [2-9]', metrics)
+
+
+async def _chunks(parts: list[bytes]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+@pytest.mark.parametrize(("content", "headers", "status", "says"), [
+    (b'{"id": ', {"Content-Type": "application/json"}, 422, "JSON"),
+    (b"", {"Content-Type": "application/json"}, 422, "body"),
+    (b'["not", "an", "object"]', {"Content-Type": "application/json"}, 422, "body"),
+    (b"\xff\xfe", {"Content-Type": "application/json"}, 422, ""),
+    (None, {"Content-Type": "text/plain"}, 422, "body"),
+    (None, {"Content-Type": "application/json", "Authorization": "Bearer not-a-key"}, 401,
+     "not a valid API key"),
+    (None, {"Content-Type": "application/json", "Authorization": f"Bearer {user_token('u1')}"}, 403,
+     "service API key"),
+], ids=["broken JSON", "empty", "not an object", "not UTF-8", "not JSON", "wrong key", "user token"])
+async def test_a_send_the_lane_hands_on_gets_the_apps_own_answer(
+        client: httpx.AsyncClient, runtime: Runtime, content: bytes | None, headers: dict[str, str],
+        status: int, says: str) -> None:
+    payload = json.dumps(body(new_id(), ["u1"])).encode() if content is None else content
+    r = await client.post("/v1/notifications", content=payload, headers=headers)
+    assert r.status_code == status, r.text
+    assert says in r.json()["error"]["message"] and r.headers["x-request-id"]
+    assert await runtime.queue.depth() == 0
+
+
+async def test_a_streamed_send_is_read_whole_and_one_past_the_limit_is_a_413(
+        client: httpx.AsyncClient, runtime: Runtime) -> None:
+    nid = new_id()
+    raw = json.dumps(body(nid, ["u1", "u2"])).encode()
+    pieces = [raw[i:i + 7] for i in range(0, len(raw), 7)]
+    r = await client.post("/v1/notifications", content=_chunks(pieces),
+                          headers={"Content-Type": "application/json"})
+    assert (r.status_code, r.json()) == (202, {"id": nid, "accepted": 2})
+    limit = runtime.settings.max_body_bytes
+    big = json.dumps(body(new_id(), ["u1"], data={"app_name": "x" * limit})).encode()
+    r = await client.post("/v1/notifications", content=_chunks([big[i:i + 65536] for i in range(0, len(big), 65536)]),
+                          headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    assert await runtime.queue.depth() == 1  # the first send's one chunk only
+
+
+async def test_a_browsers_send_keeps_the_cors_answer(runtime: Runtime) -> None:
+    allowed = dataclasses.replace(runtime, settings=runtime.settings.model_copy(
+        update={"cors_origins": frozenset({"https://app.example"})}))
+    transport = httpx.ASGITransport(app=create_app(allowed))
+    async with httpx.AsyncClient(transport=transport, base_url="http://dispatcher",
+                                 headers={"Authorization": "Bearer app-key"}) as client:
+        nid = new_id()
+        r = await client.post("/v1/notifications", json=body(nid, ["u1"]),
+                              headers={"Origin": "https://app.example"})
+        assert r.status_code == 202 and r.headers["access-control-allow-origin"] == "https://app.example"
