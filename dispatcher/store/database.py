@@ -1,8 +1,9 @@
 """One async engine per process, with the differences between SQLite and PostgreSQL kept here.
 
-SQLite (the embedded default) runs in WAL mode; write transactions start with
-``BEGIN IMMEDIATE`` so that concurrent writers queue on the busy timeout instead of failing
-with "database is locked" when a read transaction tries to upgrade. PostgreSQL uses psycopg 3.
+SQLite (the embedded default) runs in WAL mode, through aiosqlite with one trip to its
+thread per statement (:mod:`dispatcher.store.sqlite_driver`); write transactions start with
+``BEGIN IMMEDIATE``, which waits for another process's writer, instead of failing with
+"database is locked" when a read transaction tries to upgrade. PostgreSQL uses psycopg 3.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from dispatcher.errors import ConfigurationError, Unavailable
 from dispatcher.store.schema import add_missing_indexes, metadata
+from dispatcher.store.sqlite_driver import BEGIN_IMMEDIATE, connector
 
 __all__ = ["Database"]
 
@@ -43,7 +45,7 @@ class Database:
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
         self.url = url
         try:
-            self.engine: AsyncEngine = create_async_engine(_async_url(url), **_engine_args(url))
+            self.engine: AsyncEngine = create_async_engine(_async_url(url), **_engine_args(_async_url(url)))
         except (sa.exc.ArgumentError, ValueError) as exc:
             raise ConfigurationError(f"DISPATCHER_DATABASE_URL {_shown(url)} is not usable: {exc}") from exc
         self.dialect = self.engine.dialect.name
@@ -128,7 +130,12 @@ def _shown(url: str) -> str:
 
 def _engine_args(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 60}, "pool_size": 8, "max_overflow": 8}
+        parsed = sa.engine.make_url(url)
+        args, kwargs = parsed.get_dialect()().create_connect_args(parsed)
+        kwargs.setdefault("timeout", _BUSY_TIMEOUT_MS / 1000)
+        return {"async_creator": connector(args, kwargs, lock_timeout=_BUSY_TIMEOUT_MS / 1000,
+                                           busy_timeout_ms=_BUSY_TIMEOUT_MS),
+                "pool_size": 8, "max_overflow": 8}
     return {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True}
 
 
@@ -145,34 +152,13 @@ def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        if conn.get_execution_options().get(_WRITE, False):
-            _begin_immediate(conn)
-        else:
-            conn.exec_driver_sql("BEGIN")
-
-
-def _begin_immediate(conn: Any, timeout: float = 60.0) -> None:
-    """``BEGIN IMMEDIATE``, waiting for another process's writer in steps of at most 2 ms.
-
-    SQLite's own busy handler sleeps 1, 2, 5, 10, … up to 100 ms between tries: with a gateway
-    and worker processes writing the same file, every accept that met a worker's transaction
-    waited tens of milliseconds after the lock was free (bench small: accept p99 400 ms at 50
-    notifications/s). Here the wait is ours, with the busy timeout off for this statement only
-    (reads and commits keep it). It runs in the driver's thread: the event loop never blocks."""
-    conn.exec_driver_sql("PRAGMA busy_timeout=0")
-    try:
-        deadline, delay = time.monotonic() + timeout, 0.0002
-        while True:
-            try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-                return
-            except sa.exc.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.002)
-    finally:
-        conn.exec_driver_sql(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        # A writer waits for another process's writer in the driver's thread, in steps of at
+        # most 2 ms (dispatcher.store.sqlite_driver): SQLite's own busy handler sleeps 1, 2, 5,
+        # 10, … up to 100 ms between tries, and with a gateway and worker processes writing
+        # the same file every accept that met a worker's transaction waited tens of
+        # milliseconds after the lock was free (bench small: accept p99 400 ms at 50/s).
+        conn.exec_driver_sql(BEGIN_IMMEDIATE if conn.get_execution_options().get(_WRITE, False)
+                             else "BEGIN")
 
 
 def _switch_to_wal(cursor: Any, attempts: int = 100) -> None:

@@ -153,7 +153,7 @@ def _empty_counts() -> dict[str, int]:
 def _insert_values(u: HeaderUpdate, now: int) -> dict[str, Any]:
     return {"id": u.id, "service": u.service, "version": u.version, "template": u.template,
             "data": u.data, "state": u.state, "category": u.category, "locale": u.locale,
-            "channels": list(u.channels), "recipients": u.recipients, "created_at": now,
+            "channels": _union((), u.channels), "recipients": u.recipients, "created_at": now,
             "updated_at": now, "send_at": u.send_at}
 
 

@@ -1,0 +1,96 @@
+"""The embedded store's SQLite driver (dispatcher.store.sqlite_driver): one trip to its thread
+per statement, and what must not change with that: a writer waits for another process's
+writer, a failed statement rolls its transaction back, results come back whole."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from dispatcher.store.database import Database
+
+users = sa.Table("people", sa.MetaData(), sa.Column("id", sa.String, primary_key=True),
+                 sa.Column("email", sa.String, nullable=False), sa.Column("locale", sa.String))
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'driver.db'}")
+    async with database.write() as conn:
+        await conn.run_sync(users.metadata.create_all)
+    yield database
+    await database.close()
+
+
+def _user(i: int) -> dict[str, object]:
+    return {"id": f"u{i}", "email": f"u{i}@example.com"}
+
+
+async def test_a_writer_waits_for_another_processs_writer_and_the_event_loop_keeps_going(
+        db: Database, tmp_path: Path) -> None:
+    held, release = threading.Event(), threading.Event()
+
+    def other_process() -> None:  # another connection to the file, as a worker process has
+        conn = sqlite3.connect(tmp_path / "driver.db", isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO people (id, email) VALUES ('other', 'o@example.com')")
+        held.set()
+        release.wait(30)
+        conn.execute("COMMIT")
+        conn.close()
+
+    holder = threading.Thread(target=other_process)
+    holder.start()
+    assert await asyncio.to_thread(held.wait, 30)
+
+    async def write() -> None:
+        async with db.write() as conn:
+            await conn.execute(users.insert(), [_user(1)])
+
+    writer = asyncio.create_task(write())
+    ticks = 0
+    while ticks < 50:  # the loop runs other work while the writer waits for the lock
+        await asyncio.sleep(0.001)
+        ticks += 1
+    assert not writer.done()
+    release.set()
+    await asyncio.wait_for(writer, 30)
+    await asyncio.to_thread(holder.join, 30)
+    async with db.read() as conn:
+        ids = (await conn.execute(sa.select(users.c.id).order_by(users.c.id))).scalars().all()
+    assert ids == ["other", "u1"]
+
+
+async def test_a_failed_statement_rolls_its_transaction_back_and_the_connection_goes_on(
+        db: Database) -> None:
+    async with db.write() as conn:
+        await conn.execute(users.insert(), [_user(1)])
+    with pytest.raises(sa.exc.IntegrityError):
+        async with db.write() as conn:
+            await conn.execute(users.insert(), [_user(2)])
+            await conn.execute(users.insert(), [_user(1)])  # the same id again
+    async with db.write() as conn:
+        await conn.execute(users.insert(), [_user(3)])
+    async with db.read() as conn:
+        ids = (await conn.execute(sa.select(users.c.id).order_by(users.c.id))).scalars().all()
+    assert ids == ["u1", "u3"]
+
+
+async def test_results_come_back_whole_with_their_counts(db: Database) -> None:
+    async with db.write() as conn:
+        await conn.execute(users.insert(), [_user(i) for i in range(2_500)])
+        updated = await conn.execute(users.update().where(users.c.id.like("u1%")).values(locale="ko-KR"))
+        assert updated.rowcount == 1 + 10 + 100 + 1_000
+    async with db.read() as conn:
+        result = await conn.execute(sa.select(users.c.id, users.c.locale).order_by(users.c.id))
+        first = result.fetchone()
+        rest = result.fetchall()
+    assert first is not None and first.id == "u0"
+    assert len(rest) == 2_499
+    assert sum(1 for r in [first, *rest] if r.locale == "ko-KR") == 1_111
