@@ -28,6 +28,8 @@ Workloads:
           bulk alone, side by side, per round.
   ratelimit  DISPATCHER_EMAIL_RATE_LIMIT's accuracy: target vs the rate the SES stand-in saw
           on an email-only bulk with 2 worker processes, and the same bulk unlimited.
+  commit  one gateway commit on the embedded store, in process: CPU, wall time and statements
+          per commit of 1 and of 8 requests.
 """
 
 from __future__ import annotations
@@ -87,6 +89,13 @@ def cli(argv: list[str] | None = None) -> int:
     q.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     q.add_argument("--no-unlimited", action="store_true", help="skip the unlimited run")
     q.add_argument("--out", type=Path, help="write the JSON report here")
+    c = sub.add_parser("commit", help="one gateway commit on the embedded store, in process")
+    c.add_argument("--commits", type=int, default=1_000, help="sequential commits per size (1,000)")
+    c.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[1, 8],
+                   help="requests per commit, comma-separated (1,8)")
+    c.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"],
+                   help="SQLite's synchronous, as DISPATCHER_SQLITE_SYNCHRONOUS (FULL)")
+    c.add_argument("--out", type=Path, help="write the JSON report here")
     e = sub.add_parser("events", help="an email bulk alone and during a burst of SES events")
     e.add_argument("--recipients", type=int, default=10_000)
     e.add_argument("--events", type=int, default=10_000)
@@ -106,6 +115,9 @@ def cli(argv: list[str] | None = None) -> int:
         return _events(args)
     if args.workload == "ratelimit":
         return _ratelimit(args)
+    if args.workload == "commit":
+        from bench.commit_cost import measure
+        return _report(measure(args.commits, args.sizes, args.synchronous), args.out)
     if args.workload == "smoke":
         return _smoke(args)
     if args.workload == "memory":
@@ -147,6 +159,8 @@ def _small_parser(sub: Any) -> None:
                    default=[100.0, 250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0],
                    help="the steps of --gateway-alone (100,250,500,1000,1500,2000,3000,4000)")
     s.add_argument("--gateway-seconds", type=float, default=5.0, help="offer per step (5)")
+    s.add_argument("--gateway-keep-going", action="store_true",
+                   help="offer every step of --gateway-rates, past the first that misses p99 < 50 ms")
     s.add_argument("--seed", type=int, default=1, help="seeds the users' order and update delays")
     s.add_argument("--out", type=Path, help="write the JSON report here")
 
@@ -162,7 +176,8 @@ def _small(args: argparse.Namespace) -> int:
                         seconds=args.seconds, find_rate=args.find_rate, search_rates=args.rates,
                         step_seconds=args.step_seconds, budget=args.budget,
                         gateway_alone=args.gateway_alone, gateway_rates=args.gateway_rates,
-                        gateway_seconds=args.gateway_seconds, seed=args.seed)
+                        gateway_seconds=args.gateway_seconds,
+                        gateway_keep_going=args.gateway_keep_going, seed=args.seed)
     with StandIns() as standins:
         report = measure_small(opts, standins)
     report["command"] = "python -m bench " + " ".join(sys.argv[1:])

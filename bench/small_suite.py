@@ -57,6 +57,7 @@ class SmallOptions:
     gateway_rates: list[float] = field(default_factory=lambda: [float(r) for r in GATEWAY_RATES])
     gateway_seconds: float = 5.0
     gateway_budget: float = 90.0
+    gateway_keep_going: bool = False
     seed: int = 1
     postgres_admin_url: str = os.environ.get(
         "DISPATCHER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -136,7 +137,9 @@ def _measure_gateway_alone(standins: StandIns, opts: SmallOptions) -> GatewayAlo
                             postgres_admin_url=opts.postgres_admin_url, redis_url=opts.redis_url)
         try:
             result = gateway_alone(DispatcherTarget(stack), rates=opts.gateway_rates,
-                                   window=opts.gateway_seconds, budget=opts.gateway_budget)
+                                   window=opts.gateway_seconds,
+                                   budget=float("inf") if opts.gateway_keep_going else opts.gateway_budget,
+                                   keep_going=opts.gateway_keep_going)
         finally:
             stop_stack(stack, opts.postgres_admin_url)
     for step in result.steps:

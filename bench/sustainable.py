@@ -121,13 +121,19 @@ class GatewayAlone:
 
     @property
     def best(self) -> GatewayStep | None:
-        passed = [s for s in self.steps if s.passed]
-        return max(passed, key=lambda s: s.rate) if passed else None
+        """The highest step below the first that missed (with ``keep_going`` more follow)."""
+        best = None
+        for step in self.steps:
+            if not step.passed:
+                break
+            best = step
+        return best
 
 
 def gateway_alone(target: DispatcherTarget, *, rates: Sequence[float] = GATEWAY_RATES,
-                  window: float = 5.0, budget: float = 90.0) -> GatewayAlone:
-    """Rising rates of single-recipient v1 requests until p99 passes 50 ms (or the budget)."""
+                  window: float = 5.0, budget: float = 90.0, keep_going: bool = False) -> GatewayAlone:
+    """Rising rates of single-recipient v1 requests until p99 passes 50 ms (or the budget);
+    ``keep_going``: every rate."""
     result = GatewayAlone(window)
     users = [f"u{i}" for i in range(1_000)]  # the gateway reads no user: any ids will do
     _gateway_step(target, small_plan(users, rate=200, count=200, seed=0, updates=False), 200)
@@ -138,7 +144,7 @@ def gateway_alone(target: DispatcherTarget, *, rates: Sequence[float] = GATEWAY_
         plan = small_plan(users, rate=rate, count=round(rate * window), seed=i + 1, updates=False)
         step = _gateway_step(target, plan, rate)
         result.steps.append(step)
-        if not step.passed:
+        if not step.passed and not keep_going:
             break
     return result
 
