@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import gc
 import inspect
 import logging
 import os
@@ -254,6 +255,7 @@ async def _serve(settings: Settings, *, workers: int = 1) -> int:
     app = create_app(runtime, workers=workers, owns_runtime=True,
                      children=[child.popen for child in children])
     server = uvicorn.Server(server_config(app, settings))
+    _settle_heap()
     # Shutdown (workers finish their chunks, the runtime closes) runs in the app's lifespan:
     # on SIGTERM uvicorn re-raises the signal after it, so nothing after serve() would run.
     await server.serve()
@@ -310,6 +312,7 @@ async def _worker(settings: Settings, parent_pid: int | None = None) -> int:
         loop.add_signal_handler(sig, stop.set)
     watchdog = asyncio.create_task(_orphaned(parent_pid, stop)) if parent_pid else None
     log.info("worker started: %d chunks at once", settings.worker_concurrency)
+    _settle_heap()
     try:  # the webhook sender runs beside the delivery loops (dispatcher.webhooks)
         await asyncio.gather(runtime.worker().run(stop), runtime.webhook_sender().run(stop))
     finally:
@@ -317,6 +320,18 @@ async def _worker(settings: Settings, parent_pid: int | None = None) -> int:
             watchdog.cancel()
         await runtime.close()
     return 0
+
+
+def _settle_heap() -> None:
+    """Once a server process has started: collect start-up's garbage, then keep what is left
+    (modules, the app, the schema, templates) out of every later garbage collection.
+
+    Python's full collection walks every object it tracks. The first one in a gateway came
+    about 900 requests after start and took 95 ms (54,314 objects of start-up's freed): every
+    request in flight waited, and it was the p99 of an otherwise idle gateway (bench small
+    --gateway-alone: p99 100-160 ms at 300/s, where p50 was 3 ms and the p99 at 600/s 11 ms)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _orphaned(parent_pid: int, stop: asyncio.Event) -> None:
