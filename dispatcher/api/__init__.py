@@ -69,7 +69,7 @@ def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ReadDeadline, seconds=settings.request_read_timeout)
     app.include_router(metrics_router(runtime.queue, settings.metrics_token))
-    sender = notifications.Sender(runtime)
+    sender = notifications.SendNotification(runtime)
     app.include_router(notifications.router(runtime, auth, sender))
     for module in (users, feed, templates, suppressions, webhooks):
         app.include_router(module.router(runtime, auth))

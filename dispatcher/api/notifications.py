@@ -33,14 +33,14 @@ from dispatcher.observability import logs, rows_settled
 from dispatcher.resend import Resender
 from dispatcher.runtime import Runtime
 
-__all__ = ["SEND_PATH", "SendLane", "Sender", "router"]
+__all__ = ["SEND_PATH", "SendLane", "SendNotification", "router"]
 
 #: A notification id in a path (``#`` written ``%23``).
 NotificationId = Annotated[str, Path(description="<service>#<uuid>", examples=[EXAMPLE_ID],
                                       openapi_examples={"id": {"value": EXAMPLE_ID}})]
 
 
-class Sender:
+class SendNotification:
     """What ``POST /v1/notifications`` does once the caller is a service and the body a valid
     :class:`NotificationIn`: the route and :class:`SendLane` both call it."""
 
@@ -69,7 +69,7 @@ class Sender:
         return answer
 
 
-def router(runtime: Runtime, auth: Authenticator, send: Sender) -> APIRouter:
+def router(runtime: Runtime, auth: Authenticator, send: SendNotification) -> APIRouter:
     api = APIRouter(prefix="/v1/notifications", tags=["notifications"])
     Auth = Annotated[Caller, Depends(auth)]
     Notification = send.model
@@ -130,9 +130,6 @@ def router(runtime: Runtime, auth: Authenticator, send: Sender) -> APIRouter:
     return api
 
 
-
-
-
 class SendLane:
     """ASGI, in front of the app: answers ``POST /v1/notifications`` itself when a service
     sends a well-formed JSON body, with what the app's own middleware would do for it (a
@@ -147,7 +144,7 @@ class SendLane:
     so every error answer is the app's own, by construction.
     """
 
-    def __init__(self, app: ASGIApp, send: Sender, auth: Authenticator, *, max_bytes: int,
+    def __init__(self, app: ASGIApp, send: SendNotification, auth: Authenticator, *, max_bytes: int,
                  read_timeout: float) -> None:
         self.app = app
         self._send = send
@@ -230,6 +227,7 @@ def _replay(body: bytes, more: bool, last: Message | None, receive: Receive) -> 
         return pending.pop(0) if pending else await receive()
 
     return replayed
+
 
 def _send_at(body: NotificationIn, horizon_days: float) -> int | None:
     if body.send_at is None:
