@@ -106,11 +106,9 @@ def start_stack(kind: str, standins: StandIns, folder: Path, *, workers: int,
     env["DISPATCHER_TEMPLATES_DIR"] = str(templates_folder(folder))
     stack = Stack(kind, workers, env=env)
     try:
-        if kind == "gateway-alone":  # embedded gateway, no worker: its queue just fills
-            stack.database_url = f"sqlite:///{folder / 'dispatcher.db'}"
-            env.update(DISPATCHER_DATABASE_URL=stack.database_url)
-            stack.processes.append(start_dispatcher("gateway", env, folder, "gateway"))
-        elif kind == "split":  # embedded store and queue; the API and the workers apart
+        if kind in ("gateway-alone", "split"):
+            # The embedded store and queue, the API and the workers apart; the gateway alone
+            # has no worker (workers=0): its queue just fills.
             stack.database_url = f"sqlite:///{folder / 'dispatcher.db'}"
             env.update(DISPATCHER_DATABASE_URL=stack.database_url)
             stack.processes.append(start_dispatcher("gateway", env, folder, "gateway"))

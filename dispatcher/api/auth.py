@@ -63,13 +63,13 @@ class Authenticator:
                        declared: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None
                        ) -> Caller:
         """``declared`` only puts the scheme in the document; the header is read here."""
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        token = _bearer(request.headers.get("authorization", ""))
+        if token is None:
             raise ApiError(401, "missing 'Authorization: Bearer <api key or user token>' header")
-        service = self._service(token.strip())
+        service = self._service(token)
         if service is not None:
             return Caller(service=service)
-        user_id = self._user(token.strip())
+        user_id = self._user(token)
         logs.bind(user_id=user_id)  # on every log line of this request
         return Caller(user_id=user_id)
 
@@ -78,8 +78,8 @@ class Authenticator:
         user token, anything wrong: what :meth:`__call__` tells apart)."""
         for name, value in scope["headers"]:
             if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                return self._service(token.strip()) if scheme.lower() == "bearer" and token else None
+                token = _bearer(value.decode("latin-1"))
+                return None if token is None else self._service(token)
         return None
 
     def _service(self, token: str) -> str | None:
@@ -105,3 +105,9 @@ class Authenticator:
         if exp > time.time() + self._max_lifetime:
             raise ApiError(401, f"the user token expires more than {self._max_lifetime:g} s from now "
                                 "(DISPATCHER_USER_TOKEN_MAX_LIFETIME)")
+
+
+def _bearer(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header's value, or None."""
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token else None

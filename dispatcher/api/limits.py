@@ -23,7 +23,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimit", "READ_DEADLINE", "ReadDeadline", "content_length", "read_deadline"]
+__all__ = ["BodyLimit", "READ_DEADLINE", "ReadDeadline", "content_length", "read_body", "read_deadline"]
 
 #: ASGI scope extension through which the server's protocol hands over the instant
 #: (``time.monotonic()``) by which the request must be whole: ``{"monotonic": float}``.
@@ -132,6 +132,28 @@ def read_deadline(scope: Scope, seconds: float) -> float:
     the server's protocol handed over (:data:`READ_DEADLINE`), else ``seconds`` from now."""
     handed = (scope.get("extensions") or {}).get(READ_DEADLINE) or {}
     return float(handed.get("monotonic", time.monotonic() + seconds))
+
+
+async def read_body(scope: Scope, receive: Receive, *, max_bytes: int,
+                    seconds: float) -> tuple[bytes, bool, Message | None]:
+    """For a lane in front of the app (which reads a body itself): the body as far as it came
+    by the request's deadline (:func:`read_deadline`), stopping once past ``max_bytes``.
+    Returns (what was read, whether more was still to come, the message that was not a body
+    part if one came, such as a disconnect). Past the limit means ``len(body) > max_bytes``."""
+    deadline = read_deadline(scope, seconds)
+    body = bytearray()
+    more = True
+    while more and len(body) <= max_bytes:
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                message = await receive()
+        except TimeoutError:
+            break
+        if message["type"] != "http.request":
+            return bytes(body), False, message
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return bytes(body), more, None
 
 
 def content_length(scope: Scope) -> int | None:

@@ -1,6 +1,5 @@
 """``/v1/notifications``: accept, read and inspect notifications (services only)."""
 
-import asyncio
 import json
 import time
 from typing import Annotated, Any, Literal
@@ -15,7 +14,7 @@ from dispatcher.api.auth import Authenticator, Caller
 from dispatcher.api.critical import CriticalSenders
 from dispatcher.api.data_bounds import DataBounds
 from dispatcher.api.errors import ApiError, error_responses, response_for
-from dispatcher.api.limits import content_length, read_deadline
+from dispatcher.api.limits import content_length, read_body
 from dispatcher.api.schemas import (
     EXAMPLE_ID,
     AcceptedOut,
@@ -158,7 +157,8 @@ class SendLane:
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
-        body, more, last = await self._read(scope, receive)
+        body, more, last = await read_body(scope, receive, max_bytes=self._max_bytes,
+                                           seconds=self._read_timeout)
         whole = not more and last is None and len(body) <= self._max_bytes
         payload = self._valid(body) if whole else None
         service = None if payload is None else self._auth.service_of(scope)
@@ -186,24 +186,6 @@ class SendLane:
                 return False
         declared = content_length(scope)
         return json_body and (declared is None or declared <= self._max_bytes)
-
-    async def _read(self, scope: Scope, receive: Receive) -> tuple[bytes, bool, Message | None]:
-        """The body as far as it came within the deadline, stopping once past the limit:
-        (bytes, whether more is to come, the message that was not a body part, if one came)."""
-        deadline = read_deadline(scope, self._read_timeout)
-        body = bytearray()
-        more = True
-        while more and len(body) <= self._max_bytes:
-            try:
-                async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
-                    message = await receive()
-            except TimeoutError:
-                break
-            if message["type"] != "http.request":
-                return bytes(body), False, message
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        return bytes(body), more, None
 
     def _valid(self, body: bytes) -> NotificationIn | None:
         """The body as the route would validate it (JSON, then the model in Python mode), or

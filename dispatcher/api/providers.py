@@ -8,7 +8,6 @@ delivers the event again later. Concurrent events are applied in one transaction
 (``dispatcher.group_commit``): a burst costs a few commits, not one per event.
 """
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dispatcher.api.errors import ApiError, error_responses, response_for
-from dispatcher.api.limits import content_length, read_deadline
+from dispatcher.api.limits import content_length, read_body
 from dispatcher.api.telemetry import REQUEST_ID_HEADER, record, request_id_of
 from dispatcher.errors import UntrustedMessage
 from dispatcher.group_commit import GroupCommit
@@ -140,24 +139,16 @@ class SesEventsLane:
         declared = content_length(scope)
         if declared is not None and declared > MAX_SNS_BODY:
             raise ApiError(413, _TOO_LARGE)
-        deadline = read_deadline(scope, self._read_timeout)
-        body = bytearray()
-        more = True
-        while more:
-            try:
-                async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
-                    message = await receive()
-            except TimeoutError:
-                raise ApiError(408, f"the request body did not arrive within {self._read_timeout:g} s "
-                                    "(DISPATCHER_REQUEST_READ_TIMEOUT)", "request_timeout") from None
-            if message["type"] != "http.request":
-                raise ApiError(400, "the client went away before the body arrived")
-            body += message.get("body", b"")
-            if len(body) > MAX_SNS_BODY:
-                raise ApiError(413, _TOO_LARGE)
-            more = message.get("more_body", False)
-        return bytes(body)
-
+        body, more, last = await read_body(scope, receive, max_bytes=MAX_SNS_BODY,
+                                           seconds=self._read_timeout)
+        if last is not None:
+            raise ApiError(400, "the client went away before the body arrived")
+        if len(body) > MAX_SNS_BODY:
+            raise ApiError(413, _TOO_LARGE)
+        if more:
+            raise ApiError(408, f"the request body did not arrive within {self._read_timeout:g} s "
+                                "(DISPATCHER_REQUEST_READ_TIMEOUT)", "request_timeout")
+        return body
 
 PATH = "/v1/providers/ses/events"
 _TOO_LARGE = f"an SNS message is at most {MAX_SNS_BODY} bytes"

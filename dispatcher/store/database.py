@@ -45,7 +45,8 @@ class Database:
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
         self.url = url
         try:
-            self.engine: AsyncEngine = create_async_engine(_async_url(url), **_engine_args(_async_url(url)))
+            async_url = _async_url(url)
+            self.engine: AsyncEngine = create_async_engine(async_url, **_engine_args(async_url))
         except (sa.exc.ArgumentError, ValueError) as exc:
             raise ConfigurationError(f"DISPATCHER_DATABASE_URL {_shown(url)} is not usable: {exc}") from exc
         self.dialect = self.engine.dialect.name
