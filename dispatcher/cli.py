@@ -23,17 +23,14 @@ import inspect
 import logging
 import os
 import signal
-import subprocess
 import sys
 import typing
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
-from dispatcher.bus.pipe import forward
 from dispatcher.client import ApiRefused, ClientError
 from dispatcher.commands import dlq, send, status, token, webhooks
 from dispatcher.config import ConfigurationError, Settings
@@ -161,10 +158,12 @@ Concurrency = Annotated[int | None, typer.Option(
 
 def serve_command(host: Host = None, port: Port = None, concurrency: Concurrency = None,
                   processes: Annotated[int | None, typer.Option(
-                      min=1, help="Worker processes, this one included (DISPATCHER_WORKER_PROCESSES; "
-                                  "default: the CPUs this process may use, cgroup quota included).")] = None,
+                      min=1, help="Worker processes, beside the API's own process "
+                                  "(DISPATCHER_WORKER_PROCESSES; default: the CPUs this process may "
+                                  "use, cgroup quota included).")] = None,
                   ) -> None:
-    """The API and the workers in one process tree (the embedded default)."""
+    """The API and the workers in one process tree (the embedded default): the API in this
+    process, the deliveries in worker processes it starts (and starts again if one dies)."""
     settings = _settings(host=host, port=port, worker_concurrency=concurrency, worker_processes=processes)
     raise typer.Exit(_run(_serve(settings)))
 
@@ -232,28 +231,30 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
-async def _serve(settings: Settings, *, workers: int = 1) -> int:
+async def _serve(settings: Settings, *, deliver: bool = True) -> int:
     import uvicorn
 
     from dispatcher.api import create_app
     from dispatcher.api.connections import server_config
     from dispatcher.observability.metrics import prepare_multiprocess
     from dispatcher.runtime import Runtime
+    from dispatcher.worker_processes import WorkerProcesses
 
     settings, notes = settings.with_dev_credentials()
     prepare_multiprocess()  # before the worker processes start: /metrics adds theirs up
     runtime = await Runtime.open(settings)
     for note in notes:
         log.warning(note)
-    reload = ReloadOnHangup(runtime.templates)  # before spawning: children ignore SIGHUP until ready
-    # The API process runs a worker loop too: the embedded bus is in-process, so the live
-    # stream it serves carries the events of its own worker only (README, "live stream").
-    children = _spawn_workers(settings, settings.process_count() - 1) if workers else []
-    reload.start([child.popen for child in children])
-    for fd in (child.bus_fd for child in children if child.bus_fd is not None):
-        _background.add(asyncio.create_task(forward(fd, runtime.bus)))
-    app = create_app(runtime, workers=workers, owns_runtime=True,
-                     children=[child.popen for child in children])
+    reload = ReloadOnHangup(runtime.templates)
+    # The API answers in this process and the workers deliver in processes of their own: a
+    # worker loop here made requests wait behind its planning and commits.
+    workers = (WorkerProcesses(settings, runtime.bus, settings.process_count(), log_level=_child_level())
+               if deliver else None)
+    if workers is not None:
+        workers.start()
+    reload.start(workers.send_signal if workers is not None else None)
+    app = create_app(runtime, owns_runtime=True,
+                     stop_workers=workers.stop if workers is not None else None)
     server = uvicorn.Server(server_config(app, settings))
     _settle_heap()
     # Shutdown (workers finish their chunks, the runtime closes) runs in the app's lifespan:
@@ -263,40 +264,13 @@ async def _serve(settings: Settings, *, workers: int = 1) -> int:
 
 
 async def _gateway(settings: Settings) -> int:
-    return await _serve(settings, workers=0)
+    return await _serve(settings, deliver=False)
 
 
-@dataclass(frozen=True)
-class _Child:
-    popen: subprocess.Popen[bytes]
-    bus_fd: int | None  # our end of its live-event pipe (None: Redis carries them)
-
-
-#: Tasks that live as long as the process (forwarding the children's live events).
-_background: set[asyncio.Task[None]] = set()
-
-
-def _spawn_workers(settings: Settings, count: int) -> list[_Child]:
-    """``dispatcher serve``'s extra worker processes, one process tree: they share its
-    settings (credentials included), send their live events up a pipe (without Redis), and
-    stop when it stops, or when it dies."""
-    env = {**os.environ, "DISPATCHER_API_KEYS": settings.api_keys or "",
-           "DISPATCHER_USER_TOKEN_SECRET": settings.user_token_secret or "",
-           "DISPATCHER_WORKER_CONCURRENCY": str(settings.worker_concurrency)}
+def _child_level() -> str | None:
+    """This process's log level, for its worker processes (when it is one of ours)."""
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-    argv = [sys.executable, "-m", "dispatcher", "worker", "--parent-pid", str(os.getpid())]
-    argv += ["--log-level", level] if level in {member.value for member in Level} else []
-    children = []
-    for _ in range(max(count, 0)):
-        if settings.redis_url:
-            children.append(_Child(subprocess.Popen(argv, env=env), None))
-            continue
-        ours, theirs = os.pipe()
-        popen = subprocess.Popen(argv, env={**env, "DISPATCHER_BUS_FD": str(theirs)},
-                                 pass_fds=(theirs,))
-        os.close(theirs)
-        children.append(_Child(popen, ours))
-    return children
+    return level if level in {member.value for member in Level} else None
 
 
 async def _worker(settings: Settings, parent_pid: int | None = None) -> int:

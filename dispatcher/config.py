@@ -134,7 +134,7 @@ class Settings(BaseSettings):
 
     chunk_size: int = Field(default=500, ge=1, le=10_000)
     worker_concurrency: int = Field(default=4, ge=1)
-    #: ``dispatcher serve``: worker processes, itself included; unset: one per CPU.
+    #: ``dispatcher serve``: worker processes (the API has a process of its own); unset: one per CPU.
     worker_processes: int | None = Field(default=None, ge=1)
     #: Small messages gathered into one unit of work: at most this many messages (and at most
     #: ``chunk_size`` recipients); while they keep coming (one less than

@@ -7,12 +7,12 @@ used: the process keeps the previous one and logs every problem. ``dispatcher se
 the signal on to its worker processes, which reload the same way; a ``gateway`` and each
 ``worker`` of a production deployment reload when they are sent it themselves.
 
-Start-up order matters for ``serve``: :class:`ReloadOnHangup` blocks ``SIGHUP`` in the main
-thread from its construction, so that worker processes spawned before
-:meth:`ReloadOnHangup.start` inherit the blocked mask (the signal mask survives ``exec``): a
-``SIGHUP`` sent to a worker while it starts stays pending, instead of killing it, and is
-handled once it has installed its handler. A hangup the process itself gets in that window is
-remembered and handled at :meth:`~ReloadOnHangup.start`.
+:class:`ReloadOnHangup` blocks ``SIGHUP`` in the main thread from its construction until
+:meth:`ReloadOnHangup.start`; ``serve`` starts its worker processes with it blocked too
+(:mod:`dispatcher.worker_processes`): a ``SIGHUP`` sent to a process while it starts stays
+pending, instead of killing it, and is handled once its handler is installed. A hangup the
+process itself gets in that window is remembered and handled at
+:meth:`~ReloadOnHangup.start`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable
 
 from dispatcher.errors import TemplateError
 from dispatcher.rendering import TemplateRegistry
@@ -34,7 +33,7 @@ log = logging.getLogger("dispatcher.templates")
 class ReloadOnHangup:
     def __init__(self, templates: TemplateRegistry) -> None:
         self._templates = templates
-        self._children: list[subprocess.Popen[bytes]] = []
+        self._pass_on: Callable[[int], None] | None = None
         self._running: asyncio.Task[bool] | None = None
         self._again = False
         self._early = False
@@ -46,11 +45,11 @@ class ReloadOnHangup:
     def _remember(self, _signum: int, _frame: object) -> None:
         self._early = True
 
-    def start(self, children: Sequence[subprocess.Popen[bytes]] = ()) -> None:
-        """Handle ``SIGHUP`` on the running loop from now on (passing it on to ``children``); a
-        hangup that arrived since construction (or pending since this process started) is
-        handled now."""
-        self._children = list(children)
+    def start(self, pass_on: Callable[[int], None] | None = None) -> None:
+        """Handle ``SIGHUP`` on the running loop from now on (``pass_on`` sends it on to the
+        worker processes); a hangup that arrived since construction (or pending since this
+        process started) is handled now."""
+        self._pass_on = pass_on
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self._hangup)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # a pending one arrives now
@@ -59,9 +58,8 @@ class ReloadOnHangup:
             loop.call_soon(self._hangup)
 
     def _hangup(self) -> None:
-        for child in self._children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGHUP)
+        if self._pass_on is not None:
+            self._pass_on(signal.SIGHUP)
         if self._running is not None and not self._running.done():
             self._again = True  # one more reload after this one: the files may have changed since it began
             return

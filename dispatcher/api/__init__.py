@@ -1,15 +1,14 @@
 """The HTTP API (v1): the gateway for services and the feed for end users.
 
-``create_app`` builds a FastAPI app around a :class:`~dispatcher.runtime.Runtime`. With
-``workers=True`` (``dispatcher serve``) the same process also runs the queue workers.
+``create_app`` builds a FastAPI app around a :class:`~dispatcher.runtime.Runtime`. It runs no
+worker loop: ``dispatcher serve`` delivers in worker processes of its own
+(:mod:`dispatcher.worker_processes`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -33,26 +32,19 @@ devices, preferences) with a JWT: both as `Authorization: Bearer …`. Every err
 `{"error": {"code": …, "message": …}}`."""
 
 
-def create_app(runtime: Runtime, *, workers: int = 0, owns_runtime: bool = False,
-               children: Sequence[subprocess.Popen[bytes]] = ()) -> FastAPI:
-    """``workers``: worker loops to run inside this process (0: API only). ``owns_runtime``:
-    close the runtime at shutdown (the server's signal handling may not return to the caller)."""
+def create_app(runtime: Runtime, *, owns_runtime: bool = False,
+               stop_workers: Callable[[], Awaitable[None]] | None = None) -> FastAPI:
+    """``owns_runtime``: close the runtime at shutdown (the server's signal handling may not
+    return to the caller). ``stop_workers``: stops ``dispatcher serve``'s worker processes
+    at shutdown, before the runtime closes (they finish the chunks in progress)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        loops = [asyncio.create_task(runtime.worker(schedule=i == 0).run(stop)) for i in range(workers)]
-        if workers:  # the process that delivers also sends the webhooks (dispatcher.webhooks)
-            loops.append(asyncio.create_task(runtime.webhook_sender().run(stop)))
         try:
             yield
         finally:
-            stop.set()
-            for child in children:  # worker processes of `dispatcher serve`
-                child.terminate()
-            await asyncio.gather(*loops, return_exceptions=True)
-            for child in children:
-                await asyncio.to_thread(child.wait)
+            if stop_workers is not None:
+                await stop_workers()
             if owns_runtime:
                 await runtime.close()
 

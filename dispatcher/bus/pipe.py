@@ -1,9 +1,9 @@
 """The embedded bus across ``dispatcher serve``'s process tree: worker processes' live events
 reach the API process through a pipe.
 
-``dispatcher serve`` runs the API (with a worker loop) in one process and a worker process
-per extra CPU. The in-process bus would only carry the events of the API process's own
-worker, so a user's live stream would miss what the other processes delivered. Each worker
+``dispatcher serve`` runs the API in one process and the workers in processes of their own
+(:mod:`dispatcher.worker_processes`). The in-process bus of the API process would carry none
+of their events, so a user's live stream would miss what they delivered. Each worker
 process gets one end of a pipe (``DISPATCHER_BUS_FD``) and writes its events there as JSON
 lines; the API process reads every pipe and publishes what it reads on its in-process bus.
 With ``DISPATCHER_REDIS_URL`` set, Redis carries the events instead and no pipe is made.

@@ -7,6 +7,7 @@ block it). Every process a test starts is killed in the fixture's finalizer, pas
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 import jwt
+import psutil
 import pytest
 from support import free_port, wait_until
 
@@ -57,9 +59,18 @@ class Server:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, exactly like a crashed machine's process."""
+        """SIGKILL to the process and every process it started (``serve``'s worker processes):
+        no shutdown code runs anywhere, exactly like a crashed machine."""
         if self.process.poll() is None:
+            try:
+                tree = psutil.Process(self.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                tree = []
             os.kill(self.pid, signal.SIGKILL)
+            for child in tree:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+            psutil.wait_procs(tree, timeout=STOP_TIMEOUT)
         self.process.wait(STOP_TIMEOUT)
 
     def stop(self) -> None:

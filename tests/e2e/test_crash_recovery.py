@@ -29,7 +29,7 @@ NO_CONTACT_USERS = 10    # registered, but no email, phone or device
 UNKNOWN_USERS = 10       # no user record at all (still get their in-app entry)
 CHANNELS = ("in_app", "email", "sms", "push")
 SEND_CONCURRENCY = 16    # sends in flight per process
-PROCESSES = 2            # serve's API process (with a worker loop) and one worker process
+PROCESSES = 2            # serve's worker processes (the API process delivers nothing)
 EXTERNAL = ("email", "sms", "push")
 FINAL = ("sent", "failed", "skipped")
 

@@ -7,6 +7,7 @@ version 2 ("completed"), and the user marks it read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import httpx
+import psutil
 import pytest
 
 EVENT_TIMEOUT = 60.0  # seconds for an event to reach the stream on a loaded machine
@@ -125,9 +127,46 @@ def test_the_stream_carries_what_every_worker_process_delivered(
             assert response.status_code == 200, response.read()
             stream = SseReader(response)
             stream.wait_connected()
-            # Concurrent senders: more work than the API process's own worker takes at once,
-            # so the other processes deliver part of it.
+            # Concurrent senders: more work than one worker process takes at once, so the
+            # others deliver part of it.
             with ThreadPoolExecutor(16) as pool:
                 list(pool.map(lambda nid: notify(service, nid, version=1, state="installing"), ids))
             seen = {stream.next_event("notification")["id"] for _ in ids}
     assert seen == set(ids)
+
+
+def test_a_worker_process_that_dies_is_started_again_and_its_events_still_arrive(
+    dispatcher_env, start_server, user_token, wait_until,
+):
+    """``kill -9`` of ``serve``'s only worker process: ``serve`` says so in its log and starts
+    another, which delivers the next notification, live stream included (a new pipe)."""
+    server = start_server({**dispatcher_env, "DISPATCHER_WORKER_PROCESSES": "1"})
+    [first] = wait_until(lambda: _workers(server.pid), timeout=60, what="serve's worker process")
+    first.kill()
+    [second] = wait_until(lambda: [w for w in _workers(server.pid) if w.pid != first.pid],
+                          timeout=60, what="another worker process")
+    assert f"worker process {first.pid} exited with signal SIGKILL" in server.output()
+    nid = f"app#{uuid.uuid4()}"
+    with server.client() as service, server.client(user_token("u1")) as app:
+        assert service.put("/v1/users/u1", json={"email": "u1@example.com"}).status_code == 200
+        with app.stream("GET", "/v1/users/u1/notifications/stream",
+                        timeout=httpx.Timeout(10.0, read=EVENT_TIMEOUT)) as response:
+            assert response.status_code == 200, response.read()
+            stream = SseReader(response)
+            stream.wait_connected()
+            notify(service, nid, version=1, state="installing")
+            assert stream.next_event("notification")["id"] == nid
+        path = f"/v1/notifications/{quote(nid, safe='')}"
+        wait_until(lambda: service.get(path).json()["counts"]["email"]["sent"] == 1, timeout=60,
+                   what="the email sent by the new worker process")
+    assert second.is_running() and [w.pid for w in _workers(server.pid)] == [second.pid]
+
+
+def _workers(pid: int) -> list[psutil.Process]:
+    """``serve``'s worker processes (``dispatcher worker --parent-pid``) running now."""
+    found = []
+    for child in psutil.Process(pid).children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "--parent-pid" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+    return found

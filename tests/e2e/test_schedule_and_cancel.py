@@ -128,7 +128,7 @@ def test_scheduled_messages_survive_kill_9_on_the_embedded_stack(
         wait_until(lambda: _all_settled(client, ids), timeout=120, what="every scheduled message")
         feed = client.get("/v1/users/u0/notifications",
                           headers={"Authorization": f"Bearer {user_token('u0')}"}).json()["items"]
-        # serve runs the API and worker loops in one process plus one more worker process
+        # serve runs two worker processes (DISPATCHER_WORKER_PROCESSES=2)
         _check_once_and_on_time(client, sent_log, ids, at, in_flight=2 * SLOTS)
     server.stop()
     assert [e["id"] for e in feed] == [ids[0]]

@@ -1,0 +1,150 @@
+"""``dispatcher serve``'s worker processes: started with it, started again when one dies,
+passed its ``SIGHUP``, stopped with it.
+
+``serve`` answers the API in its own process and delivers in ``DISPATCHER_WORKER_PROCESSES``
+worker processes (``dispatcher worker --parent-pid …``), one process tree. The API process
+runs no worker loop: a worker loop in the API's event loop made every request wait behind a
+unit of work's planning and commits (the accept p99 of small traffic, docs/BENCHMARKS.md).
+
+A worker process that dies (killed, out of memory) is started again at once, and after a
+pause that doubles (up to :data:`MAX_RESTART_DELAY`) while new ones keep dying soon after
+starting, so a process that cannot start does not spin. Its chunks come back to the others
+after the queue's visibility timeout, as after any crash. Without Redis each worker process
+sends its live events up a pipe the API process reads (:mod:`dispatcher.bus.pipe`).
+
+Children start with ``SIGHUP`` blocked (the mask survives ``exec``): a hangup sent to a
+worker process while it starts stays pending until it can reload its templates, instead of
+killing it (:mod:`dispatcher.template_reload`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from dispatcher.bus import Bus
+from dispatcher.bus.pipe import forward
+from dispatcher.config import Settings
+
+__all__ = ["WorkerProcesses"]
+
+log = logging.getLogger("dispatcher.workers")
+
+#: A worker process that lived at least this long was healthy: the next restart is immediate.
+HEALTHY_SECONDS = 30.0
+#: Longest pause before starting again a worker process that keeps dying young.
+MAX_RESTART_DELAY = 30.0
+#: Seconds to wait, once the worker processes have exited, for their last live events.
+STOP_GRACE = 5.0
+
+
+class WorkerProcesses:
+    def __init__(self, settings: Settings, bus: Bus, count: int, *,
+                 log_level: str | None = None) -> None:
+        self._bus = bus
+        self._count = count
+        self._env = {**os.environ, "DISPATCHER_API_KEYS": settings.api_keys or "",
+                     "DISPATCHER_USER_TOKEN_SECRET": settings.user_token_secret or "",
+                     "DISPATCHER_WORKER_CONCURRENCY": str(settings.worker_concurrency)}
+        self._pipes = not settings.redis_url  # Redis carries the live events when it is set
+        self._argv = [sys.executable, "-m", "dispatcher", "worker", "--parent-pid", str(os.getpid())]
+        self._argv += ["--log-level", log_level] if log_level else []
+        self._children: list[subprocess.Popen[bytes] | None] = [None] * count
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self.restarts = 0
+
+    @property
+    def children(self) -> Sequence[subprocess.Popen[bytes]]:
+        """The worker processes running now."""
+        return [child for child in self._children if child is not None]
+
+    def start(self) -> None:
+        """Start every worker process, each watched from now on (call on the running loop)."""
+        for slot in range(self._count):
+            self._watch(slot, self._spawn(slot))
+
+    def send_signal(self, signum: int) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    async def stop(self) -> None:
+        """Ask every worker process to stop (they finish the chunks in progress) and wait."""
+        self._stopping = True
+        children = self.children
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            await asyncio.to_thread(child.wait)
+        # The pipes' readers end with their children, after the last events; a pending restart
+        # sees ``_stopping`` and returns.
+        _, late = await asyncio.wait(set(self._tasks), timeout=STOP_GRACE) if self._tasks else ((), ())
+        for task in late:
+            task.cancel()
+
+    def _spawn(self, slot: int) -> subprocess.Popen[bytes]:
+        if not self._pipes:
+            child = subprocess.Popen(self._argv, env=self._env, preexec_fn=_block_hangup)
+        else:
+            ours, theirs = os.pipe()
+            try:
+                child = subprocess.Popen(self._argv, env={**self._env, "DISPATCHER_BUS_FD": str(theirs)},
+                                         pass_fds=(theirs,), preexec_fn=_block_hangup)
+            except BaseException:
+                os.close(ours)
+                raise
+            finally:
+                os.close(theirs)
+            self._keep(forward(ours, self._bus))
+        self._children[slot] = child
+        return child
+
+    def _watch(self, slot: int, child: subprocess.Popen[bytes]) -> None:
+        self._keep(self._restart_when_gone(slot, child))
+
+    async def _restart_when_gone(self, slot: int, child: subprocess.Popen[bytes]) -> None:
+        delay = 0.0
+        while True:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            code = await asyncio.to_thread(child.wait)
+            if self._stopping:
+                return
+            lived = loop.time() - started
+            delay = 0.0 if lived >= HEALTHY_SECONDS else min(max(delay * 2, 1.0), MAX_RESTART_DELAY)
+            log.error("worker process %d exited with %s after %.0f s; starting another%s",
+                      child.pid, _exit_reason(code), lived,
+                      f" in {delay:g} s" if delay else "")
+            self._children[slot] = None
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            child = self._spawn(slot)
+            self.restarts += 1
+
+    def _keep(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _block_hangup() -> None:
+    """In the child before ``exec``: ``SIGHUP`` stays pending until its handler is installed."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"
