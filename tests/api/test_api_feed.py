@@ -9,7 +9,7 @@ from support import new_id, sent_lines, user_token
 
 from dispatcher.runtime import Runtime
 
-ME = {"Authorization": f"Bearer {user_token('u1')}"}
+ME = {"Authorization": f"Bearer {user_token('u1', ttl=24 * 3600)}"}  # lives as long as the test run
 
 
 async def send(client: httpx.AsyncClient, runtime: Runtime, nid: str, *, version: int = 1,
