@@ -31,6 +31,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from dispatcher.bus.pipe import forward
 from dispatcher.client import ApiRefused, ClientError
 from dispatcher.commands import dlq, send, status, token, webhooks
 from dispatcher.config import ConfigurationError, Settings
@@ -248,7 +249,8 @@ async def _serve(settings: Settings, *, deliver: bool = True) -> int:
     reload = ReloadOnHangup(runtime.templates)
     # The API answers in this process and the workers deliver in processes of their own: a
     # worker loop here made requests wait behind its planning and commits.
-    workers = (WorkerProcesses(settings, runtime.bus, settings.process_count(), log_level=_child_level())
+    relay = None if settings.redis_url else functools.partial(forward, bus=runtime.bus)
+    workers = (WorkerProcesses(settings, settings.process_count(), relay=relay, log_level=_child_level())
                if deliver else None)
     if workers is not None:
         workers.start()

@@ -25,11 +25,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from dispatcher.bus import Bus
-from dispatcher.bus.pipe import forward
 from dispatcher.config import Settings
 
 __all__ = ["WorkerProcesses"]
@@ -45,14 +43,16 @@ STOP_GRACE = 5.0
 
 
 class WorkerProcesses:
-    def __init__(self, settings: Settings, bus: Bus, count: int, *,
+    def __init__(self, settings: Settings, count: int, *,
+                 relay: Callable[[int], Coroutine[Any, Any, None]] | None,
                  log_level: str | None = None) -> None:
-        self._bus = bus
+        """``relay(fd)`` reads a worker process's live events from its pipe until it closes
+        (:func:`dispatcher.bus.pipe.forward`); None: no pipes (Redis carries the events)."""
+        self._relay = relay
         self._count = count
         self._env = {**os.environ, "DISPATCHER_API_KEYS": settings.api_keys or "",
                      "DISPATCHER_USER_TOKEN_SECRET": settings.user_token_secret or "",
                      "DISPATCHER_WORKER_CONCURRENCY": str(settings.worker_concurrency)}
-        self._pipes = not settings.redis_url  # Redis carries the live events when it is set
         self._argv = [sys.executable, "-m", "dispatcher", "worker", "--parent-pid", str(os.getpid())]
         self._argv += ["--log-level", log_level] if log_level else []
         self._children: list[subprocess.Popen[bytes] | None] = [None] * count
@@ -91,7 +91,7 @@ class WorkerProcesses:
             task.cancel()
 
     def _spawn(self, slot: int) -> subprocess.Popen[bytes]:
-        if not self._pipes:
+        if self._relay is None:
             child = subprocess.Popen(self._argv, env=self._env, preexec_fn=_block_hangup)
         else:
             ours, theirs = os.pipe()
@@ -103,7 +103,7 @@ class WorkerProcesses:
                 raise
             finally:
                 os.close(theirs)
-            self._keep(forward(ours, self._bus))
+            self._keep(self._relay(ours))
         self._children[slot] = child
         return child
 
