@@ -214,7 +214,7 @@ def _ratelimit(args: argparse.Namespace) -> int:
 
 
 def _memory(args: argparse.Namespace) -> int:
-    """The embedded stack (serve + a worker process per extra CPU) on one bulk of N."""
+    """The embedded stack (serve: the API and 2 worker processes) on one bulk of N."""
     from bench.harness import Options, _mixed
     from bench.standins import StandIns
 

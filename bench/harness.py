@@ -108,7 +108,8 @@ def _gateway(kind: str, standins: StandIns, opts: Options) -> GatewayResult:
     # moto_server's SQS takes each request's message slowly: fewer requests there.
     count = 4000 if kind == "embedded" else 1000
     with tempfile.TemporaryDirectory(prefix=f"bench-gw-{kind}-") as folder:
-        stack = start_stack(kind, standins, Path(folder), workers=1,
+        # embedded: ``serve`` as shipped (a worker process per CPU); production: one worker
+        stack = start_stack(kind, standins, Path(folder), workers=0 if kind == "embedded" else 1,
                             postgres_admin_url=opts.postgres_admin_url, redis_url=opts.redis_url)
         try:
             seed(stack.database_url, users(1_000))

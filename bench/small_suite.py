@@ -1,10 +1,10 @@
 """``python -m bench small``: the small workload on each contender, and what ``bench run`` keeps.
 
-Contenders: ``embedded`` (``dispatcher serve`` on SQLite: the gateway and a worker per extra
-CPU), ``production_1`` / ``production_2`` (``dispatcher gateway`` + 1 or 2 ``dispatcher
+Contenders: ``embedded`` (``dispatcher serve`` on SQLite, as shipped: the API in its process and
+a worker process per CPU), ``production_1`` / ``production_2`` (``dispatcher gateway`` + 1 or 2 ``dispatcher
 worker`` on PostgreSQL, Redis and SQS on moto_server), ``split_1`` / ``split_2``
-(``dispatcher gateway`` + 1 or 2 ``dispatcher worker`` on serve's SQLite store and queue: the
-embedded stack with the API in a process of its own), ``celery`` (the Celery 5 + boto3 +
+(``dispatcher gateway`` + 1 or 2 ``dispatcher worker`` on serve's SQLite store and queue,
+started apart: what ``serve`` does, with the worker count chosen), ``celery`` (the Celery 5 + boto3 +
 pyfcm peer, prefork 2). Each gets a fresh stack with the same N users (:func:`users`), a
 warm-up of a few unmeasured notifications, then in order: the fixed-rate offers (``rates``,
 each ``seconds`` long, or every user once), and the sustainable-rate search. The gateway
@@ -121,8 +121,8 @@ def open_target(contender: str, standins: StandIns, people: list[dict[str, Any]]
     if kind not in ("embedded", "split", "production"):
         raise ValueError(f"unknown contender {contender!r}; one of {', '.join(CONTENDERS)}")
     with tempfile.TemporaryDirectory(prefix=f"bench-small-{contender}-") as folder:
-        # embedded: ``serve`` alone, which starts a worker process per extra CPU itself
-        stack = start_stack(kind, standins, Path(folder), workers=int(workers or 1),
+        # embedded: ``serve`` alone, which starts a worker process per CPU itself
+        stack = start_stack(kind, standins, Path(folder), workers=int(workers or 0),
                             postgres_admin_url=opts.postgres_admin_url, redis_url=opts.redis_url)
         try:
             seed(stack.database_url, people)

@@ -115,11 +115,13 @@ def start_stack(kind: str, standins: StandIns, folder: Path, *, workers: int,
             for i in range(workers):
                 stack.processes.append(start_dispatcher("worker", env, folder, f"worker-{i + 1}"))
         elif kind == "embedded":
+            # ``dispatcher serve`` as shipped: the API and ``workers`` worker processes it
+            # starts itself (0: its default, one per CPU).
             stack.database_url = f"sqlite:///{folder / 'dispatcher.db'}"
             env.update(DISPATCHER_DATABASE_URL=stack.database_url)
+            if workers:
+                env.update(DISPATCHER_WORKER_PROCESSES=str(workers))
             stack.processes.append(start_dispatcher("serve", env, folder, "serve"))
-            for i in range(workers - 1):  # more processes on the same SQLite file
-                stack.processes.append(start_dispatcher("worker", env, folder, f"worker-{i + 2}"))
         else:
             _production_env(stack, folder, postgres_admin_url, redis_url)
             stack.processes.append(start_dispatcher("gateway", env, folder, "gateway"))
