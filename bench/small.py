@@ -117,8 +117,9 @@ class DispatcherTarget:
     def processes(self) -> tuple[dict[str, int], dict[str, PidLister]]:
         fixed = {p.name: p.pid for p in self.stack.processes}
         groups: dict[str, PidLister] = {}
-        if self.stack.name == "embedded":  # serve starts a worker process per extra CPU
-            groups["serve-workers"] = children_of(self.stack.gateway.pid)
+        if self.stack.name == "embedded":  # serve's worker processes, each apart: a fair share?
+            for i, pid in enumerate(sorted(children_of(self.stack.gateway.pid)()), 1):
+                fixed[f"serve-worker-{i}"] = pid
         if self.stack.name == "production":
             database = self.stack.database_url.rpartition("/")[2]
             groups["postgres"] = PostgresBackends(self.postgres_admin_url, database)

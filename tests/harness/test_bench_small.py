@@ -22,12 +22,14 @@ from support import require_redis_and_postgres
 from bench.open_loop import small_plan
 from bench.peers.celery_peer import DEFAULT_BROKER_URL
 from bench.small import SmallResult, percentile
+from dispatcher.cpu_quota import available_cpus
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS, RATE = 30, 20
 FIELDS = {f.name for f in dataclasses.fields(SmallResult)} | {"sustainable"}
 PROCESSES = {
-    "embedded": {"serve", "serve-workers", "stand-ins", "client"},
+    # serve's worker processes: one per CPU it may use
+    "embedded": {"serve", "stand-ins", "client"} | {f"serve-worker-{i + 1}" for i in range(available_cpus())},
     "split_1": {"gateway", "worker-1", "stand-ins", "client"},
     "celery": {"celery-main", "celery-pool-1", "celery-pool-2", "redis", "postgres", "stand-ins",
                "client"},
