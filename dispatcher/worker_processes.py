@@ -12,9 +12,9 @@ starting, so a process that cannot start does not spin. Its chunks come back to 
 after the queue's visibility timeout, as after any crash. Without Redis each worker process
 sends its live events up a pipe the API process reads (:mod:`dispatcher.bus.pipe`).
 
-Children start with ``SIGHUP`` blocked (the mask survives ``exec``): a hangup sent to a
-worker process while it starts stays pending until it can reload its templates, instead of
-killing it (:mod:`dispatcher.template_reload`).
+Children start with ``SIGHUP`` blocked (the signal mask survives ``fork`` and ``exec``): a
+hangup sent to a worker process while it starts stays pending until it can reload its
+templates, instead of killing it (:mod:`dispatcher.template_reload`).
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ class WorkerProcesses:
         self._children: list[subprocess.Popen[bytes] | None] = [None] * count
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self.restarts = 0
 
     @property
     def children(self) -> Sequence[subprocess.Popen[bytes]]:
@@ -91,19 +90,26 @@ class WorkerProcesses:
             task.cancel()
 
     def _spawn(self, slot: int) -> subprocess.Popen[bytes]:
-        if self._relay is None:
-            child = subprocess.Popen(self._argv, env=self._env, preexec_fn=_block_hangup)
-        else:
-            ours, theirs = os.pipe()
-            try:
-                child = subprocess.Popen(self._argv, env={**self._env, "DISPATCHER_BUS_FD": str(theirs)},
-                                         pass_fds=(theirs,), preexec_fn=_block_hangup)
-            except BaseException:
-                os.close(ours)
-                raise
-            finally:
-                os.close(theirs)
-            self._keep(self._relay(ours))
+        """Start the worker process of ``slot`` (raises :class:`OSError` when it can't)."""
+        # The child inherits this thread's signal mask (the event loop's, the main thread):
+        # SIGHUP blocked while it starts; a hangup for this process meanwhile waits here too.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            if self._relay is None:
+                child = subprocess.Popen(self._argv, env=self._env)
+            else:
+                ours, theirs = os.pipe()
+                try:
+                    child = subprocess.Popen(self._argv, env={**self._env, "DISPATCHER_BUS_FD": str(theirs)},
+                                             pass_fds=(theirs,))
+                except BaseException:
+                    os.close(ours)
+                    raise
+                finally:
+                    os.close(theirs)
+                self._keep(self._relay(ours))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._children[slot] = child
         return child
 
@@ -124,21 +130,21 @@ class WorkerProcesses:
                       child.pid, _exit_reason(code), lived,
                       f" in {delay:g} s" if delay else "")
             self._children[slot] = None
-            await asyncio.sleep(delay)
-            if self._stopping:
-                return
-            child = self._spawn(slot)
-            self.restarts += 1
+            while True:
+                await asyncio.sleep(delay)
+                if self._stopping:
+                    return
+                try:
+                    child = self._spawn(slot)
+                    break
+                except OSError as exc:  # no memory, no process slots: try again later
+                    delay = min(max(delay * 2, 1.0), MAX_RESTART_DELAY)
+                    log.error("could not start a worker process (%s); trying again in %g s", exc, delay)
 
     def _keep(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _block_hangup() -> None:
-    """In the child before ``exec``: ``SIGHUP`` stays pending until its handler is installed."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
 
 
 def _exit_reason(code: int) -> str:
