@@ -32,14 +32,7 @@ def test_live_stream_shows_the_notification_its_update_and_read(
     with server.client() as service, server.client(user_token("u1")) as app:
         assert service.put("/v1/users/u1", json={"email": "u1@example.com"}).status_code == 200
 
-        # Read timeout above the server's 15 s keepalive, so a silent stream is an error.
-        with app.stream("GET", "/v1/users/u1/notifications/stream",
-                        timeout=httpx.Timeout(10.0, read=EVENT_TIMEOUT)) as response:
-            assert response.status_code == 200, response.read()
-            assert response.headers["content-type"].startswith("text/event-stream")
-            stream = SseReader(response)
-            stream.wait_connected()
-
+        with open_stream(app) as stream:
             notify(service, nid, version=1, state="installing")
             first = stream.next_event("notification")
             assert first["id"] == nid
@@ -74,6 +67,19 @@ def notify(service: httpx.Client, nid: str, *, version: int, state: str) -> None
         "id": nid, "version": version, "recipients": ["u1"], "template": "app-install",
         "data": {"app_name": "Foo"}, "state": state})
     assert response.status_code == 202, response.text
+
+
+@contextlib.contextmanager
+def open_stream(app: httpx.Client) -> Iterator[SseReader]:
+    """u1's live stream, open and connected (``: connected`` read)."""
+    # Read timeout above the server's 15 s keepalive, so a silent stream is an error.
+    with app.stream("GET", "/v1/users/u1/notifications/stream",
+                    timeout=httpx.Timeout(10.0, read=EVENT_TIMEOUT)) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        stream = SseReader(response)
+        stream.wait_connected()
+        yield stream
 
 
 class SseReader:
@@ -122,11 +128,7 @@ def test_the_stream_carries_what_every_worker_process_delivered(
     ids = [f"app#{uuid.uuid4()}" for _ in range(200)]  # within the 256 events a stream buffers
     with server.client() as service, server.client(user_token("u1")) as app:
         assert service.put("/v1/users/u1", json={"email": "u1@example.com"}).status_code == 200
-        with app.stream("GET", "/v1/users/u1/notifications/stream",
-                        timeout=httpx.Timeout(10.0, read=EVENT_TIMEOUT)) as response:
-            assert response.status_code == 200, response.read()
-            stream = SseReader(response)
-            stream.wait_connected()
+        with open_stream(app) as stream:
             # Concurrent senders: more work than one worker process takes at once, so the
             # others deliver part of it.
             with ThreadPoolExecutor(16) as pool:
@@ -149,11 +151,7 @@ def test_a_worker_process_that_dies_is_started_again_and_its_events_still_arrive
     nid = f"app#{uuid.uuid4()}"
     with server.client() as service, server.client(user_token("u1")) as app:
         assert service.put("/v1/users/u1", json={"email": "u1@example.com"}).status_code == 200
-        with app.stream("GET", "/v1/users/u1/notifications/stream",
-                        timeout=httpx.Timeout(10.0, read=EVENT_TIMEOUT)) as response:
-            assert response.status_code == 200, response.read()
-            stream = SseReader(response)
-            stream.wait_connected()
+        with open_stream(app) as stream:
             notify(service, nid, version=1, state="installing")
             assert stream.next_event("notification")["id"] == nid
         path = f"/v1/notifications/{quote(nid, safe='')}"
