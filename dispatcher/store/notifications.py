@@ -19,6 +19,13 @@ __all__ = ["NotificationStore"]
 class NotificationStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Built once: every gateway commit runs these two (SQLAlchemy then finds them compiled
+        # by their memoised cache key instead of building and keying new statements each time).
+        self._insert_new = db.insert(notifications).on_conflict_do_nothing(
+            index_elements=[notifications.c.id])
+        self._lock_headers = (sa.select(notifications)
+                              .where(notifications.c.id.in_(sa.bindparam("ids", expanding=True)))
+                              .order_by(notifications.c.id).with_for_update())
 
     async def upsert(self, update: HeaderUpdate) -> None:
         await self.upsert_many([update])
@@ -39,13 +46,10 @@ class NotificationStore:
         if not updates:
             return set()
         now = now_us()
-        await conn.execute(self._db.insert(notifications).on_conflict_do_nothing(
-            index_elements=[notifications.c.id]), [_insert_values(u, now) for u in updates])
+        await conn.execute(self._insert_new, [_insert_values(u, now) for u in updates])
         ids = list(dict.fromkeys(u.id for u in updates))
         rows = {r.id: dict(r._mapping) for r in (await conn.execute(
-            sa.select(notifications).where(notifications.c.id.in_(ids))
-            .order_by(notifications.c.id).with_for_update()
-        )).all()}
+            self._lock_headers, {"ids": ids})).all()}
         cancelled = {nid for nid in ids if rows[nid]["cancelled_at"] is not None}
         for nid in ids:
             if nid in cancelled:
