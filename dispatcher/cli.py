@@ -247,16 +247,14 @@ async def _serve(settings: Settings, *, deliver: bool = True) -> int:
     for note in notes:
         log.warning(note)
     reload = ReloadOnHangup(runtime.templates)
-    # The API answers in this process and the workers deliver in processes of their own: a
-    # worker loop here made requests wait behind its planning and commits.
+    # The API answers in this process and the workers deliver in processes of their own (the
+    # gateway starts none): a worker loop here made requests wait behind its planning and commits.
     relay = None if settings.redis_url else functools.partial(forward, bus=runtime.bus)
-    workers = (WorkerProcesses(settings, settings.process_count(), relay=relay, log_level=_child_level())
-               if deliver else None)
-    if workers is not None:
-        workers.start()
-    reload.start(workers.send_signal if workers is not None else None)
-    app = create_app(runtime, owns_runtime=True,
-                     stop_workers=workers.stop if workers is not None else None)
+    workers = WorkerProcesses(settings, settings.process_count() if deliver else 0, relay=relay,
+                              log_level=_child_level())
+    workers.start()
+    reload.start(workers.send_signal)
+    app = create_app(runtime, owns_runtime=True, stop_workers=workers.stop)
     server = uvicorn.Server(server_config(app, settings))
     _settle_heap()
     # Shutdown (workers finish their chunks, the runtime closes) runs in the app's lifespan:

@@ -67,7 +67,7 @@ class WorkerProcesses:
     def start(self) -> None:
         """Start every worker process, each watched from now on (call on the running loop)."""
         for slot in range(self._count):
-            self._watch(slot, self._spawn(slot))
+            self._keep(self._restart_when_gone(slot, self._spawn(slot)))
 
     def send_signal(self, signum: int) -> None:
         for child in self.children:
@@ -112,9 +112,6 @@ class WorkerProcesses:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._children[slot] = child
         return child
-
-    def _watch(self, slot: int, child: subprocess.Popen[bytes]) -> None:
-        self._keep(self._restart_when_gone(slot, child))
 
     async def _restart_when_gone(self, slot: int, child: subprocess.Popen[bytes]) -> None:
         delay = 0.0

@@ -150,6 +150,7 @@ class SesEventsLane:
                                 "(DISPATCHER_REQUEST_READ_TIMEOUT)", "request_timeout")
         return body
 
+
 PATH = "/v1/providers/ses/events"
 _TOO_LARGE = f"an SNS message is at most {MAX_SNS_BODY} bytes"
 
