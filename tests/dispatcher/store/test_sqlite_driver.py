@@ -1,6 +1,7 @@
 """The embedded store's SQLite driver (dispatcher.store.sqlite_driver): one trip to its thread
-per statement, and what must not change with that: a writer waits for another process's
-writer, a failed statement rolls its transaction back, results come back whole."""
+per statement, none while holding the write lock, and what must not change with that: a
+writer waits for another process's writer, a failed statement rolls its transaction back,
+results come back whole."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import event
 
 from dispatcher.store.database import Database
 
@@ -94,3 +96,29 @@ async def test_results_come_back_whole_with_their_counts(db: Database) -> None:
     assert first is not None and first.id == "u0"
     assert len(rest) == 2_499
     assert sum(1 for r in [first, *rest] if r.locale == "ko-KR") == 1_111
+
+
+async def test_a_write_transaction_runs_in_the_callers_thread_and_a_read_in_the_drivers(
+        tmp_path: Path) -> None:
+    """Every other writer of the file waits while one holds the lock, so its statements must
+    not wait for turns of a busy event loop; a read (which can be long) must not block it."""
+    database = Database(f"sqlite:///{tmp_path / 'threads.db'}")
+
+    @event.listens_for(database.engine.sync_engine, "connect")
+    def _thread_function(dbapi_conn: object, _record: object) -> None:
+        sqlite_conn = dbapi_conn.driver_connection._conn  # type: ignore[attr-defined]
+        sqlite_conn.create_function("thread_id", 0, threading.get_ident)
+
+    try:
+        async with database.write() as conn:
+            await conn.run_sync(users.metadata.create_all)
+            await conn.execute(users.insert(), [_user(1)])
+            in_write = (await conn.execute(sa.text("SELECT thread_id()"))).scalar_one()
+        async with database.read() as conn:
+            in_read = (await conn.execute(sa.text("SELECT thread_id()"))).scalar_one()
+            stored = (await conn.execute(sa.select(users.c.id))).scalars().all()
+    finally:
+        await database.close()
+    assert in_write == threading.get_ident()
+    assert in_read != threading.get_ident()
+    assert stored == ["u1"]
