@@ -31,6 +31,7 @@ prometheus-client leaks into it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -226,13 +227,15 @@ _lost = 0
 
 
 def deliveries(rows: Iterable[RowState]) -> None:
-    """Count the rows among ``rows`` that are final (sent, failed, skipped)."""
+    """Count the rows among ``rows`` that are final (sent, failed, skipped): one increment
+    per label set, not per row (each is a lock and a write to the multiprocess file)."""
     with _never_raising():
+        counts = collections.Counter(
+            (row.key.channel, row.status.value, row.reason.value if row.reason else "")
+            for row in rows if row.status in FINAL_STATUSES)
         counter = _m().deliveries
-        for row in rows:
-            if row.status in FINAL_STATUSES:
-                counter.labels(row.key.channel, row.status.value,
-                               row.reason.value if row.reason else "").inc()
+        for labels, n in counts.items():
+            counter.labels(*labels).inc(n)
 
 
 def deliveries_counted(counts: Iterable[tuple[str, str, str, int]]) -> None:

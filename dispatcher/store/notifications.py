@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -26,6 +27,12 @@ class NotificationStore:
         self._lock_headers = (sa.select(notifications)
                               .where(notifications.c.id.in_(sa.bindparam("ids", expanding=True)))
                               .order_by(notifications.c.id).with_for_update())
+        # Every header a commit changes, in one statement: each column an update can change
+        # is written, from the row as locked and folded (unchanged columns keep their value).
+        self._update_headers = (notifications.update()
+                                .where(notifications.c.id == sa.bindparam("b_id"))
+                                .values({**{c: sa.bindparam(f"b_{c}") for c in _FOLDED},
+                                         "updated_at": sa.bindparam("b_now")}))
 
     async def upsert(self, update: HeaderUpdate) -> None:
         await self.upsert_many([update])
@@ -51,13 +58,13 @@ class NotificationStore:
         rows = {r.id: dict(r._mapping) for r in (await conn.execute(
             self._lock_headers, {"ids": ids})).all()}
         cancelled = {nid for nid in ids if rows[nid]["cancelled_at"] is not None}
-        for nid in ids:
-            if nid in cancelled:
-                continue
-            changes = _fold(rows[nid], [u for u in updates if u.id == nid])
-            if changes:
-                await conn.execute(notifications.update().where(notifications.c.id == nid)
-                                   .values(**changes, updated_at=now))
+        by_id: dict[str, list[HeaderUpdate]] = defaultdict(list)
+        for u in updates:
+            by_id[u.id].append(u)
+        changed = [{"b_id": nid, "b_now": now, **{f"b_{c}": rows[nid][c] for c in _FOLDED}}
+                   for nid in ids if nid not in cancelled and _fold(rows[nid], by_id[nid])]
+        if changed:
+            await conn.execute(self._update_headers, changed)
         return cancelled
 
     async def lock_cancelled_in(self, conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
@@ -161,8 +168,13 @@ def _insert_values(u: HeaderUpdate, now: int) -> dict[str, Any]:
             "updated_at": now, "send_at": u.send_at}
 
 
+#: The header columns an update can change (``_changes``).
+_FOLDED = ("channels", "recipients", "version", "template", "data", "state", "category",
+           "locale", "send_at")
+
+
 def _fold(row: dict[str, Any], updates: list[HeaderUpdate]) -> dict[str, Any]:
-    """The changes ``updates`` make to ``row``, applied one after another."""
+    """The changes ``updates`` make to ``row``, applied to it one after another."""
     changes: dict[str, Any] = {}
     for update in updates:
         step = _changes(row, update)
