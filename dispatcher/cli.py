@@ -243,7 +243,7 @@ async def _serve(settings: Settings, *, deliver: bool = True) -> int:
 
     settings, notes = settings.with_dev_credentials()
     prepare_multiprocess()  # before the worker processes start: /metrics adds theirs up
-    runtime = await Runtime.open(settings)
+    runtime = await Runtime.open(settings, writes_first=True)  # requests wait for its commits
     for note in notes:
         log.warning(note)
     reload = ReloadOnHangup(runtime.templates)

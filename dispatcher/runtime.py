@@ -74,13 +74,15 @@ class Runtime:
     resender: Resender | None = None
 
     @classmethod
-    async def open(cls, settings: Settings,
-                   providers: dict[str, Provider] | None = None) -> Runtime:
-        """Build everything; ``providers`` replaces the configured email/SMS/push adapters."""
+    async def open(cls, settings: Settings, providers: dict[str, Provider] | None = None, *,
+                   writes_first: bool = False) -> Runtime:
+        """Build everything; ``providers`` replaces the configured email/SMS/push adapters;
+        ``writes_first``: this process's database writes go ahead of other processes' (the
+        API process, whose callers wait for them; see :class:`~dispatcher.store.database.Database`)."""
         templates = TemplateRegistry(settings.templates_dir, RenderBudget(
             settings.render_timeout, settings.render_max_chars))
         links = _links(settings)
-        db = await _database(settings)
+        db = await _database(settings, writes_first=writes_first)
         store = Store.from_database(db)
         http = _aws_session(settings)
         owned = [http] if http else []
@@ -170,9 +172,10 @@ def _sns_verifier(settings: Settings, owned: list[aiohttp.ClientSession]) -> Sns
                        topics=settings.sns_topic_arns)
 
 
-async def _database(settings: Settings) -> Database:
+async def _database(settings: Settings, *, writes_first: bool = False) -> Database:
     """The store's database, its schema created; closed again when that fails."""
-    db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous,
+                  writes_first=writes_first)
     try:
         await db.create_schema()
     except BaseException:

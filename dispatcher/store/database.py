@@ -40,13 +40,17 @@ def _async_url(url: str) -> str:
 
 
 class Database:
-    """The engine plus the few dialect switches the stores need."""
+    """The engine plus the few dialect switches the stores need. ``writes_first``: on SQLite,
+    this process's writers take the write lock ahead of other processes' waiting for it
+    (the API process: a caller waits for its commits; see ``dispatcher.store.sqlite_driver``)."""
 
-    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
+    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL",
+                 writes_first: bool = False) -> None:
         self.url = url
         try:
             async_url = _async_url(url)
-            self.engine: AsyncEngine = create_async_engine(async_url, **_engine_args(async_url))
+            self.engine: AsyncEngine = create_async_engine(async_url,
+                                                           **_engine_args(async_url, writes_first))
         except (sa.exc.ArgumentError, ValueError) as exc:
             raise ConfigurationError(f"DISPATCHER_DATABASE_URL {_shown(url)} is not usable: {exc}") from exc
         self.dialect = self.engine.dialect.name
@@ -129,13 +133,14 @@ def _shown(url: str) -> str:
         return repr(url.split("@")[-1])
 
 
-def _engine_args(url: str) -> dict[str, Any]:
+def _engine_args(url: str, writes_first: bool) -> dict[str, Any]:
     if url.startswith("sqlite"):
         parsed = sa.engine.make_url(url)
         args, kwargs = parsed.get_dialect()().create_connect_args(parsed)
         kwargs.setdefault("timeout", _BUSY_TIMEOUT_MS / 1000)
         return {"async_creator": connector(args, kwargs, lock_timeout=_BUSY_TIMEOUT_MS / 1000,
-                                           busy_timeout_ms=_BUSY_TIMEOUT_MS),
+                                           busy_timeout_ms=_BUSY_TIMEOUT_MS,
+                                           first_in_line=writes_first),
                 "pool_size": 8, "max_overflow": 8}
     return {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True}
 

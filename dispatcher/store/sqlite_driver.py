@@ -27,6 +27,13 @@ tried there first too, without waiting; only when another writer holds the lock 
 driver's thread wait for it. ``COMMIT`` goes to the driver's thread (with ``synchronous=FULL``
 it waits for the disk), and the lock is free as soon as it is done there.
 
+**A process whose writes someone waits for goes first** (``first_in_line``: the API process,
+whose commits a caller's request waits for). SQLite queues no one: when the lock is freed,
+the next to try takes it. Such a process tries again every 0.2 ms while it waits; the others
+(worker processes, whose units of work no caller waits for) every 0.5 ms at first, then
+every 2 ms. So when both wait, the accept usually takes the lock next, and waits for the
+transaction in progress, not for a worker's next one as well.
+
 Used by :class:`~dispatcher.store.database.Database` through SQLAlchemy's public
 ``async_creator``; the dialect is still SQLAlchemy's ``sqlite+aiosqlite``.
 """
@@ -47,16 +54,21 @@ __all__ = ["BEGIN_IMMEDIATE", "FusedConnection", "connector"]
 BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
 
 _Description = tuple[tuple[Any, ...], ...] | None
+_FIRST_IN_LINE_RETRY = 0.0002
+_RETRY = (0.0005, 0.002)
 
 
 class FusedConnection(aiosqlite.Connection):
-    """Takes ``lock_timeout``: how long ``BEGIN IMMEDIATE`` waits for another writer (s)."""
+    """Takes ``lock_timeout``: how long ``BEGIN IMMEDIATE`` waits for another writer (s);
+    ``first_in_line``: try for it more often than the others (see the module docstring)."""
 
     def __init__(self, connect: Callable[[], sqlite3.Connection], *, lock_timeout: float,
-                 busy_timeout_ms: int) -> None:
+                 busy_timeout_ms: int, first_in_line: bool = False) -> None:
         super().__init__(connect, iter_chunk_size=64)
         self._lock_timeout = lock_timeout
         self._busy_timeout_ms = busy_timeout_ms
+        # Seconds between tries for the write lock while another process holds it: first, most.
+        self._retry = (_FIRST_IN_LINE_RETRY, _FIRST_IN_LINE_RETRY) if first_in_line else _RETRY
         #: False only when no transaction can be open (after a commit or a rollback).
         self._maybe_in_transaction = True
         #: True while this connection holds the write lock: statements run in the caller's thread.
@@ -101,12 +113,13 @@ class FusedConnection(aiosqlite.Connection):
 
     def _begin_immediate(self, *, wait: bool = True) -> bool:
         """``BEGIN IMMEDIATE`` with SQLite's busy handler off meanwhile; True once it holds the
-        write lock. With ``wait`` (in the driver's thread), retrying every 0.2-2 ms while
-        another process holds the lock; without, False at once if it does."""
+        write lock. With ``wait`` (in the driver's thread), retrying while another process
+        holds the lock, every 0.2 ms first in line, else every 0.5 ms then 2 ms; without,
+        False at once if it does."""
         conn = self._conn
         conn.execute("PRAGMA busy_timeout=0")
         try:
-            deadline, delay = time.monotonic() + self._lock_timeout, 0.0002
+            deadline, (delay, most) = time.monotonic() + self._lock_timeout, self._retry
             while True:
                 try:
                     conn.execute(BEGIN_IMMEDIATE)
@@ -117,7 +130,7 @@ class FusedConnection(aiosqlite.Connection):
                     if not wait:
                         return False
                 time.sleep(delay)
-                delay = min(delay * 2, 0.002)
+                delay = min(delay * 2, most)
         finally:
             conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
 
@@ -193,13 +206,14 @@ def _run_many(conn: sqlite3.Connection, sql: str, parameters: Iterable[Any]) -> 
 
 
 def connector(args: Sequence[Any], kwargs: Mapping[str, Any], *, lock_timeout: float,
-              busy_timeout_ms: int) -> Callable[[], Any]:
+              busy_timeout_ms: int, first_in_line: bool = False) -> Callable[[], Any]:
     """SQLAlchemy's ``async_creator``: a :class:`FusedConnection` opened with the connect
     arguments the dialect made of the URL."""
     async def create() -> FusedConnection:
         # Used by one thread at a time: the driver's, or the caller's while writing (above).
         connection = FusedConnection(partial(sqlite3.connect, *args, **{**kwargs, "check_same_thread": False}),
-                                     lock_timeout=lock_timeout, busy_timeout_ms=busy_timeout_ms)
+                                     lock_timeout=lock_timeout, busy_timeout_ms=busy_timeout_ms,
+                                     first_in_line=first_in_line)
         connection._thread.daemon = True  # as SQLAlchemy does for aiosqlite's own connections
         await connection
         return connection
