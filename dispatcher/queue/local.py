@@ -38,6 +38,20 @@ class LocalQueue:
         self._poll = poll_interval
         # Wakes a waiting receive in this process as soon as this process sends.
         self._arrived = asyncio.Event()
+        # Every receive and acknowledgement runs these: built once.
+        visible = (queue_messages.c.queue == self._name,
+                   queue_messages.c.visible_at <= sa.bindparam("b_now"))
+        self._peek = sa.select(queue_messages.c.id).where(*visible).limit(1)
+        self._visible = (
+            sa.select(queue_messages.c.id, queue_messages.c.body, queue_messages.c.receive_count)
+            .where(*visible).order_by(queue_messages.c.visible_at, queue_messages.c.id)
+            .limit(sa.bindparam("b_max", type_=sa.Integer)).with_for_update(skip_locked=True))
+        self._hide = (queue_messages.update().where(queue_messages.c.id == sa.bindparam("b_id"))
+                      .values(visible_at=sa.bindparam("b_until"), receipt=sa.bindparam("b_receipt"),
+                              receive_count=sa.bindparam("b_count")))
+        self._delete = queue_messages.delete().where(
+            queue_messages.c.id == sa.bindparam("b_id"),
+            queue_messages.c.receipt == sa.bindparam("b_receipt"))
 
     async def send_batch(self, bodies: Sequence[str]) -> None:
         if not bodies:
@@ -76,23 +90,14 @@ class LocalQueue:
         """A read, which never waits for SQLite's one writer: polling an empty queue (idle
         workers, a batch topping up) takes no write lock from the gateway's commits."""
         async with self._db.read() as conn:
-            return (await conn.execute(
-                sa.select(queue_messages.c.id)
-                .where(queue_messages.c.queue == self._name, queue_messages.c.visible_at <= now)
-                .limit(1))).first() is not None
+            return (await conn.execute(self._peek, {"b_now": now})).first() is not None
 
     async def _take(self, max_messages: int) -> list[QueuedMessage]:
         now = now_us()
         if not await self._any_visible(now):
             return []
         async with self._db.write() as conn:
-            rows = (await conn.execute(
-                sa.select(queue_messages.c.id, queue_messages.c.body, queue_messages.c.receive_count)
-                .where(queue_messages.c.queue == self._name, queue_messages.c.visible_at <= now)
-                .order_by(queue_messages.c.visible_at, queue_messages.c.id)
-                .limit(max_messages)
-                .with_for_update(skip_locked=True)
-            )).all()
+            rows = (await conn.execute(self._visible, {"b_now": now, "b_max": max_messages})).all()
             exhausted = [r for r in rows if r.receive_count >= self._max_receives]
             for row in exhausted:
                 await self._move_to_dlq(conn, row.id, row.body, row.receive_count,
@@ -101,22 +106,18 @@ class LocalQueue:
             taken = [QueuedMessage(str(r.id), r.body, secrets.token_hex(16), r.receive_count + 1)
                      for r in rows if r.receive_count < self._max_receives]
             if taken:
-                await conn.execute(
-                    queue_messages.update().where(queue_messages.c.id == sa.bindparam("b_id"))
-                    .values(visible_at=now + self._visibility_us, receipt=sa.bindparam("b_receipt"),
-                            receive_count=sa.bindparam("b_count")),
-                    [{"b_id": int(m.id), "b_receipt": m.receipt, "b_count": m.receive_count}
-                     for m in taken])
+                until = now + self._visibility_us
+                await conn.execute(self._hide, [
+                    {"b_id": int(m.id), "b_until": until, "b_receipt": m.receipt,
+                     "b_count": m.receive_count} for m in taken])
         return taken
 
     async def ack(self, messages: Sequence[QueuedMessage]) -> None:
         if not messages:
             return
         async with self._db.write() as conn:
-            await conn.execute(
-                queue_messages.delete().where(queue_messages.c.id == sa.bindparam("b_id"),
-                                              queue_messages.c.receipt == sa.bindparam("b_receipt")),
-                [{"b_id": int(m.id), "b_receipt": m.receipt} for m in messages])
+            await conn.execute(self._delete,
+                               [{"b_id": int(m.id), "b_receipt": m.receipt} for m in messages])
 
     async def extend(self, message: QueuedMessage, seconds: float) -> None:
         async with self._db.write() as conn:

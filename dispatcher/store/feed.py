@@ -19,6 +19,19 @@ __all__ = ["FeedStore"]
 class FeedStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # In every unit of work with in-app rows: built once (an entry's updated_at is the
+        # inserted row's, i.e. now).
+        insert = db.insert(inbox)
+        self._write = insert.on_conflict_do_update(
+            index_elements=[inbox.c.user_id, inbox.c.notification_id],
+            set_={
+                "version": insert.excluded.version, "title": insert.excluded.title,
+                "body": insert.excluded.body, "state": insert.excluded.state,
+                "category": insert.excluded.category, "read": False,
+                "updated_at": insert.excluded.updated_at,
+            },
+            where=inbox.c.version < insert.excluded.version,
+        )
 
     async def write(self, conn: AsyncConnection, entries: Sequence[FeedEntry]) -> None:
         """Insert entries, or refresh existing ones that hold an older version (unread again).
@@ -28,17 +41,7 @@ class FeedStore:
         if not entries:
             return
         now = now_us()
-        stmt = self._db.insert(inbox)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[inbox.c.user_id, inbox.c.notification_id],
-            set_={
-                "version": stmt.excluded.version, "title": stmt.excluded.title,
-                "body": stmt.excluded.body, "state": stmt.excluded.state,
-                "category": stmt.excluded.category, "read": False, "updated_at": now,
-            },
-            where=inbox.c.version < stmt.excluded.version,
-        )
-        await conn.execute(stmt, [
+        await conn.execute(self._write, [
             {"user_id": e.user_id, "notification_id": e.notification_id, "version": e.version,
              "title": e.title, "body": e.body, "state": e.state, "category": e.category,
              "read": False, "created_at": now, "updated_at": now}

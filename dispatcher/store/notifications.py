@@ -29,6 +29,9 @@ class NotificationStore:
                               .order_by(notifications.c.id).with_for_update())
         # Every header a commit changes, in one statement: each column an update can change
         # is written, from the row as locked and folded (unchanged columns keep their value).
+        self._cancelled_of = (sa.select(notifications.c.id, notifications.c.cancelled_at)
+                              .where(notifications.c.id.in_(sa.bindparam("ids", expanding=True)))
+                              .order_by(notifications.c.id).with_for_update())
         self._update_headers = (notifications.update()
                                 .where(notifications.c.id == sa.bindparam("b_id"))
                                 .values({**{c: sa.bindparam(f"b_{c}") for c in _FOLDED},
@@ -72,10 +75,7 @@ class NotificationStore:
         transaction, so a cancel waits for it or it for the cancel; return the cancelled ones."""
         if not ids:
             return set()
-        rows = (await conn.execute(
-            sa.select(notifications.c.id, notifications.c.cancelled_at)
-            .where(notifications.c.id.in_(sorted(set(ids)))).order_by(notifications.c.id)
-            .with_for_update())).all()
+        rows = (await conn.execute(self._cancelled_of, {"ids": sorted(set(ids))})).all()
         return {r.id for r in rows if r.cancelled_at is not None}
 
     async def get(self, notification_id: str) -> NotificationHeader | None:

@@ -49,6 +49,10 @@ class WebhookStore:
     def __init__(self, db: Database, notifications: NotificationStore) -> None:
         self._db = db
         self._notifications = notifications
+        # In every ledger transaction (after_rows): built once.
+        self._subscriptions = (
+            sa.select(webhook_endpoints.c.service, webhook_endpoints.c.events)
+            .where(webhook_endpoints.c.service.in_(sa.bindparam("services", expanding=True))))
 
     # -- endpoints ---------------------------------------------------------------------
 
@@ -86,8 +90,7 @@ class WebhookStore:
         """Per service with an endpoint: the events it takes."""
         if not services:
             return {}
-        rows = await conn.execute(sa.select(webhook_endpoints.c.service, webhook_endpoints.c.events)
-                                  .where(webhook_endpoints.c.service.in_(sorted(set(services)))))
+        rows = await conn.execute(self._subscriptions, {"services": sorted(set(services))})
         return {r.service: set(r.events) for r in rows}
 
     async def add_in(self, conn: AsyncConnection, service: str, event: str, dedupe_key: str,
