@@ -70,9 +70,9 @@ def cli(argv: list[str] | None = None) -> int:
                    help="small workload: the fixed offered rate, notifications/s (50)")
     r.add_argument("--small-seconds", type=float, default=20.0,
                    help="small workload: seconds of the fixed offer (20)")
-    r.add_argument("--small-budget", type=float, default=60.0,
+    r.add_argument("--small-budget", type=float, default=120.0,
                    help="small workload: seconds per contender for the sustainable-rate search, "
-                        "and for the gateway alone (60; 0 skips the search)")
+                        "and for the gateway alone (120; 0 skips the search)")
     r.add_argument("--small-step-seconds", type=float, default=10.0,
                    help="small workload: seconds per step of the search (10; the gateway alone "
                         "steps for half as long, at most 5)")
@@ -148,8 +148,8 @@ def _small_parser(sub: Any) -> None:
                    "once, i.e. users / rate)")
     s.add_argument("--find-rate", action="store_true",
                    help="step up the rate until a bar is missed; report the highest sustainable")
-    s.add_argument("--rates", type=_floats, default=[25.0, 50.0, 100.0, 200.0, 400.0, 800.0],
-                   help="the steps of --find-rate (25,50,100,200,400,800)")
+    s.add_argument("--rates", type=_floats, default=None,
+                   help="the steps of --find-rate (50,100,...,400 in steps of 50, 500,600,800)")
     s.add_argument("--step-seconds", type=float, default=10.0, help="offer per step (10)")
     s.add_argument("--budget", type=float, default=120.0,
                    help="seconds per contender for --find-rate (120)")
@@ -169,11 +169,13 @@ def _small(args: argparse.Namespace) -> int:
     from bench.report import small_tables
     from bench.small_suite import SmallOptions, measure_small
     from bench.standins import StandIns
+    from bench.sustainable import RATES
 
     rates = args.rate if args.rate is not None else (
         [] if args.find_rate or args.gateway_alone else [200.0])
+    steps = args.rates if args.rates is not None else [float(r) for r in RATES]
     opts = SmallOptions(contenders=args.contenders.split(","), users=args.users, rates=rates,
-                        seconds=args.seconds, find_rate=args.find_rate, search_rates=args.rates,
+                        seconds=args.seconds, find_rate=args.find_rate, search_rates=steps,
                         step_seconds=args.step_seconds, budget=args.budget,
                         gateway_alone=args.gateway_alone, gateway_rates=args.gateway_rates,
                         gateway_seconds=args.gateway_seconds,

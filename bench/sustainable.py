@@ -1,8 +1,8 @@
 """Stepped rates: the highest rate a contender sustains, and the gateway alone.
 
 **The sustainable rate** (:func:`find_sustainable`): the small workload offered at rising
-rates (25, 50, 100, 200, 400, 800 notifications/s by default), each for a short window, on
-one stack. A step passes when every request was accepted, accept p99 < 50 ms, end-to-end p99
+rates (50 notifications/s, then steps of 50 up to 400, then 500, 600, 800 by default), each
+for a short window, on one stack. A step passes when every request was accepted, accept p99 < 50 ms, end-to-end p99
 < 1 s (the notification and its update alike) and the backlog did not grow: every row final
 within 2 s of the last scheduled send. The search stops at the first step that fails (a
 higher rate would fail too, and would leave a backlog the next step would inherit) or when
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["GatewayAlone", "GatewayStep", "RateSearch", "find_sustainable", "gateway_alone",
            "sustainable"]
 
-RATES = (25, 50, 100, 200, 400, 800)
+RATES = (50, 100, 150, 200, 250, 300, 350, 400, 500, 600, 800)
 GATEWAY_RATES = (100, 250, 500, 1000, 1500, 2000, 3000, 4000)
 ACCEPT_P99_MS = 50.0
 E2E_P99_MS = 1000.0
