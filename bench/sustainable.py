@@ -2,11 +2,12 @@
 
 **The sustainable rate** (:func:`find_sustainable`): the small workload offered at rising
 rates (50 notifications/s, then steps of 50 up to 400, then 500, 600, 800 by default), each
-for a short window, on one stack. A step passes when every request was accepted, accept p99 < 50 ms, end-to-end p99
-< 1 s (the notification and its update alike) and the backlog did not grow: every row final
-within 2 s of the last scheduled send. The search stops at the first step that fails (a
-higher rate would fail too, and would leave a backlog the next step would inherit) or when
-the time budget would be exceeded; the answer is the highest step that passed.
+for a short window, on one stack. A step passes when every request was accepted, accept p99
+< 50 ms, end-to-end p99 < 1 s (the notification and its update alike) and the backlog did
+not grow: every row final within 2 s of the last scheduled send. The search stops at the
+first step that fails (a higher rate would fail too, and would leave a backlog the next step
+would inherit) or when the time budget would be exceeded; the answer is the highest step
+that passed.
 
 **The gateway alone** (:func:`gateway_alone`): ``dispatcher gateway`` on the embedded store
 and queue, with no worker (the queue just fills), offered single-recipient notifications

@@ -27,11 +27,11 @@ class NotificationStore:
         self._lock_headers = (sa.select(notifications)
                               .where(notifications.c.id.in_(sa.bindparam("ids", expanding=True)))
                               .order_by(notifications.c.id).with_for_update())
-        # Every header a commit changes, in one statement: each column an update can change
-        # is written, from the row as locked and folded (unchanged columns keep their value).
         self._cancelled_of = (sa.select(notifications.c.id, notifications.c.cancelled_at)
                               .where(notifications.c.id.in_(sa.bindparam("ids", expanding=True)))
                               .order_by(notifications.c.id).with_for_update())
+        # Every header a commit changes, in one statement: each column an update can change
+        # is written, from the row as locked and folded (unchanged columns keep their value).
         self._update_headers = (notifications.update()
                                 .where(notifications.c.id == sa.bindparam("b_id"))
                                 .values({**{c: sa.bindparam(f"b_{c}") for c in _FOLDED},

@@ -211,9 +211,9 @@ def connector(args: Sequence[Any], kwargs: Mapping[str, Any], *, lock_timeout: f
     arguments the dialect made of the URL."""
     async def create() -> FusedConnection:
         # Used by one thread at a time: the driver's, or the caller's while writing (above).
-        connection = FusedConnection(partial(sqlite3.connect, *args, **{**kwargs, "check_same_thread": False}),
-                                     lock_timeout=lock_timeout, busy_timeout_ms=busy_timeout_ms,
-                                     first_in_line=first_in_line)
+        connect = partial(sqlite3.connect, *args, **{**kwargs, "check_same_thread": False})
+        connection = FusedConnection(connect, lock_timeout=lock_timeout,
+                                     busy_timeout_ms=busy_timeout_ms, first_in_line=first_in_line)
         connection._thread.daemon = True  # as SQLAlchemy does for aiosqlite's own connections
         await connection
         return connection
