@@ -167,7 +167,7 @@ class LocalQueue:
         if ids is not None:
             numbers = [int(i) for i in ids if i.isdigit()]
             query = query.where(dead_letters.c.id.in_(numbers))
-        async with self._db.write() as conn:
+        async with self._db.write(many_rows=True) as conn:
             rows = (await conn.execute(query.order_by(dead_letters.c.id))).all()
             if rows:
                 await self.send_batch_in(conn, [r.body for r in rows])
@@ -177,7 +177,7 @@ class LocalQueue:
         return len(rows)
 
     async def purge_dead_letters(self) -> int:
-        async with self._db.write() as conn:
+        async with self._db.write(many_rows=True) as conn:
             result = await conn.execute(dead_letters.delete().where(dead_letters.c.queue == self._name))
         return int(result.rowcount)
 

@@ -21,11 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from dispatcher.errors import ConfigurationError, Unavailable
 from dispatcher.store.schema import add_missing_indexes, metadata
-from dispatcher.store.sqlite_driver import BEGIN_IMMEDIATE, connector
+from dispatcher.store.sqlite_driver import BEGIN_IMMEDIATE, BEGIN_IMMEDIATE_MANY_ROWS, connector
 
 __all__ = ["Database"]
 
 _WRITE = "dispatcher_write"
+_MANY_ROWS = "many_rows"  # the value of _WRITE for write(many_rows=True)
 _BUSY_TIMEOUT_MS = 60_000
 _SCHEMA_LOCK = 0x6E6F7469  # any constant shared by every dispatcher process
 
@@ -57,20 +58,25 @@ class Database:
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine, sqlite_synchronous)
         self._writer = self.engine.execution_options(**{_WRITE: True})
+        self._many_rows_writer = self.engine.execution_options(**{_WRITE: _MANY_ROWS})
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
+    async def write(self, *, many_rows: bool = False) -> AsyncIterator[AsyncConnection]:
         """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success.
 
         SQLite has one writer at a time. Writers of this process queue on an asyncio lock
         instead of on SQLite's busy handler, which sleeps in steps of up to 100 ms and turned
-        a busy gateway's p99 into seconds."""
+        a busy gateway's p99 into seconds. ``many_rows``: a transaction whose statements may
+        touch thousands of rows (a cancel, a prune, a resend): on SQLite they run in the
+        driver's thread, so this process's event loop goes on meanwhile (the others'
+        statements run on it while they hold the lock: ``dispatcher.store.sqlite_driver``)."""
+        writer = self._many_rows_writer if many_rows else self._writer
         if self._write_lock is None:
-            async with self._writer.begin() as conn:
+            async with writer.begin() as conn:
                 yield conn
             return
-        async with self._write_lock, self._writer.begin() as conn:
+        async with self._write_lock, writer.begin() as conn:
             yield conn
 
     @asynccontextmanager
@@ -163,8 +169,9 @@ def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
         # 10, … up to 100 ms between tries, and with a gateway and worker processes writing
         # the same file every accept that met a worker's transaction waited tens of
         # milliseconds after the lock was free (bench small: accept p99 400 ms at 50/s).
-        conn.exec_driver_sql(BEGIN_IMMEDIATE if conn.get_execution_options().get(_WRITE, False)
-                             else "BEGIN")
+        write = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN" if not write else
+                             BEGIN_IMMEDIATE_MANY_ROWS if write == _MANY_ROWS else BEGIN_IMMEDIATE)
 
 
 def _switch_to_wal(cursor: Any, attempts: int = 100) -> None:

@@ -223,7 +223,7 @@ class LedgerStore:
         while True:
             old = (sa.select(frequency_log.c.notification_id, frequency_log.c.user_id, frequency_log.c.channel)
                    .where(frequency_log.c.at < older_than).limit(batch))
-            async with self._db.write() as conn:
+            async with self._db.write(many_rows=True) as conn:
                 deleted = int((await conn.execute(frequency_log.delete().where(key.in_(old)))).rowcount)
             total += deleted
             if deleted < batch:
@@ -232,7 +232,7 @@ class LedgerStore:
     async def cancel(self, notification_id: str) -> CancelSummary | None:
         """Cancel a notification (see the module docstring); None if there is no such id."""
         now = now_us()
-        async with self._db.write() as conn:
+        async with self._db.write(many_rows=True) as conn:
             header = (await conn.execute(
                 sa.select(notifications.c.recipients, notifications.c.channels,
                           notifications.c.cancelled_at)
@@ -389,7 +389,7 @@ class LedgerStore:
             groups[(key.notification_id, key.channel)].append(key.user_id)
         settled: dict[str, int] = defaultdict(int)
         now = now_us()
-        async with self._db.write() as conn:
+        async with self._db.write(many_rows=True) as conn:
             for (nid, channel), user_ids in groups.items():
                 result = await conn.execute(
                     deliveries.update()

@@ -40,7 +40,7 @@ class ResendStore:
         if reasons:
             query = query.where(deliveries.c.reason.in_(list(reasons)))
         now = now_us()
-        async with self._db.write() as conn:
+        async with self._db.write(many_rows=True) as conn:
             rows = (await conn.execute(query.with_for_update())).all()
             if rows:
                 await conn.execute(

@@ -25,7 +25,10 @@ already has the one it needs), so it runs at SQLite's speed on the event loop's 
 loop is busy for that long, as it was for building the statement. ``BEGIN IMMEDIATE`` is
 tried there first too, without waiting; only when another writer holds the lock does the
 driver's thread wait for it. ``COMMIT`` goes to the driver's thread (with ``synchronous=FULL``
-it waits for the disk), and the lock is free as soon as it is done there.
+it waits for the disk), and the lock is free as soon as it is done there. A transaction that
+may touch thousands of rows (``BEGIN_IMMEDIATE_MANY_ROWS``: a cancel, a prune) keeps its
+statements in the driver's thread: an update of 40,000 ledger rows stopped the event loop for
+86-98 ms on the caller's thread, 43 ms from the driver's.
 
 **A process whose writes someone waits for goes first** (``first_in_line``: the API process,
 whose commits a caller's request waits for). SQLite queues no one: when the lock is freed,
@@ -48,10 +51,12 @@ from typing import Any
 
 import aiosqlite
 
-__all__ = ["BEGIN_IMMEDIATE", "FusedConnection", "connector"]
+__all__ = ["BEGIN_IMMEDIATE", "BEGIN_IMMEDIATE_MANY_ROWS", "FusedConnection", "connector"]
 
 #: The statement that starts a write transaction; the driver waits for the lock itself.
 BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
+#: The same, for a transaction whose statements stay in the driver's thread (many rows).
+BEGIN_IMMEDIATE_MANY_ROWS = "BEGIN IMMEDIATE -- many rows"
 
 _Description = tuple[tuple[Any, ...], ...] | None
 _FIRST_IN_LINE_RETRY = 0.0002
@@ -98,10 +103,10 @@ class FusedConnection(aiosqlite.Connection):
         self._maybe_in_transaction = True
         if self._writing:
             return _run(self._conn, sql, parameters)
-        if sql == BEGIN_IMMEDIATE:
+        if sql in (BEGIN_IMMEDIATE, BEGIN_IMMEDIATE_MANY_ROWS):
             if not self._begin_immediate(wait=False):
                 await self._call(self._begin_immediate)
-            self._writing = True
+            self._writing = sql == BEGIN_IMMEDIATE
             return None, -1, None, []
         return await self._call(_run, self._conn, sql, parameters)  # type: ignore[no-any-return]
 

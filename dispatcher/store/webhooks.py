@@ -218,7 +218,7 @@ class WebhookStore:
 
     async def prune(self, older_than: int) -> int:
         """Forget delivered and failed webhooks last touched before ``older_than`` (µs)."""
-        async with self._db.write() as conn:
+        async with self._db.write(many_rows=True) as conn:
             result = await conn.execute(webhook_outbox.delete().where(
                 webhook_outbox.c.status.in_(["delivered", "failed"]),
                 webhook_outbox.c.updated_at < older_than))

@@ -101,7 +101,8 @@ async def test_results_come_back_whole_with_their_counts(db: Database) -> None:
 async def test_a_write_transaction_runs_in_the_callers_thread_and_a_read_in_the_drivers(
         tmp_path: Path) -> None:
     """Every other writer of the file waits while one holds the lock, so its statements must
-    not wait for turns of a busy event loop; a read (which can be long) must not block it."""
+    not wait for turns of a busy event loop; a read, or a write of many rows (a cancel, a
+    prune), which can be long, must not block the loop."""
     database = Database(f"sqlite:///{tmp_path / 'threads.db'}")
 
     @event.listens_for(database.engine.sync_engine, "connect")
@@ -114,11 +115,15 @@ async def test_a_write_transaction_runs_in_the_callers_thread_and_a_read_in_the_
             await conn.run_sync(users.metadata.create_all)
             await conn.execute(users.insert(), [_user(1)])
             in_write = (await conn.execute(sa.text("SELECT thread_id()"))).scalar_one()
+        async with database.write(many_rows=True) as conn:
+            await conn.execute(users.insert(), [_user(2)])
+            in_long_write = (await conn.execute(sa.text("SELECT thread_id()"))).scalar_one()
         async with database.read() as conn:
             in_read = (await conn.execute(sa.text("SELECT thread_id()"))).scalar_one()
-            stored = (await conn.execute(sa.select(users.c.id))).scalars().all()
+            stored = (await conn.execute(sa.select(users.c.id).order_by(users.c.id))).scalars().all()
     finally:
         await database.close()
     assert in_write == threading.get_ident()
+    assert in_long_write != threading.get_ident()
     assert in_read != threading.get_ident()
-    assert stored == ["u1"]
+    assert stored == ["u1", "u2"]
