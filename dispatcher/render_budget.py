@@ -15,7 +15,13 @@ made a 100 MB part. Here, inside the sandbox:
 
 A render over budget raises :class:`BudgetExceeded`, which the registry reports as the
 part's :class:`~dispatcher.errors.TemplateError`: a 422 at the gateway, ``failed`` /
-``template_error`` rows in the worker. The checks are cooperative: they run between the
+``template_error`` rows in the worker.
+
+A caller may also cap a render shorter than its budget (:func:`capped`): past the cap it
+raises :class:`OverCap`, which is not the template's fault and which the registry lets
+through, so the caller can render it again where taking longer is harmless. The gateway
+renders its trial on the event loop this way, a few milliseconds at most, and only a slower
+template goes to a thread (``dispatcher.fan_out``). The checks are cooperative: they run between the
 template's steps, so one step that is slow by itself (a filter over a huge input) is bounded
 by the input bounds (``DISPATCHER_MAX_DATA_BYTES``), not by the clock.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +38,11 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment, safe_range
 
-__all__ = ["BoundedSandbox", "BudgetExceeded", "RenderBudget", "render_within"]
+__all__ = ["BoundedSandbox", "BudgetExceeded", "OverCap", "RenderBudget", "capped", "render_within"]
 
 _MAX_EXPONENT = 256
 _deadline: ContextVar[float | None] = ContextVar("render_deadline", default=None)
+_cap: ContextVar[float | None] = ContextVar("render_cap", default=None)
 
 
 @dataclass(frozen=True)
@@ -47,10 +55,30 @@ class BudgetExceeded(Exception):
     """A render that ran out of time or grew past its size."""
 
 
+class OverCap(BaseException):  # noqa: N818  # not an error: "render it again without the cap"
+    """A render that ran past its caller's cap (:func:`capped`). A ``BaseException``, so the
+    registry's "whatever a template raises is its error" does not turn it into one."""
+
+
+@contextmanager
+def capped(seconds: float) -> Iterator[None]:
+    """Renders within this block raise :class:`OverCap` once ``seconds`` have passed."""
+    token = _cap.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _cap.reset(token)
+
+
 def _tick() -> None:
-    deadline = _deadline.get()
-    if deadline is not None and time.monotonic() > deadline:
+    deadline, cap = _deadline.get(), _cap.get()
+    if deadline is None and cap is None:
+        return
+    now = time.monotonic()
+    if deadline is not None and now > deadline:
         raise BudgetExceeded("rendering took longer than its time budget (DISPATCHER_RENDER_TIMEOUT)")
+    if cap is not None and now > cap:
+        raise OverCap
 
 
 class BoundedSandbox(SandboxedEnvironment):

@@ -304,6 +304,22 @@ def test_a_template_over_its_budget_is_a_template_error(tmp_path: Path, source: 
     assert time.monotonic() - started < 5  # bounded: the 10**10-step loop stopped
 
 
+def test_a_render_past_its_callers_cap_is_not_a_template_error_and_renders_without_it(
+        tmp_path: Path) -> None:
+    """The gateway renders its trial on the event loop under a few milliseconds' cap and, past
+    it, renders again in a thread: the cap must stop a slow template without blaming it."""
+    from dispatcher.render_budget import OverCap, RenderBudget, capped
+
+    slow = "{% for i in range(50) %}{% for j in range(10000) %}{% endfor %}{% endfor %}done"
+    root = write_template(tmp_path, "t", {"default/sms.txt": slow})
+    registry = TemplateRegistry(root, RenderBudget(seconds=30, max_chars=1000))
+    with pytest.raises(OverCap), capped(0.001):
+        registry.render("t", ["sms"], {})
+    assert registry.render("t", ["sms"], {}) == {"sms": {"text": "done"}}
+    with capped(30):  # under the cap: as without one
+        assert registry.render("t", ["sms"], {}) == {"sms": {"text": "done"}}
+
+
 def test_a_template_within_its_budget_renders_as_before(tmp_path: Path) -> None:
     from dispatcher.render_budget import RenderBudget
 
