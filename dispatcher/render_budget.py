@@ -15,15 +15,15 @@ made a 100 MB part. Here, inside the sandbox:
 
 A render over budget raises :class:`BudgetExceeded`, which the registry reports as the
 part's :class:`~dispatcher.errors.TemplateError`: a 422 at the gateway, ``failed`` /
-``template_error`` rows in the worker.
+``template_error`` rows in the worker. The checks are cooperative: they run between the
+template's steps, so one step that is slow by itself (a filter over a huge input) is bounded
+by the input bounds (``DISPATCHER_MAX_DATA_BYTES``), not by the clock.
 
 A caller may also cap a render shorter than its budget (:func:`capped`): past the cap it
 raises :class:`OverCap`, which is not the template's fault and which the registry lets
 through, so the caller can render it again where taking longer is harmless. The gateway
-renders its trial on the event loop this way, a few milliseconds at most, and only a slower
-template goes to a thread (``dispatcher.fan_out``). The checks are cooperative: they run between the
-template's steps, so one step that is slow by itself (a filter over a huge input) is bounded
-by the input bounds (``DISPATCHER_MAX_DATA_BYTES``), not by the clock.
+renders its trial on the event loop this way, for a few milliseconds at most (checked the
+same cooperative way), and only a slower template goes to a thread (``dispatcher.fan_out``).
 """
 
 from __future__ import annotations
