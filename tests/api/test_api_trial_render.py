@@ -3,16 +3,13 @@ when a template takes longer, with the same answer either way (dispatcher.fan_ou
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from support import new_id, path_id
 
-from dispatcher.api import create_app
 from dispatcher.config import Settings
-from dispatcher.runtime import Runtime
 
 # Half a million empty steps: tens of milliseconds, past the 5 ms cap, well within the budget.
 SLOW = "{% for i in range(50) %}{% for j in range(10000) %}{% endfor %}{% endfor %}"
@@ -24,17 +21,13 @@ TEMPLATES = {
 
 
 @pytest.fixture
-async def client(settings: Settings, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+def settings(settings: Settings, tmp_path: Path) -> Settings:
+    """The suite's settings (and so its ``runtime`` and ``client``) with these templates."""
     root = tmp_path / "templates"
     for relative, text in TEMPLATES.items():
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_text(text, encoding="utf-8")
-    runtime = await Runtime.open(settings.model_copy(update={"templates_dir": root}))
-    transport = httpx.ASGITransport(app=create_app(runtime))
-    async with httpx.AsyncClient(transport=transport, base_url="http://dispatcher",
-                                 headers={"Authorization": "Bearer app-key"}) as c:
-        yield c
-    await runtime.close()
+    return settings.model_copy(update={"templates_dir": root})
 
 
 @pytest.mark.parametrize("template", ["quick", "slow"])
