@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,12 +20,19 @@ from dispatcher.errors import InvalidRequest, NotificationCancelled, TemplateErr
 from dispatcher.group_commit import GroupCommit
 from dispatcher.messages import ChunkMessage, encode_chunk
 from dispatcher.model import HeaderUpdate, now_us
-from dispatcher.planning import category_of, channel_sets, header_update, trial_render
+from dispatcher.planning import (
+    category_of,
+    channel_sets,
+    header_update,
+    trial_context,
+    trial_parts,
+    trial_render,
+)
 from dispatcher.queue.enqueue import Enqueuer, Intake
 from dispatcher.render_budget import OverCap, capped
-from dispatcher.rendering import TemplateRegistry
+from dispatcher.rendering import Part, TemplateRegistry, TemplateSet
 
-__all__ = ["INLINE_RENDER_SECONDS", "Accepted", "FanOut"]
+__all__ = ["INLINE_RENDER_SECONDS", "Accepted", "FanOut", "PassedTrials"]
 
 #: How long the gateway's trial render may run on the event loop before it moves to a thread.
 INLINE_RENDER_SECONDS = 0.005
@@ -46,6 +56,7 @@ class FanOut:
         self._limit = max_message_bytes
 
         self._commit: GroupCommit[Intake, set[str]] = GroupCommit(enqueue)
+        self._passed = PassedTrials()
 
     async def accept(self, service: str, request: dict[str, Any],
                      send_at: int | None = None) -> Accepted:
@@ -86,7 +97,8 @@ class FanOut:
 
     async def _check(self, message: ChunkMessage, personal_keys: frozenset[str]) -> HeaderUpdate:
         """Check the request as the worker will: template, channels, and a trial render of the
-        parts that are the same for every recipient. The render runs on the event loop for at
+        parts that are the same for every recipient, unless parts reading the same values
+        passed it before (:class:`PassedTrials`). The render runs on the event loop for at
         most ``INLINE_RENDER_SECONDS``; one that takes longer starts again in a thread (a
         template may take up to its render budget; the event loop must not). Most renders take
         tens of microseconds, and the hop to a thread cost more than that: 8 % of the API
@@ -98,17 +110,78 @@ class FanOut:
         except UnknownTemplate as exc:
             raise InvalidRequest("template", f"{exc}; known: {templates.names()}") from None
         sets = channel_sets(message.channels, template)  # ChannelNotInTemplate names the field
-        trial = functools.partial(trial_render, templates, message, category_of(message, template),
-                                  sorted(sets.all), personal_keys)
-        try:
+        parts = trial_parts(templates, message, sorted(sets.all), personal_keys)
+        context = trial_context(message, category_of(message, template))
+        key = self._passed.key(templates, parts, context)
+        if key is None or not self._passed.seen(key):
+            trial = functools.partial(trial_render, parts, context)
             try:
-                with capped(INLINE_RENDER_SECONDS):
-                    trial()
-            except OverCap:
-                await asyncio.to_thread(trial)
-        except TemplateError as exc:
-            raise InvalidRequest("data", f"the template can't be rendered with this data: {exc}") from None
+                try:
+                    with capped(INLINE_RENDER_SECONDS):
+                        trial()
+                except OverCap:
+                    await asyncio.to_thread(trial)
+            except TemplateError as exc:
+                raise InvalidRequest("data", f"the template can't be rendered with this data: {exc}") from None
+            if key is not None:
+                self._passed.add(templates, key)
         return header_update(message, template, sets)
+
+
+class PassedTrials:
+    """The trial renders that passed, keyed by what they read, so that a request like one
+    already checked is not rendered again.
+
+    A part renders the same from the same values of the variables it reads (its
+    :attr:`~dispatcher.rendering.Part.variables`, the layouts it names included): the key is
+    the parts and those values (JSON), not the whole context, so the notification's own id,
+    which most parts don't read, does not make every request new. The same data, state and
+    locale (the app's name in "installing…", then "completed") is most of a gateway's
+    traffic; data that differs on every request (an order number the template prints) misses
+    every time, and costs its key. What a hit skips is the check alone: the worker renders
+    every part for real, and a render that fails there fails its rows (``template_error``).
+
+    Bounded: the ``size`` most recently used keys, none longer than ``max_key_chars``;
+    emptied when the templates change (a reload is a new set, and parts are named by
+    identity within a set). Used on the event loop only.
+    """
+
+    def __init__(self, size: int = 1024, max_key_chars: int = 2048) -> None:
+        self._size = size
+        self._max_key_chars = max_key_chars
+        self._keys: OrderedDict[tuple[tuple[int, ...], str], None] = OrderedDict()
+        self._set: TemplateSet | None = None
+
+    def key(self, templates: TemplateSet, parts: Sequence[Part],
+            context: Mapping[str, Any]) -> tuple[tuple[int, ...], str] | None:
+        """The key of rendering ``parts`` of ``templates`` in ``context``, or None when it is
+        not to be kept (too long, or a value that is not JSON)."""
+        if templates is not self._set:
+            self._set = templates
+            self._keys.clear()
+        names = sorted({name for part in parts for name in part.variables or ()})
+        try:
+            values = json.dumps({name: context[name] for name in names if name in context},
+                                separators=(",", ":"))
+        except (TypeError, ValueError):
+            return None
+        if len(values) > self._max_key_chars:
+            return None
+        return tuple(id(part) for part in parts), values
+
+    def seen(self, key: tuple[tuple[int, ...], str]) -> bool:
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            return True
+        return False
+
+    def add(self, templates: TemplateSet, key: tuple[tuple[int, ...], str]) -> None:
+        """Keep ``key``, unless the templates changed meanwhile (a render in a thread)."""
+        if templates is not self._set:
+            return
+        self._keys[key] = None
+        if len(self._keys) > self._size:
+            self._keys.popitem(last=False)
 
 
 def _recipients(items: list[Any]) -> tuple[list[str], dict[str, dict[str, Any]]]:

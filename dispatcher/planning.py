@@ -54,7 +54,8 @@ from dispatcher.rendering import Part, TemplateInfo, TemplateRegistry, TemplateS
 from dispatcher.unsubscribe import UnsubscribeLinks
 
 __all__ = ["ChunkPlan", "ChannelSets", "Planner", "UNSUBSCRIBE_PLACEHOLDER", "category_of",
-           "channel_sets", "header_update", "render_context", "trial_render", "user_context",
+           "channel_sets", "header_update", "render_context", "trial_context", "trial_parts",
+           "trial_render", "user_context",
            "PREFERENCES_PLACEHOLDER"]
 
 #: What ``unsubscribe_url`` renders as; each recipient's link replaces it. Letters, digits and
@@ -126,17 +127,27 @@ def user_context(user: UserRecord) -> dict[str, Any]:
             "attributes": dict(user.attributes)}
 
 
-def trial_render(templates: TemplateSet, message: ChunkMessage, category: str,
-                 channels: list[str], personal_keys: frozenset[str]) -> None:
-    """The gateway's check of a request: render, for the request's locale, every part that is
-    the same for all its recipients (uses neither ``user`` nor any of ``personal_keys``, the
-    keys some recipient's own data has). Those would fail for everyone: raises TemplateError.
-    The other parts may fail for some recipients only, which fails their rows alone."""
-    context = render_context(message, category, message.locale, unsubscribe=True, preferences=True)
-    for channel in channels:
-        for part in templates.resolve(message.template, channel, message.locale).values():
-            if not part.personal and not part.uses_any(personal_keys):
-                part.render(context)
+def trial_parts(templates: TemplateSet, message: ChunkMessage, channels: list[str],
+                personal_keys: frozenset[str]) -> list[Part]:
+    """What the gateway's check of a request renders: for the request's locale, every part
+    that is the same for all its recipients (uses neither ``user`` nor any of
+    ``personal_keys``, the keys some recipient's own data has). Those would fail for everyone.
+    The other parts may fail for some recipients only, which fails their rows alone. Each
+    part returned reads known variables (:attr:`~dispatcher.rendering.Part.variables`)."""
+    return [part for channel in channels
+            for part in templates.resolve(message.template, channel, message.locale).values()
+            if not part.personal and not part.uses_any(personal_keys)]
+
+
+def trial_context(message: ChunkMessage, category: str) -> dict[str, Any]:
+    """The context of the gateway's check (:func:`trial_parts`)."""
+    return render_context(message, category, message.locale, unsubscribe=True, preferences=True)
+
+
+def trial_render(parts: Sequence[Part], context: Mapping[str, Any]) -> None:
+    """Render ``parts`` (:func:`trial_parts`) in ``context``; raises TemplateError."""
+    for part in parts:
+        part.render(context)
 
 
 @dataclass

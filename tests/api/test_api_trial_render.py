@@ -1,8 +1,10 @@
 """The gateway's trial render: on the event loop under a few milliseconds' cap, and in a thread
-when a template takes longer, with the same answer either way (dispatcher.fan_out)."""
+when a template takes longer, with the same answer either way; a request like one that passed
+is not rendered again, and that never lets through one that fails (dispatcher.fan_out)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import httpx
@@ -10,6 +12,7 @@ import pytest
 from support import new_id, path_id
 
 from dispatcher.config import Settings
+from dispatcher.runtime import Runtime
 
 # Half a million empty steps: tens of milliseconds, past the 5 ms cap, well within the budget.
 SLOW = "{% for i in range(50) %}{% for j in range(10000) %}{% endfor %}{% endfor %}"
@@ -17,6 +20,9 @@ TEMPLATES = {
     "quick/default/sms.txt": "{{ app_name }} is ready",
     "slow/default/sms.txt": SLOW + "{{ app_name }} is ready",
     "slow_broken/default/sms.txt": SLOW + "{{ app_name.missing.deeper }}",
+    # Fails for count 0 only; the example is what a reload's check renders.
+    "divide/default/sms.txt": "{{ app_name }}: {{ 100 // count }} each",
+    "divide/template.json": '{"example": {"data": {"app_name": "Maps", "count": 1}}}',
 }
 
 
@@ -50,3 +56,34 @@ async def test_a_slow_template_that_fails_is_a_422_naming_the_data(client: httpx
     error = r.json()["error"]
     assert "can't be rendered" in error["message"] and "sms.txt" in error["message"], error
     assert (await client.get(f"/v1/notifications/{path_id(nid)}")).status_code == 404
+
+
+async def _send(client: httpx.AsyncClient, template: str, data: dict[str, object]) -> httpx.Response:
+    return await client.post("/v1/notifications", json={
+        "id": new_id(), "recipients": ["u1"], "template": template, "channels": ["sms"],
+        "data": data})
+
+
+async def test_data_that_passed_before_passes_and_data_that_fails_still_fails(
+        client: httpx.AsyncClient) -> None:
+    """The second request with the same data is answered from what passed (PassedTrials);
+    other values of what the part reads are rendered, and fail as they should."""
+    for count, status in [(4, 202), (4, 202), (0, 422), (5, 202), (0, 422), (4, 202)]:
+        r = await _send(client, "divide", {"app_name": "Maps", "count": count})
+        assert r.status_code == status, (count, r.text)
+        if status == 422:
+            assert "divide" in r.json()["error"]["message"], r.text
+
+
+async def test_a_template_reload_forgets_what_passed(client: httpx.AsyncClient, runtime: Runtime,
+                                                    settings: Settings) -> None:
+    assert (await _send(client, "divide", {"app_name": "Maps", "count": 2})).status_code == 202
+    for other in ("quick", "slow", "slow_broken"):  # no example: a reload's check refuses them
+        shutil.rmtree(settings.templates_dir / other)
+    # The new version fails for count 2, which passed with the old one.
+    (settings.templates_dir / "divide" / "default" / "sms.txt").write_text(
+        "{{ app_name }}: {{ 100 // (count - 2) }} each", encoding="utf-8")
+    runtime.templates.reload()
+    r = await _send(client, "divide", {"app_name": "Maps", "count": 2})
+    assert r.status_code == 422, r.text
+    assert (await _send(client, "divide", {"app_name": "Maps", "count": 1})).status_code == 202
