@@ -144,9 +144,9 @@ class LedgerStore:
         over rows in order, each seeing what the inserts and the earlier chunks did: an update
         in the same batch as its notification takes over the notification's new rows."""
         async with self._db.write() as conn:
-            await self._notifications.upsert_many_in(conn, headers)
-            cancelled = await self._notifications.lock_cancelled_in(
-                conn, [c.notification_id for c in chunks])
+            cancelled = await self._notifications.upsert_many_in(conn, headers)
+            cancelled |= await self._notifications.lock_cancelled_in(  # those without a header here
+                conn, sorted({c.notification_id for c in chunks} - {h.id for h in headers}))
             chunks = [_as_cancelled(c) if c.notification_id in cancelled else c for c in chunks]
             now = now_us()
             chunks = await self._within_caps(conn, chunks, now)

@@ -24,12 +24,9 @@ class NotificationStore:
         # by their memoised cache key instead of building and keying new statements each time).
         self._insert_new = db.insert(notifications).on_conflict_do_nothing(
             index_elements=[notifications.c.id])
-        self._lock_headers = (sa.select(notifications)
-                              .where(notifications.c.id.in_(sa.bindparam("ids", expanding=True)))
-                              .order_by(notifications.c.id).with_for_update())
-        self._cancelled_of = (sa.select(notifications.c.id, notifications.c.cancelled_at)
-                              .where(notifications.c.id.in_(sa.bindparam("ids", expanding=True)))
-                              .order_by(notifications.c.id).with_for_update())
+        self._lock_headers = _locking(notifications)
+        # Two columns where the whole row (its data up to the data bound) is not needed.
+        self._cancelled_of = _locking(notifications.c.id, notifications.c.cancelled_at)
         # Every header a commit changes, in one statement: each column an update can change
         # is written, from the row as locked and folded (unchanged columns keep their value).
         self._update_headers = (notifications.update()
@@ -65,7 +62,7 @@ class NotificationStore:
         for u in updates:
             by_id[u.id].append(u)
         changed = [{"b_id": nid, "b_now": now, **{f"b_{c}": rows[nid][c] for c in _FOLDED}}
-                   for nid in ids if nid not in cancelled and _fold(rows[nid], by_id[nid])]
+                   for nid in ids if nid not in cancelled and _folded(rows[nid], by_id[nid])]
         if changed:
             await conn.execute(self._update_headers, changed)
         return cancelled
@@ -173,14 +170,21 @@ _FOLDED = ("channels", "recipients", "version", "template", "data", "state", "ca
            "locale", "send_at")
 
 
-def _fold(row: dict[str, Any], updates: list[HeaderUpdate]) -> dict[str, Any]:
-    """The changes ``updates`` make to ``row``, applied to it one after another."""
-    changes: dict[str, Any] = {}
+def _locking(*columns: Any) -> sa.Select[Any]:
+    """``columns`` of the headers ``ids``, locked (PostgreSQL) in id order for the caller's
+    transaction."""
+    return (sa.select(*columns).where(notifications.c.id.in_(sa.bindparam("ids", expanding=True)))
+            .order_by(notifications.c.id).with_for_update())
+
+
+def _folded(row: dict[str, Any], updates: list[HeaderUpdate]) -> bool:
+    """Apply ``updates`` to ``row`` one after another; whether any changed it."""
+    changed = False
     for update in updates:
         step = _changes(row, update)
         row.update(step)
-        changes.update(step)
-    return changes
+        changed = changed or bool(step)
+    return changed
 
 
 def _changes(row: dict[str, Any], update: HeaderUpdate) -> dict[str, Any]:
