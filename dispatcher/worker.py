@@ -48,11 +48,13 @@ log = logging.getLogger("dispatcher.worker")
 
 @dataclass(frozen=True)
 class Batching:
-    """How small messages are gathered into one unit of work (see the module docstring)."""
+    """How small messages are gathered into one unit of work (see the module docstring). The
+    values and their defaults are settings: ``DISPATCHER_WORKER_BATCH_MESSAGES``,
+    ``DISPATCHER_CHUNK_SIZE``, ``DISPATCHER_WORKER_BATCH_LINGER``."""
 
-    messages: int = 64
-    recipients: int = 500
-    linger: float = 0.1
+    messages: int
+    recipients: int
+    linger: float
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,8 @@ class _Received:
 class Worker:
     def __init__(self, queue: Queue, deliverer: Deliverer, *, concurrency: int,
                  visibility_timeout: float, known_services: frozenset[str] | None,
-                 wait_seconds: float = 1.0, retry_delay: float = 5.0,
-                 batching: Batching = Batching(), scheduler: Scheduler | None = None) -> None:
+                 batching: Batching, wait_seconds: float = 1.0, retry_delay: float = 5.0,
+                 scheduler: Scheduler | None = None) -> None:
         self._queue = queue
         self._deliverer = deliverer
         self._concurrency = concurrency

@@ -326,7 +326,7 @@ async def test_small_notifications_and_their_updates_share_one_unit_of_work(
 
 def _worker(runtime: Runtime, linger: float) -> Worker:
     return Worker(runtime.queue, runtime.deliverer, concurrency=4, visibility_timeout=30,
-                  known_services=None, batching=Batching(linger=linger))
+                  known_services=None, batching=Batching(messages=64, recipients=500, linger=linger))
 
 
 def _ids(batches: list[list[Any]]) -> list[list[str]]:
