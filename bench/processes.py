@@ -246,5 +246,6 @@ def _cpu(proc: psutil.Process) -> float:
 
 
 def _machine_cpu() -> float:
-    times = psutil.cpu_times()
-    return float(times.user + times.system + getattr(times, "irq", 0) + getattr(times, "softirq", 0))
+    times = psutil.cpu_times()  # on Linux, user excludes the time of niced processes: nice has it
+    return float(times.user + getattr(times, "nice", 0) + times.system + getattr(times, "irq", 0)
+                 + getattr(times, "softirq", 0))
