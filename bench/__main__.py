@@ -261,7 +261,7 @@ def _run(args: argparse.Namespace) -> int:
     command = "python -m bench run " + " ".join(sys.argv[2:] if argv_is_cli() else [])
     generated = (f"Command: `{command.strip()}` — {report['machine']['date']}, "
                  f"{report['machine']['cpus']} CPUs, {report['machine']['memory_gb']} GiB, "
-                 f"Python {report['machine']['python']}.\n\n{table(report)}\n\n"
+                 f"Python {report['machine']['python']}.{_speed(report['machine'])}\n\n{table(report)}\n\n"
                  f"Email+SMS+push deliveries/s per round (mixed, {opts.recipients:,} recipients; "
                  f"Apprise {opts.apprise_recipients:,}):\n\n{rounds_table(report)}\n\n"
                  f"Ceiling of the stand-ins with a minimal client (req/s): "
@@ -279,4 +279,14 @@ def argv_is_cli() -> bool:
     return len(sys.argv) > 1 and sys.argv[1] == "run"
 
 
+def _speed(machine: dict[str, Any]) -> str:
+    """The machine's speed during the run (``harness.loop_seconds``), when it was measured."""
+    start, end = machine.get("loop_seconds_start"), machine.get("loop_seconds_end")
+    if start is None or end is None:
+        return ""
+    return (f" The machine's speed: a pure-Python loop of 10 million additions took {start:.2f} s "
+            f"at the start and {end:.2f} s at the end (best of three; lower is faster).")
+
+
 sys.exit(cli())
+

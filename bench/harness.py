@@ -13,6 +13,7 @@ rounds; ratios are taken from medians measured in this same run.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -145,6 +146,7 @@ def run(opts: Options) -> dict[str, Any]:
         if opts.big_recipients:
             report["big"] = _mixed_json(_mixed("embedded", standins, opts, opts.big_recipients, 2,
                                                update=False))
+    report["machine"]["loop_seconds_end"] = loop_seconds()
     report["summary"] = summarise(report)
     return report
 
@@ -208,7 +210,23 @@ def _machine() -> dict[str, Any]:
 
     return {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30),
             "python": platform.python_version(), "platform": platform.platform(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "loop_seconds_start": loop_seconds()}
+
+
+def loop_seconds() -> float:
+    """The machine's speed at the moment: seconds of a pure-Python loop of 10 million
+    additions, the best of three. A shared host's speed changes from hour to hour (0.73 to
+    1.36 s within one hour on this one), so figures from different runs compare only with
+    this beside them; side by side in one run, they compare as they are."""
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(10_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best, 3)
 
 
 def _median(rounds: list[dict[str, Any]], contender: str, key: str) -> float | None:
