@@ -289,4 +289,3 @@ def _speed(machine: dict[str, Any]) -> str:
 
 
 sys.exit(cli())
-
