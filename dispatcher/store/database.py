@@ -25,8 +25,7 @@ from dispatcher.store.sqlite_driver import BEGIN_IMMEDIATE, BEGIN_IMMEDIATE_MANY
 
 __all__ = ["Database"]
 
-_WRITE = "dispatcher_write"
-_MANY_ROWS = "many_rows"  # the value of _WRITE for write(many_rows=True)
+_BEGIN = "dispatcher_begin"  # the execution option: the statement a write transaction starts with
 _BUSY_TIMEOUT_MS = 60_000
 _SCHEMA_LOCK = 0x6E6F7469  # any constant shared by every dispatcher process
 
@@ -57,8 +56,8 @@ class Database:
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine, sqlite_synchronous)
-        self._writer = self.engine.execution_options(**{_WRITE: True})
-        self._many_rows_writer = self.engine.execution_options(**{_WRITE: _MANY_ROWS})
+        self._writer = self.engine.execution_options(**{_BEGIN: BEGIN_IMMEDIATE})
+        self._many_rows_writer = self.engine.execution_options(**{_BEGIN: BEGIN_IMMEDIATE_MANY_ROWS})
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
 
     @asynccontextmanager
@@ -169,9 +168,7 @@ def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
         # 10, … up to 100 ms between tries, and with a gateway and worker processes writing
         # the same file every accept that met a worker's transaction waited tens of
         # milliseconds after the lock was free (bench small: accept p99 400 ms at 50/s).
-        write = conn.get_execution_options().get(_WRITE, False)
-        conn.exec_driver_sql("BEGIN" if not write else
-                             BEGIN_IMMEDIATE_MANY_ROWS if write == _MANY_ROWS else BEGIN_IMMEDIATE)
+        conn.exec_driver_sql(conn.get_execution_options().get(_BEGIN, "BEGIN"))
 
 
 def _switch_to_wal(cursor: Any, attempts: int = 100) -> None:

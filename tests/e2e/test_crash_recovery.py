@@ -213,11 +213,14 @@ def _freeze(pid: int) -> list[psutil.Process]:
     return processes
 
 
+#: (final rows, rows claimed for sending) of a notification's ledger.
+_PROGRESS = ("SELECT count(*) FILTER (WHERE status IN ('sent', 'failed', 'skipped')),"
+             " count(*) FILTER (WHERE status = 'sending') FROM deliveries WHERE notification_id = ?")
+
+
 def _progress(db_path: Path, nid: str) -> tuple[int, int]:
     """(final rows, rows claimed for sending) of the notification's ledger."""
-    row = sqlite_query(db_path, "SELECT count(*) FILTER (WHERE status IN ('sent', 'failed', 'skipped')),"
-                 " count(*) FILTER (WHERE status = 'sending') FROM deliveries"
-                 " WHERE notification_id = ?", nid)[0]
+    row = sqlite_query(db_path, _PROGRESS, nid)[0]
     return row[0], row[1]
 
 
@@ -226,9 +229,7 @@ def _progress_recovered(db_path: Path, nid: str) -> tuple[int, int]:
     which recovers from the WAL what the crash left there, as the next server will."""
     db = sqlite3.connect(db_path, timeout=60)
     try:
-        row = db.execute("SELECT count(*) FILTER (WHERE status IN ('sent', 'failed', 'skipped')),"
-                         " count(*) FILTER (WHERE status = 'sending') FROM deliveries"
-                         " WHERE notification_id = ?", (nid,)).fetchone()
+        row = db.execute(_PROGRESS, (nid,)).fetchone()
     finally:
         db.close()
     return row[0], row[1]
