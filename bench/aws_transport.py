@@ -6,7 +6,8 @@ that answers both with their success responses. The server runs in another proce
 CPU, to show when it (not the client) was the limit. Clients:
 
 * boto3, 1 thread, and boto3, 8 threads sharing one client (boto3's usual ways);
-* the SES and SNS providers over ``AwsClient`` (one aiohttp session) with 1, then N requests
+* the SES and SNS providers over ``AwsClient`` (one ``transport.pool.HttpClient``; until
+  2026-11-30 an aiohttp session) with 1, then N requests
   in flight on one event loop.
 
 Both send the same request (the provider's payload; boto3 adds its validation, serialisation,
@@ -49,6 +50,7 @@ from channels.base import Message
 from channels.ses import SesProvider
 from channels.sns import SnsProvider
 from transport.aws import AwsClient
+from transport.pool import HttpClient
 
 __all__ = ["main"]
 
@@ -164,7 +166,7 @@ def measure_boto3(service: str, url: str, threads: int, seconds: float) -> Sampl
     return _timed(url, run)
 
 
-def _provider(service: str, session: aiohttp.ClientSession, url: str) -> SesProvider | SnsProvider:
+def _provider(service: str, session: HttpClient, url: str) -> SesProvider | SnsProvider:
     credentials = Credentials(KEY, SECRET)
     if service == "ses":
         return SesProvider(AwsClient(session, service="sesv2", signing_name="ses", endpoint_url=url,
@@ -174,8 +176,7 @@ def _provider(service: str, session: aiohttp.ClientSession, url: str) -> SesProv
 
 
 async def _measure_aws(service: str, url: str, inflight: int, seconds: float) -> Sample:
-    connector = aiohttp.TCPConnector(limit=inflight + 16)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with HttpClient(limit=inflight + 16) as session:
         provider = _provider(service, session, url)
         message = EMAIL if service == "ses" else SMS
         for _ in range(20):

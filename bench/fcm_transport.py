@@ -4,7 +4,8 @@
 (``bench/fcm_server.py``: real OAuth2 JWT flow, real ``messages:send``) in a child process,
 so the CPU measured here is the client's alone, and sends the same push message through:
 
-  provider        ``channels.fcm.FcmProvider``: one shared aiohttp session, N coroutines
+  provider        ``channels.fcm.FcmProvider``: one shared HTTP client (``transport.pool``;
+                  until 2026-11-30 an aiohttp session), N coroutines
   pyfcm-threads   pyfcm ``FCMNotification.notify()`` (requests) in N threads, and in 8 threads
   pyfcm-async     pyfcm ``async_notify_multiple_devices()`` in batches of N
 
@@ -117,7 +118,7 @@ def _timed(name: str, server: ServerProcess, messages: int, run: Callable[[], No
     return watch.stop()
 
 
-# -- (a) FcmProvider: one shared aiohttp session ---------------------------------------------
+# -- (a) FcmProvider: one shared HTTP client ----------------------------------------------------
 
 def bench_provider(server: ServerProcess, messages: int, concurrency: int) -> Figures:
     async def run() -> Figures:

@@ -1,6 +1,6 @@
 """The ``push`` channel over Firebase Cloud Messaging HTTP v1.
 
-One :class:`FcmProvider` holds one long-lived aiohttp connection pool and sends each message
+One :class:`FcmProvider` holds one long-lived HTTP/1.1 connection pool and sends each message
 as ``POST {endpoint}/v1/projects/{project}/messages:send``; many requests are in flight at
 once on that pool. Its OAuth2 access token comes from an :class:`AccessTokenSource`: a
 service-account key signed into a JWT by google-auth, exchanged at the token endpoint, cached,
@@ -36,6 +36,7 @@ in one run against the same local FCM server (``python -m bench.fcm_transport``,
 concurrent, 4,000 messages, median of 3, 2 cores; figures in docs/FCM.md)::
 
     FcmProvider, one shared aiohttp session        11,020 msg/s   0.09 ms client CPU/msg
+                (since 2026-11-30 it uses transport.pool, lighter than aiohttp: docs/BENCHMARKS.md)
     pyfcm notify() in 100 threads (requests)        1,193 msg/s   0.91 ms
     pyfcm notify() in 8 threads                     1,189 msg/s   0.83 ms
     pyfcm async_notify_multiple_devices(100 each)   3,634 msg/s   0.26 ms; but a new connection
@@ -62,8 +63,8 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
 
-import aiohttp
 import google.auth.exceptions
 import google.auth.transport.requests
 from google.oauth2 import service_account
@@ -77,6 +78,7 @@ from channels.base import (
     UnregisteredDevice,
 )
 from transport.http import parse_retry_after
+from transport.pool import HttpClient, HttpTransportError
 
 __all__ = ["FCM_SCOPE", "AccessTokenSource", "FcmProvider", "build_request", "error_for"]
 
@@ -197,13 +199,15 @@ class FcmProvider:
     channel: ClassVar[str] = "push"
     name: ClassVar[str] = "fcm"
 
-    def __init__(self, session: aiohttp.ClientSession, tokens: AccessTokenSource, *,
+    def __init__(self, http: HttpClient, tokens: AccessTokenSource, *,
                  project_id: str, endpoint: str = DEFAULT_ENDPOINT, timeout: float = 10.0) -> None:
-        self._session = session
+        self._http = http
         self._tokens = tokens
-        self._url = f"{endpoint.rstrip('/')}/v1/projects/{project_id}/messages:send"
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._owns_session = False
+        url = f"{endpoint.rstrip('/')}/v1/projects/{quote(project_id, safe='')}/messages:send"
+        self._origin = http.origin(url)
+        self._target = urlsplit(url).path
+        self._timeout = timeout
+        self._owns_http = False
 
     @classmethod
     async def from_service_account(cls, path: Path, *, project_id: str | None,
@@ -214,21 +218,22 @@ class FcmProvider:
         project = project_id or tokens.project_id
         if not project:
             raise ValueError(f"no FCM project id given and none in {path}")
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=pool_size))
-        provider = cls(session, tokens, project_id=project, endpoint=endpoint, timeout=timeout)
-        provider._owns_session = True
+        http = HttpClient(limit=pool_size)
+        provider = cls(http, tokens, project_id=project, endpoint=endpoint, timeout=timeout)
+        provider._owns_http = True
         return provider
 
     async def send(self, message: Message) -> Receipt:
         token = await self._tokens.token()
+        payload = json.dumps(build_request(message), separators=(",", ":")).encode()
         try:
-            async with self._session.post(
-                    self._url, json=build_request(message), timeout=self._timeout,
-                    headers={"Authorization": f"Bearer {token}"}) as response:
-                status, headers = response.status, response.headers
-                body = _parse_json(await response.read())
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransientError(f"FCM unreachable: {type(exc).__name__}: {exc}") from exc
+            response = await self._origin.request(
+                "POST", self._target,
+                {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                payload, timeout=self._timeout)
+        except HttpTransportError as exc:
+            raise TransientError(f"FCM unreachable: {exc}") from exc
+        status, headers, body = response.status, response.headers, _parse_json(response.body)
         if status == HTTPStatus.OK:
             return _receipt(body)
         error = error_for(status, body, headers)
@@ -238,8 +243,8 @@ class FcmProvider:
 
     async def aclose(self) -> None:
         """Closes the pool and token transport only if :meth:`from_service_account` made them."""
-        if self._owns_session:
-            await self._session.close()
+        if self._owns_http:
+            await self._http.close()
             self._tokens.close()
 
 

@@ -71,7 +71,7 @@ class SesProvider:
         return Receipt(message_id)
 
     async def aclose(self) -> None:
-        return None  # the aiohttp session belongs to whoever created it
+        return None  # the HTTP client belongs to whoever created it
 
     def payload(self, message: Message) -> dict[str, Any]:
         """The ``SendEmail`` request body for one message."""

@@ -78,7 +78,7 @@ class SnsProvider:
         return Receipt(message_id)
 
     async def aclose(self) -> None:
-        return None  # the aiohttp session belongs to whoever created it
+        return None  # the HTTP client belongs to whoever created it
 
     def params(self, message: Message) -> dict[str, str]:
         """The ``Publish`` parameters for one message, in the query protocol's flat form."""

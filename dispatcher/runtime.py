@@ -48,6 +48,7 @@ from dispatcher.store import Database, Store
 from dispatcher.unsubscribe import UnsubscribeLinks
 from dispatcher.webhooks import AddressGuard, Backoff, WebhookSender
 from dispatcher.worker import Batching, Worker
+from transport.pool import HttpClient
 
 if TYPE_CHECKING:
     from transport.aws import AwsClient
@@ -68,7 +69,7 @@ class Runtime:
     deliverer: Deliverer
     links: UnsubscribeLinks | None
     release: Releaser
-    owned: list[aiohttp.ClientSession] = field(default_factory=list)
+    owned: list[HttpClient | aiohttp.ClientSession] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     sns: SnsVerifier | None = None
     resender: Resender | None = None
@@ -84,8 +85,8 @@ class Runtime:
         links = _links(settings)
         db = await _database(settings, writes_first=writes_first)
         store = Store.from_database(db)
-        http = _aws_session(settings)
-        owned = [http] if http else []
+        http = _aws_http(settings)
+        owned: list[HttpClient | aiohttp.ClientSession] = [http] if http else []
         try:
             queue, enqueue, release = _queue(settings, store, http)
             built = {**await _providers(settings, http), **(providers or {})}
@@ -164,7 +165,8 @@ class Runtime:
         await self.store.db.close()
 
 
-def _sns_verifier(settings: Settings, owned: list[aiohttp.ClientSession]) -> SnsVerifier:
+def _sns_verifier(settings: Settings,
+                  owned: list[HttpClient | aiohttp.ClientSession]) -> SnsVerifier:
     """Its own small pool: fetching SNS certificates never waits behind provider sends."""
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8))
     owned.append(http)
@@ -197,7 +199,7 @@ async def open_queue(settings: Settings) -> AsyncIterator[Queue]:
         finally:
             await db.close()
         return
-    http = _aws_session(settings)
+    http = _aws_http(settings)
     assert http is not None
     try:
         yield _sqs(settings, http)
@@ -219,16 +221,15 @@ def _links(settings: Settings) -> UnsubscribeLinks | None:
     return UnsubscribeLinks(settings.public_url, key, preferences)
 
 
-def _aws_session(settings: Settings) -> aiohttp.ClientSession | None:
-    """One connection pool for every AWS API this process calls."""
+def _aws_http(settings: Settings) -> HttpClient | None:
+    """One HTTP client for every AWS API this process calls (a pool per endpoint)."""
     if not (settings.uses_sqs() or settings.email_provider == "ses" or settings.sms_provider == "sns"):
         return None
-    connector = aiohttp.TCPConnector(limit=settings.send_concurrency + 16, ttl_dns_cache=300)
-    return aiohttp.ClientSession(connector=connector)
+    return HttpClient(limit=settings.send_concurrency + 16)
 
 
 def _queue(settings: Settings, store: Store,
-           http: aiohttp.ClientSession | None) -> tuple[Queue, Enqueuer, Releaser]:
+           http: HttpClient | None) -> tuple[Queue, Enqueuer, Releaser]:
     """The queue, how the gateway commits to it, and how held messages reach it: in one
     transaction with the store when the queue lives in the store's database; headers first,
     and held messages under a lease, otherwise."""
@@ -263,7 +264,7 @@ def _rate_limits(settings: Settings,
     return RateLimits({c: RateGate(c, rate, reserver) for c, rate in rates.items()}), closers
 
 
-def _sqs(settings: Settings, http: aiohttp.ClientSession) -> Queue:
+def _sqs(settings: Settings, http: HttpClient) -> Queue:
     from dispatcher.queue.sqs import SqsQueue
 
     client = _aws_client(http, "sqs", settings.queue_wait_seconds + 10)
@@ -271,7 +272,7 @@ def _sqs(settings: Settings, http: aiohttp.ClientSession) -> Queue:
                     dead_letter_url=settings.dead_letter_queue_url)
 
 
-def _aws_client(http: aiohttp.ClientSession, service: str, timeout: float) -> AwsClient:
+def _aws_client(http: HttpClient, service: str, timeout: float) -> AwsClient:
     """An AWS client from the environment; its configuration error in the core's words."""
     from transport.aws import AwsClient, AwsConfigurationError
 
@@ -293,7 +294,7 @@ def _bus(settings: Settings) -> Bus:
     return LocalBus()
 
 
-async def _providers(settings: Settings, http: aiohttp.ClientSession | None) -> dict[str, Provider]:
+async def _providers(settings: Settings, http: HttpClient | None) -> dict[str, Provider]:
     providers: dict[str, Provider] = {
         channel: LogProvider(channel, settings.log_provider_path)
         for channel in ("email", "sms", "push")}
@@ -306,7 +307,7 @@ async def _providers(settings: Settings, http: aiohttp.ClientSession | None) -> 
     return providers
 
 
-def _ses(settings: Settings, http: aiohttp.ClientSession | None) -> Provider:
+def _ses(settings: Settings, http: HttpClient | None) -> Provider:
     from channels.ses import SesProvider
 
     if not settings.email_from:
@@ -317,7 +318,7 @@ def _ses(settings: Settings, http: aiohttp.ClientSession | None) -> Provider:
                        configuration_set=settings.ses_configuration_set)
 
 
-def _sns(settings: Settings, http: aiohttp.ClientSession | None) -> Provider:
+def _sns(settings: Settings, http: HttpClient | None) -> Provider:
     from channels.sns import SnsProvider
 
     assert http is not None
@@ -338,6 +339,6 @@ async def _fcm(settings: Settings) -> Provider:
         pool_size=settings.send_concurrency + 16)
 
 
-async def _close_sessions(sessions: list[aiohttp.ClientSession]) -> None:
+async def _close_sessions(sessions: list[HttpClient | aiohttp.ClientSession]) -> None:
     for session in sessions:
         await session.close()

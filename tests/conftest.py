@@ -15,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import httpx
 import psycopg
 import pytest
@@ -25,6 +24,7 @@ from support import API_KEYS, POSTGRES_ADMIN_URL, USER_SECRET, free_port, requir
 from dispatcher.api import create_app
 from dispatcher.config import Settings
 from dispatcher.runtime import Runtime
+from transport.pool import HttpClient
 
 MOTO_URL = os.environ.get("DISPATCHER_TEST_MOTO_URL")
 REDIS_URL = os.environ.get("DISPATCHER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -168,9 +168,9 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """One aiohttp session, as the adapters get in production."""
-    async with aiohttp.ClientSession() as session:
+async def http() -> AsyncIterator[HttpClient]:
+    """One HTTP client, as the adapters get in production."""
+    async with HttpClient() as session:
         yield session
 
 

@@ -2,7 +2,9 @@
 (``dispatcher/queue/``) speak over the wire, so that no adapter imports another.
 
 * :mod:`transport.aws`: one small async AWS client (botocore credentials, endpoints and SigV4
-  over one aiohttp pool) for SES, SNS and SQS.
+  over :mod:`transport.pool`) for SES, SNS and SQS.
+* :mod:`transport.pool`: a light HTTP/1.1 client, a keep-alive pool per origin, for the
+  providers' APIs (SES, SNS, SQS, FCM).
 * :mod:`transport.http`: HTTP details every client needs (``Retry-After``).
 
 It imports nothing from ``dispatcher`` or ``channels``.

@@ -1,4 +1,4 @@
-"""A small async AWS client: botocore's configuration and SigV4 signing, aiohttp's transport.
+"""A small async AWS client: botocore's configuration, SigV4 signing, a light HTTP/1.1 pool.
 
 Why this exists: boto3 spends ~0.7 ms of client CPU per SES or SNS call (~1,150 calls/s on
 one core, less in threads), which alone would eat most of a core at the 1,000 email/s +
@@ -13,7 +13,9 @@ exactly like boto3 and drops the rest:
   credentials, SSO and instance/task roles resolve exactly as they do for boto3;
 * **signing**: SigV4 as botocore computes it, with the signing key derived once a day
   (:mod:`transport.sigv4`; tests check every signature against botocore's own);
-* **transport**: one shared :class:`aiohttp.ClientSession` (one connection pool per process).
+* **transport**: one shared :class:`transport.pool.HttpClient` (one keep-alive pool per
+  origin and process). Until 2026-11-30 this was an aiohttp session; the figures below are
+  from then (docs/BENCHMARKS.md has the light client's: it spends a quarter of aiohttp's CPU).
 
 Measured by ``python -m bench.aws_transport`` (docs/AWS.md: 2 noisy cores, a local server in
 another process, median of 3 rounds), client CPU per call and calls/s on one core:
@@ -52,13 +54,12 @@ from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlencode, urlsplit
 
-import aiohttp
 import boto3.session  # type: ignore[import-untyped]
 import botocore.credentials  # type: ignore[import-untyped]
 import botocore.exceptions  # type: ignore[import-untyped]
-from yarl import URL
 
 from transport.http import parse_retry_after
+from transport.pool import HttpClient, HttpTransportError
 from transport.sigv4 import SigV4Signer
 
 __all__ = ["AwsClient", "AwsConfigurationError", "AwsError", "AwsTransportError"]
@@ -121,29 +122,29 @@ class AwsConfigurationError(Exception):
 
 
 class AwsClient:
-    """Signed calls to one AWS service over a shared aiohttp session.
+    """Signed calls to one AWS service over a shared HTTP client.
 
-    Cheap to create; holds no connection of its own (the session's owner closes the session).
+    Cheap to create; holds no connection of its own (the client's owner closes the client).
     """
 
-    def __init__(self, session: aiohttp.ClientSession, *, service: str, endpoint_url: str,
+    def __init__(self, http: HttpClient, *, service: str, endpoint_url: str,
                  region: str, credentials: botocore.credentials.Credentials,
                  signing_name: str | None = None, timeout: float = 10.0) -> None:
         self.service = service
         self.endpoint_url = endpoint_url.rstrip("/")
         self.region = region
         self.signing_name = signing_name or service
-        self._session = session
+        self._origin = http.origin(self.endpoint_url)
         self._credentials = credentials
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        # Sent explicitly so that the Host aiohttp sends is the one that was signed.
+        self._timeout = timeout
+        # Sent explicitly so that the Host on the wire is the one that was signed.
         self._host = _host_header(self.endpoint_url)
         self._path_prefix = urlsplit(self.endpoint_url).path
         self._signer = SigV4Signer(self.signing_name, region)
         self._refreshing: asyncio.Future[Any] | None = None
 
     @classmethod
-    def from_environment(cls, session: aiohttp.ClientSession, service: str, *,
+    def from_environment(cls, http: HttpClient, service: str, *,
                          timeout: float = 10.0) -> AwsClient:
         """Resolve endpoint, region, signing name and credentials as boto3 would.
 
@@ -166,7 +167,7 @@ class AwsClient:
             raise AwsConfigurationError(
                 f"no AWS credentials for {service}: set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an instance or task role")
-        return cls(session, service=service, endpoint_url=meta.endpoint_url,
+        return cls(http, service=service, endpoint_url=meta.endpoint_url,
                    region=meta.region_name, credentials=credentials,
                    signing_name=meta.service_model.signing_name, timeout=timeout)
 
@@ -203,17 +204,15 @@ class AwsClient:
 
     async def _call(self, method: str, path: str, body: bytes,
                     headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:
-        url = self.endpoint_url + path
         headers["Host"] = self._host
-        signed = self._signer.sign(method, self._path_prefix + path, headers, body,
-                                   await self._frozen_credentials())
+        target = self._path_prefix + path  # sent as signed, percent-encoded already
+        signed = self._signer.sign(method, target, headers, body, await self._frozen_credentials())
         try:
-            # encoded=True: the path was signed as given, so yarl must not re-quote it.
-            async with self._session.request(method, URL(url, encoded=True), data=body,
-                                             headers=signed, timeout=self._timeout) as response:
-                return response.status, response.headers, await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise AwsTransportError(type(exc).__name__, str(exc) or repr(exc)) from exc
+            response = await self._origin.request(method, target, signed, body,
+                                                  timeout=self._timeout)
+        except HttpTransportError as exc:
+            raise AwsTransportError(exc.code, exc.message) from exc
+        return response.status, response.headers, response.body
 
     async def _frozen_credentials(self) -> Any:
         """Per request, so refreshable credentials (roles, SSO) stay fresh.

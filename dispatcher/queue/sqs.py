@@ -9,7 +9,7 @@
   sent to the DLQ with the reason as a message attribute, then deleted.
 
 The calls go through :class:`transport.aws.AwsClient` (botocore's credentials, endpoints and
-SigV4 signing over one aiohttp session), the SQS JSON protocol.
+SigV4 signing over one HTTP client), the SQS JSON protocol.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class SqsQueue:
         return QueueStats(visible, in_flight, delayed, dead)
 
     async def close(self) -> None:
-        return None  # the aiohttp session belongs to the runtime
+        return None  # the HTTP client belongs to the runtime
 
     async def _dead_letter_url(self) -> str:
         """The DLQ: configured, or the target of the queue's redrive policy."""

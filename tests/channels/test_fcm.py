@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
-import aiohttp
 import pytest
 from google.oauth2 import service_account as google_service_account
 
@@ -22,6 +21,7 @@ from bench.fcm_server import FcmServer, Scripted, fcm_error, rpc_error
 from channels.base import Message, PermanentError, TransientError, UnregisteredDevice
 from channels.fcm import FCM_SCOPE, AccessTokenSource, FcmProvider
 from transport.http import parse_retry_after
+from transport.pool import HttpClient
 
 PROJECT = "test-project"
 
@@ -65,13 +65,13 @@ def tokens(service_account: Path, clock: FakeClock) -> Iterator[AccessTokenSourc
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
+async def session() -> AsyncIterator[HttpClient]:
+    async with HttpClient() as s:
         yield s
 
 
 @pytest.fixture
-def provider(session: aiohttp.ClientSession, tokens: AccessTokenSource,
+def provider(session: HttpClient, tokens: AccessTokenSource,
              server: FcmServer) -> FcmProvider:
     return FcmProvider(session, tokens, project_id=PROJECT, endpoint=server.url, timeout=5.0)
 
@@ -113,11 +113,11 @@ async def test_from_service_account_uses_the_files_project_and_closes_its_own_po
     await provider.aclose()
 
     assert receipt.provider_message_id.startswith(f"projects/{PROJECT}/")
-    assert provider._session.closed
+    assert provider._http.closed
 
 
 async def test_aclose_leaves_an_injected_session_open(
-        provider: FcmProvider, session: aiohttp.ClientSession) -> None:
+        provider: FcmProvider, session: HttpClient) -> None:
     await provider.aclose()
 
     assert not session.closed
@@ -194,7 +194,7 @@ async def test_401s_of_requests_in_flight_cost_one_reauthentication(
 
 
 async def test_key_refused_by_the_token_endpoint_is_permanent(
-        server: FcmServer, service_account: Path, session: aiohttp.ClientSession) -> None:
+        server: FcmServer, service_account: Path, session: HttpClient) -> None:
     forged = service_account.read_text().replace('"private_key_id": "', '"private_key_id": "x')
     service_account.write_text(forged)
     tokens = AccessTokenSource.from_file(service_account)
@@ -255,7 +255,7 @@ async def test_unavailable_503_is_transient(provider: FcmProvider, server: FcmSe
 
 
 async def test_project_without_permission_is_permanent(
-        session: aiohttp.ClientSession, tokens: AccessTokenSource, server: FcmServer) -> None:
+        session: HttpClient, tokens: AccessTokenSource, server: FcmServer) -> None:
     provider = FcmProvider(session, tokens, project_id="someone-elses", endpoint=server.url)
 
     with pytest.raises(PermanentError, match="PERMISSION_DENIED") as caught:
@@ -329,7 +329,7 @@ async def test_token_endpoint_unreachable_is_transient(
         await provider.send(push())
 
 
-async def test_timeout_is_transient(session: aiohttp.ClientSession, tokens: AccessTokenSource,
+async def test_timeout_is_transient(session: HttpClient, tokens: AccessTokenSource,
                                     server: FcmServer) -> None:
     provider = FcmProvider(session, tokens, project_id=PROJECT, endpoint=server.url, timeout=0.2)
     server.delay = 0.6

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import boto3
 import botocore.session
 import pytest
@@ -16,6 +15,7 @@ from servers.aws_errors import AwsProtocolServer, MotoDump, Reply, rest_json_err
 from channels.base import InvalidRecipient, Message, PermanentError, TransientError
 from channels.ses import SesProvider
 from transport.aws import AwsClient, AwsError
+from transport.pool import HttpClient
 
 SENDER = "no-reply@example.com"
 
@@ -34,7 +34,7 @@ def email(to: str = "user@example.org", *, unsubscribe_url: str | None = None,
                    category="app-install", unsubscribe_url=unsubscribe_url)
 
 
-def local_provider(http: aiohttp.ClientSession, url: str, **options: Any) -> SesProvider:
+def local_provider(http: HttpClient, url: str, **options: Any) -> SesProvider:
     client = AwsClient(http, service="sesv2", signing_name="ses", endpoint_url=url,
                        region="us-east-1", credentials=Credentials("AKID", "secret"), timeout=2)
     return SesProvider(client, sender=SENDER, **options)
@@ -57,7 +57,7 @@ def assert_valid_send_email_request(payload: dict[str, Any]) -> None:
 # --- what arrives ---------------------------------------------------------------------------
 
 async def test_email_arrives_with_sender_recipient_subject_and_html(
-        verified_sender: str, moto_data: MotoDump, http: aiohttp.ClientSession) -> None:
+        verified_sender: str, moto_data: MotoDump, http: HttpClient) -> None:
     provider = SesProvider(AwsClient.from_environment(http, "sesv2"), sender=verified_sender)
 
     receipt = await provider.send(email(subject="설치 중: Foo ✓", text="텍스트",
@@ -71,7 +71,7 @@ async def test_email_arrives_with_sender_recipient_subject_and_html(
 
 
 async def test_text_only_email_arrives_with_its_text(
-        verified_sender: str, moto_data: MotoDump, http: aiohttp.ClientSession) -> None:
+        verified_sender: str, moto_data: MotoDump, http: HttpClient) -> None:
     provider = SesProvider(AwsClient.from_environment(http, "sesv2"), sender=verified_sender)
 
     await provider.send(email(subject="Plain", text="Just text."))
@@ -81,7 +81,7 @@ async def test_text_only_email_arrives_with_its_text(
 
 
 async def test_all_three_parts_go_on_the_wire_in_utf8(
-        http: aiohttp.ClientSession, server: AwsProtocolServer) -> None:
+        http: HttpClient, server: AwsProtocolServer) -> None:
     await local_provider(http, server.url).send(email(subject="Été\n", text="t ✓", html="<p>h</p>"))
 
     [request] = server.requests
@@ -94,7 +94,7 @@ async def test_all_three_parts_go_on_the_wire_in_utf8(
 
 
 async def test_unsubscribe_url_sends_rfc8058_one_click_headers(
-        http: aiohttp.ClientSession, server: AwsProtocolServer) -> None:
+        http: HttpClient, server: AwsProtocolServer) -> None:
     url = "https://notify.example.com/v1/unsubscribe?t=abc.def"
 
     await local_provider(http, server.url).send(email(unsubscribe_url=url))
@@ -107,7 +107,7 @@ async def test_unsubscribe_url_sends_rfc8058_one_click_headers(
 
 
 async def test_unsubscribe_headers_are_accepted_by_moto(
-        verified_sender: str, moto_data: MotoDump, http: aiohttp.ClientSession) -> None:
+        verified_sender: str, moto_data: MotoDump, http: HttpClient) -> None:
     provider = SesProvider(AwsClient.from_environment(http, "sesv2"), sender=verified_sender)
 
     await provider.send(email(unsubscribe_url="https://notify.example.com/u?t=1"))
@@ -118,13 +118,13 @@ async def test_unsubscribe_headers_are_accepted_by_moto(
 
 
 async def test_no_unsubscribe_url_no_list_headers(
-        http: aiohttp.ClientSession, server: AwsProtocolServer) -> None:
+        http: HttpClient, server: AwsProtocolServer) -> None:
     await local_provider(http, server.url).send(email())
 
     assert "Headers" not in server.requests[0].json()["Content"]["Simple"]
 
 
-async def test_configuration_set_is_passed(http: aiohttp.ClientSession,
+async def test_configuration_set_is_passed(http: HttpClient,
                                            server: AwsProtocolServer) -> None:
     provider = local_provider(http, server.url, configuration_set="transactional-events")
 
@@ -136,7 +136,7 @@ async def test_configuration_set_is_passed(http: aiohttp.ClientSession,
     assert_valid_send_email_request(payload)
 
 
-async def test_no_configuration_set_none_sent(http: aiohttp.ClientSession,
+async def test_no_configuration_set_none_sent(http: HttpClient,
                                               server: AwsProtocolServer) -> None:
     await local_provider(http, server.url).send(email())
 
@@ -145,7 +145,7 @@ async def test_no_configuration_set_none_sent(http: aiohttp.ClientSession,
 
 @pytest.mark.parametrize("parts", [{"subject": "", "text": "body"}, {"subject": "s", "html": ""}])
 async def test_incomplete_email_is_refused_without_a_request(
-        http: aiohttp.ClientSession, server: AwsProtocolServer, parts: dict[str, str]) -> None:
+        http: HttpClient, server: AwsProtocolServer, parts: dict[str, str]) -> None:
     with pytest.raises(PermanentError):
         await local_provider(http, server.url).send(email(**parts))
 
@@ -155,7 +155,7 @@ async def test_incomplete_email_is_refused_without_a_request(
 # --- errors from moto (real SES error shapes) -----------------------------------------------
 
 async def test_unverified_sender_is_a_permanent_error(aws: str,
-                                                      http: aiohttp.ClientSession) -> None:
+                                                      http: HttpClient) -> None:
     provider = SesProvider(AwsClient.from_environment(http, "sesv2"), sender="x@unverified.example")
 
     with pytest.raises(PermanentError) as caught:
@@ -167,7 +167,7 @@ async def test_unverified_sender_is_a_permanent_error(aws: str,
 
 
 async def test_malformed_address_is_an_invalid_recipient(
-        verified_sender: str, http: aiohttp.ClientSession) -> None:
+        verified_sender: str, http: HttpClient) -> None:
     provider = SesProvider(AwsClient.from_environment(http, "sesv2"), sender=verified_sender)
 
     with pytest.raises(InvalidRecipient) as caught:
@@ -207,7 +207,7 @@ SES_ERRORS = [
 @pytest.mark.parametrize(("reply", "expected"), SES_ERRORS,
                          ids=[f"{r.status}-{i}" for i, (r, _) in enumerate(SES_ERRORS)])
 async def test_ses_errors_map_to_channel_errors(
-        http: aiohttp.ClientSession, server: AwsProtocolServer, reply: Reply,
+        http: HttpClient, server: AwsProtocolServer, reply: Reply,
         expected: type[Exception]) -> None:
     server.reply(reply)
 
@@ -218,7 +218,7 @@ async def test_ses_errors_map_to_channel_errors(
     assert isinstance(caught.value.__cause__, AwsError)
 
 
-async def test_throttling_carries_retry_after(http: aiohttp.ClientSession,
+async def test_throttling_carries_retry_after(http: HttpClient,
                                               server: AwsProtocolServer) -> None:
     server.reply(rest_json_error("TooManyRequestsException", "Too many requests.", 429,
                                  retry_after="7"))
@@ -229,7 +229,7 @@ async def test_throttling_carries_retry_after(http: aiohttp.ClientSession,
     assert caught.value.retry_after == 7.0
 
 
-async def test_unreachable_ses_is_transient(http: aiohttp.ClientSession) -> None:
+async def test_unreachable_ses_is_transient(http: HttpClient) -> None:
     provider = local_provider(http, unused_port_url())
 
     with pytest.raises(TransientError) as caught:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import botocore.session
 import pytest
 from botocore.credentials import Credentials
@@ -15,6 +14,7 @@ from servers.aws_errors import AwsProtocolServer, MotoDump, Reply, query_error, 
 from channels.base import InvalidRecipient, Message, PermanentError, TransientError
 from channels.sns import SnsProvider, fit_sms
 from transport.aws import AwsClient, AwsError
+from transport.pool import HttpClient
 
 PHONE = "+15555550100"
 
@@ -25,7 +25,7 @@ def sms(text: str = "Foo is installed.", *, to: str = PHONE,
                    user_id="u1", category=category)
 
 
-def local_provider(http: aiohttp.ClientSession, url: str, **options: Any) -> SnsProvider:
+def local_provider(http: HttpClient, url: str, **options: Any) -> SnsProvider:
     client = AwsClient(http, service="sns", endpoint_url=url, region="us-east-1",
                        credentials=Credentials("AKID", "secret"), timeout=2)
     return SnsProvider(client, **options)
@@ -48,7 +48,7 @@ def boto3_publish_form(**params: Any) -> dict[str, str]:
 # --- what arrives ---------------------------------------------------------------------------
 
 async def test_sms_arrives_at_the_number(aws: str, moto_data: MotoDump,
-                                         http: aiohttp.ClientSession) -> None:
+                                         http: HttpClient) -> None:
     provider = SnsProvider(AwsClient.from_environment(http, "sns"))
 
     receipt = await provider.send(sms("Foo 설치 완료 ✓"))
@@ -61,7 +61,7 @@ async def test_sms_arrives_at_the_number(aws: str, moto_data: MotoDump,
                                                     ("security", "Transactional"),
                                                     ("marketing", "Promotional")])
 async def test_sms_type_follows_the_category(
-        http: aiohttp.ClientSession, server: AwsProtocolServer, category: str,
+        http: HttpClient, server: AwsProtocolServer, category: str,
         sms_type: str) -> None:
     await local_provider(http, server.url).send(sms("hello", category=category))
 
@@ -71,7 +71,7 @@ async def test_sms_type_follows_the_category(
 
 
 async def test_promotional_categories_are_configurable(
-        http: aiohttp.ClientSession, server: AwsProtocolServer) -> None:
+        http: HttpClient, server: AwsProtocolServer) -> None:
     provider = local_provider(http, server.url, promotional_categories=frozenset({"news", "deals"}))
 
     await provider.send(sms(category="deals"))
@@ -82,7 +82,7 @@ async def test_promotional_categories_are_configurable(
 
 
 async def test_sender_id_is_sent_when_configured(
-        http: aiohttp.ClientSession, server: AwsProtocolServer) -> None:
+        http: HttpClient, server: AwsProtocolServer) -> None:
     await local_provider(http, server.url, sender_id="ACME").send(sms("hi"))
 
     assert server.requests[0].form() == boto3_publish_form(
@@ -92,7 +92,7 @@ async def test_sender_id_is_sent_when_configured(
 
 
 async def test_attributes_are_accepted_by_moto(aws: str, moto_data: MotoDump,
-                                               http: aiohttp.ClientSession) -> None:
+                                               http: HttpClient) -> None:
     provider = SnsProvider(AwsClient.from_environment(http, "sns"), sender_id="ACME")
 
     await provider.send(sms(category="marketing"))
@@ -105,7 +105,7 @@ async def test_attributes_are_accepted_by_moto(aws: str, moto_data: MotoDump,
                                     "+1-555-555-0100", "+12", "+1234567890123456", "",
                                     "tel:+15555550100"])
 async def test_non_e164_numbers_are_refused_without_a_request(
-        http: aiohttp.ClientSession, server: AwsProtocolServer, number: str) -> None:
+        http: HttpClient, server: AwsProtocolServer, number: str) -> None:
     with pytest.raises(InvalidRecipient):
         await local_provider(http, server.url).send(sms(to=number))
 
@@ -113,7 +113,7 @@ async def test_non_e164_numbers_are_refused_without_a_request(
 
 
 async def test_empty_text_is_refused_without_a_request(
-        http: aiohttp.ClientSession, server: AwsProtocolServer) -> None:
+        http: HttpClient, server: AwsProtocolServer) -> None:
     with pytest.raises(PermanentError):
         await local_provider(http, server.url).send(sms("  "))
 
@@ -123,7 +123,7 @@ async def test_empty_text_is_refused_without_a_request(
 # --- the body limit -------------------------------------------------------------------------
 
 async def test_long_text_is_truncated_to_what_sns_accepts(
-        aws: str, moto_data: MotoDump, http: aiohttp.ClientSession) -> None:
+        aws: str, moto_data: MotoDump, http: HttpClient) -> None:
     provider = SnsProvider(AwsClient.from_environment(http, "sns"))
 
     await provider.send(sms("Your code is ready. " * 100))  # 2,000 characters, GSM-7
@@ -134,7 +134,7 @@ async def test_long_text_is_truncated_to_what_sns_accepts(
 
 
 async def test_long_unicode_text_ends_with_a_single_ellipsis(
-        aws: str, moto_data: MotoDump, http: aiohttp.ClientSession) -> None:
+        aws: str, moto_data: MotoDump, http: HttpClient) -> None:
     provider = SnsProvider(AwsClient.from_environment(http, "sns"), max_chars=100)
 
     await provider.send(sms("설치가 완료되었습니다 " * 20))
@@ -154,7 +154,7 @@ def test_fit_sms_keeps_gsm7_text_gsm7() -> None:
     assert fit_sms("設置が完了しました設置が完了しました", 10) == "設置が完了しました…"
 
 
-async def test_max_chars_beyond_sns_limit_is_refused(http: aiohttp.ClientSession) -> None:
+async def test_max_chars_beyond_sns_limit_is_refused(http: HttpClient) -> None:
     with pytest.raises(ValueError, match="max_chars"):
         local_provider(http, "http://127.0.0.1:1", max_chars=2000)
 
@@ -180,7 +180,7 @@ SNS_ERRORS = [
 @pytest.mark.parametrize(("reply", "expected"), SNS_ERRORS,
                          ids=[f"{r.status}-{i}" for i, (r, _) in enumerate(SNS_ERRORS)])
 async def test_sns_errors_map_to_channel_errors(
-        http: aiohttp.ClientSession, server: AwsProtocolServer, reply: Reply,
+        http: HttpClient, server: AwsProtocolServer, reply: Reply,
         expected: type[Exception]) -> None:
     server.reply(reply)
 
@@ -191,7 +191,7 @@ async def test_sns_errors_map_to_channel_errors(
     assert isinstance(caught.value.__cause__, AwsError)
 
 
-async def test_throttling_carries_retry_after(http: aiohttp.ClientSession,
+async def test_throttling_carries_retry_after(http: HttpClient,
                                               server: AwsProtocolServer) -> None:
     server.reply(query_error("ThrottledException", "Rate exceeded", 429, retry_after="2"))
 
@@ -201,6 +201,6 @@ async def test_throttling_carries_retry_after(http: aiohttp.ClientSession,
     assert caught.value.retry_after == 2.0
 
 
-async def test_unreachable_sns_is_transient(http: aiohttp.ClientSession) -> None:
+async def test_unreachable_sns_is_transient(http: HttpClient) -> None:
     with pytest.raises(TransientError):
         await local_provider(http, unused_port_url()).send(sms())

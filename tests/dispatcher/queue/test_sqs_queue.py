@@ -5,21 +5,21 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 from support import create_queues
 
 from dispatcher.queue.sqs import MAX_BATCH_BYTES, SqsQueue, _batches
 from transport.aws import AwsClient
+from transport.pool import HttpClient
 
 
 @pytest.fixture
-async def http(aws: str) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+async def http(aws: str) -> AsyncIterator[HttpClient]:
+    async with HttpClient() as session:
         yield session
 
 
-def sqs_queue(http: aiohttp.ClientSession, url: str, **kwargs: object) -> SqsQueue:
+def sqs_queue(http: HttpClient, url: str, **kwargs: object) -> SqsQueue:
     return SqsQueue(AwsClient.from_environment(http, "sqs"), url,
                     visibility_timeout=kwargs.pop("visibility_timeout", 30), **kwargs)  # type: ignore[arg-type]
 
@@ -32,7 +32,7 @@ async def test_batches_respect_ten_entries_and_256_kib() -> None:
         _batches(["z" * (MAX_BATCH_BYTES + 1)])
 
 
-async def test_messages_go_round_trip_and_leave_when_acknowledged(http: aiohttp.ClientSession) -> None:
+async def test_messages_go_round_trip_and_leave_when_acknowledged(http: HttpClient) -> None:
     url, _ = create_queues()
     queue = sqs_queue(http, url)
     await queue.send_batch([json.dumps({"n": i}) for i in range(25)])
@@ -48,7 +48,7 @@ async def test_messages_go_round_trip_and_leave_when_acknowledged(http: aiohttp.
     assert await queue.depth() == 0
 
 
-async def test_an_unacknowledged_message_comes_back_with_a_higher_count(http: aiohttp.ClientSession) -> None:
+async def test_an_unacknowledged_message_comes_back_with_a_higher_count(http: HttpClient) -> None:
     url, _ = create_queues()
     queue = sqs_queue(http, url, visibility_timeout=1)
     await queue.send_batch(["again"])
@@ -58,7 +58,7 @@ async def test_an_unacknowledged_message_comes_back_with_a_higher_count(http: ai
     assert (second.body, second.receive_count) == ("again", 2)
 
 
-async def test_poison_goes_to_the_redrive_dlq_with_its_reason(http: aiohttp.ClientSession) -> None:
+async def test_poison_goes_to_the_redrive_dlq_with_its_reason(http: HttpClient) -> None:
     url, dlq = create_queues()
     queue = sqs_queue(http, url)
     await queue.send_batch(["{not json"])
@@ -69,7 +69,7 @@ async def test_poison_goes_to_the_redrive_dlq_with_its_reason(http: aiohttp.Clie
     assert await queue.depth() == 0
 
 
-async def test_a_queue_without_a_dlq_says_so(http: aiohttp.ClientSession) -> None:
+async def test_a_queue_without_a_dlq_says_so(http: HttpClient) -> None:
     import boto3
 
     url = boto3.client("sqs").create_queue(QueueName="lonely")["QueueUrl"]
@@ -80,7 +80,7 @@ async def test_a_queue_without_a_dlq_says_so(http: aiohttp.ClientSession) -> Non
         await queue.dead_letter(message, "poison")
 
 
-async def test_replay_moves_dlq_messages_back_to_the_queue(http: aiohttp.ClientSession) -> None:
+async def test_replay_moves_dlq_messages_back_to_the_queue(http: HttpClient) -> None:
     url, _ = create_queues()
     queue = sqs_queue(http, url)
     await queue.send_batch(["p1", "p2", "p3"])
@@ -99,7 +99,7 @@ async def test_replay_moves_dlq_messages_back_to_the_queue(http: aiohttp.ClientS
     assert await queue.dead_letter_count() == 0 and await queue.depth() == 2
 
 
-async def test_purge_empties_the_dlq(http: aiohttp.ClientSession) -> None:
+async def test_purge_empties_the_dlq(http: HttpClient) -> None:
     url, _ = create_queues()
     queue = sqs_queue(http, url)
     await queue.send_batch(["x", "y"])
