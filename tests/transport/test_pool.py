@@ -120,6 +120,14 @@ async def raw_server(answer: Callable[[asyncio.StreamReader, asyncio.StreamWrite
         server.close()
 
 
+def writes(raw: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """An answer for :func:`raw_server`: ``raw`` as it is, then the server closes."""
+    async def answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(raw)
+        await writer.drain()
+    return answer
+
+
 @on_both_loops
 async def test_a_request_and_its_answer_go_through_with_the_callers_headers() -> None:
     async with recorder() as (server, url), HttpClient() as http:
@@ -194,10 +202,7 @@ async def test_a_chunked_answer_is_put_together() -> None:
 
 @on_both_loops
 async def test_an_answer_delimited_by_closing_is_read_whole() -> None:
-    async def answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\n\r\nback soon")
-        await writer.drain()
-
+    answer = writes(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\n\r\nback soon")
     async with raw_server(answer) as url, HttpClient() as http:
         origin = http.origin(url)
         first = await origin.request("POST", "/", {}, b"", timeout=5)
@@ -223,11 +228,7 @@ async def test_an_answer_over_the_bound_is_a_transport_error() -> None:
 
 @on_both_loops
 async def test_a_malformed_answer_is_a_transport_error() -> None:
-    async def answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"SMTP ready\r\n\r\n")
-        await writer.drain()
-
-    async with raw_server(answer) as url, HttpClient() as http:
+    async with raw_server(writes(b"SMTP ready\r\n\r\n")) as url, HttpClient() as http:
         with pytest.raises(HttpTransportError) as caught:
             await http.origin(url).request("POST", "/", {}, b"", timeout=5)
 
