@@ -53,6 +53,9 @@ from transport.pool import HttpClient
 if TYPE_CHECKING:
     from transport.aws import AwsClient
 
+#: The HTTP clients a runtime made and closes: the AWS APIs' and the SNS certificate fetcher's.
+_Owned = HttpClient | aiohttp.ClientSession
+
 __all__ = ["Runtime"]
 
 
@@ -69,7 +72,7 @@ class Runtime:
     deliverer: Deliverer
     links: UnsubscribeLinks | None
     release: Releaser
-    owned: list[HttpClient | aiohttp.ClientSession] = field(default_factory=list)
+    owned: list[_Owned] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     sns: SnsVerifier | None = None
     resender: Resender | None = None
@@ -86,7 +89,7 @@ class Runtime:
         db = await _database(settings, writes_first=writes_first)
         store = Store.from_database(db)
         http = _aws_http(settings)
-        owned: list[HttpClient | aiohttp.ClientSession] = [http] if http else []
+        owned: list[_Owned] = [http] if http else []
         try:
             queue, enqueue, release = _queue(settings, store, http)
             built = {**await _providers(settings, http), **(providers or {})}
@@ -165,8 +168,7 @@ class Runtime:
         await self.store.db.close()
 
 
-def _sns_verifier(settings: Settings,
-                  owned: list[HttpClient | aiohttp.ClientSession]) -> SnsVerifier:
+def _sns_verifier(settings: Settings, owned: list[_Owned]) -> SnsVerifier:
     """Its own small pool: fetching SNS certificates never waits behind provider sends."""
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8))
     owned.append(http)
@@ -339,6 +341,6 @@ async def _fcm(settings: Settings) -> Provider:
         pool_size=settings.send_concurrency + 16)
 
 
-async def _close_sessions(sessions: list[HttpClient | aiohttp.ClientSession]) -> None:
+async def _close_sessions(sessions: list[_Owned]) -> None:
     for session in sessions:
         await session.close()

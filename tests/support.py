@@ -133,3 +133,22 @@ def wait_until(check: Callable[[], T], *, timeout: float, what: str,
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {result!r})")
         time.sleep(interval)
+
+
+async def until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    """:func:`wait_until` for a test on an event loop: ``check`` (or the coroutine it returns)
+    until truthy, sleeping on the loop in between so the code under test runs."""
+    import asyncio
+
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what} (last: {result!r})")
+        await asyncio.sleep(0.05)

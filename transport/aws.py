@@ -137,8 +137,6 @@ class AwsClient:
         self._origin = http.origin(self.endpoint_url)
         self._credentials = credentials
         self._timeout = timeout
-        # Sent explicitly so that the Host on the wire is the one that was signed.
-        self._host = _host_header(self.endpoint_url)
         self._path_prefix = urlsplit(self.endpoint_url).path
         self._signer = SigV4Signer(self.signing_name, region)
         self._refreshing: asyncio.Future[Any] | None = None
@@ -204,7 +202,8 @@ class AwsClient:
 
     async def _call(self, method: str, path: str, body: bytes,
                     headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:
-        headers["Host"] = self._host
+        # Sent explicitly so that the Host on the wire is the one that was signed.
+        headers["Host"] = self._origin.host_header
         target = self._path_prefix + path  # sent as signed, percent-encoded already
         signed = self._signer.sign(method, target, headers, body, await self._frozen_credentials())
         try:
@@ -231,16 +230,6 @@ class AwsClient:
             return await asyncio.shield(self._refreshing)
         except Exception as exc:  # whatever the provider raised (IMDS down, STS refused, …)
             raise AwsTransportError("CredentialRefreshError", str(exc) or repr(exc)) from exc
-
-
-def _host_header(endpoint_url: str) -> str:
-    """The Host value botocore signs: lower-case host, port only when not the default."""
-    parts = urlsplit(endpoint_url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    default = {"http": 80, "https": 443}.get(parts.scheme)
-    return host if parts.port in (None, default) else f"{host}:{parts.port}"
 
 
 def _dump(payload: Mapping[str, Any]) -> bytes:

@@ -193,6 +193,8 @@ class Origin:
     def __init__(self, scheme: str, host: str, port: int, *, limit: int, idle_timeout: float,
                  max_response: int, ssl_context: ssl.SSLContext | None) -> None:
         self.scheme, self.host, self.port = scheme, host, port
+        # What botocore signs as Host: the lower-case host (urlsplit's ``hostname``), IPv6 in
+        # brackets, the port only when it is not the scheme's default.
         default = 443 if scheme == "https" else 80
         bracketed = f"[{host}]" if ":" in host else host
         self.host_header = bracketed if port == default else f"{bracketed}:{port}"

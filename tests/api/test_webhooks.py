@@ -11,15 +11,14 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
 import pytest
-from support import API_KEYS, USER_SECRET, new_id, path_id
+from support import API_KEYS, USER_SECRET, new_id, path_id, until
 from webhook_receiver import Receiver
 
 from bench.sns_signing import TOPIC, FakeSns, ses_event
@@ -77,19 +76,6 @@ async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
     stop.set()
     await sender
     await rt.close()
-
-
-async def until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what} (last: {result!r})")
-        await asyncio.sleep(0.05)
 
 
 async def register(client: httpx.AsyncClient, receiver: Receiver, **extra: Any) -> dict[str, Any]:

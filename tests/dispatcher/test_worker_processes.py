@@ -9,26 +9,17 @@ is reached through a symbolic link the test removes and puts back.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support import until
 
 from dispatcher.config import Settings
 from dispatcher.worker_processes import WorkerProcesses
-
-
-async def _until(check: Callable[[], object], *, timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_a_worker_process_that_cannot_be_started_again_is_retried_until_it_can(
@@ -43,16 +34,16 @@ async def test_a_worker_process_that_cannot_be_started_again_is_retried_until_it
     workers.start()
     try:
         [first] = workers.children
-        await _until(lambda: first.poll() is None, timeout=5, what="the first worker process")
+        await until(lambda: first.poll() is None, "the first worker process", timeout=5)
 
         link.unlink()  # the interpreter's directory is gone
         first.send_signal(signal.SIGKILL)
-        await _until(lambda: any("could not start a worker process" in r.getMessage()
-                                 for r in caplog.records), timeout=30, what="the failed start")
+        await until(lambda: any("could not start a worker process" in r.getMessage()
+                                for r in caplog.records), "the failed start", timeout=30)
         assert workers.children == []  # no process, and the API process still runs
 
         link.symlink_to(executable.parent.parent, target_is_directory=True)
-        await _until(lambda: workers.children, timeout=60, what="a new worker process")
+        await until(lambda: workers.children, "a new worker process", timeout=60)
         [second] = workers.children
         assert second.pid != first.pid and second.poll() is None
     finally:
