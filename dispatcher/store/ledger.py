@@ -113,7 +113,8 @@ class LedgerStore:
             .values(status=sa.bindparam("b_status"), reason=sa.bindparam("b_reason"),
                     detail=sa.bindparam("b_detail"), version=sa.bindparam("b_version"),
                     attempts=sa.bindparam("b_attempts"), provider_message_id=None,
-                    claim_token=None, claimed_at=None, updated_at=sa.bindparam("b_now")))
+                    claim_token=sa.bindparam("b_token"), claimed_at=sa.bindparam("b_claimed_at"),
+                    updated_at=sa.bindparam("b_now")))
         self._claim_rows = (
             deliveries.update().where(*_by_key(), deliveries.c.status == _PENDING)
             .values(status=_SENDING, claim_token=sa.bindparam("b_token"),
@@ -150,13 +151,19 @@ class LedgerStore:
             chunks = [_as_cancelled(c) if c.notification_id in cancelled else c for c in chunks]
             now = now_us()
             chunks = await self._within_caps(conn, chunks, now)
-            inserted = await self._insert(conn, chunks, now)
+            inserted, claimed = await self._insert(conn, chunks, now, claim)
             current = await self._current(conn, chunks, inserted)
-            won, changes = _take_over(chunks, inserted, current)
-            await self._apply(conn, changes, now)
+            won, changes = _take_over(chunks, inserted, current, claimed)
+            if claim is not None:
+                claim = replace(claim, limit=claim.limit - len(claimed))
             to_claim = _claimable(chunks, won, current, claim)
-            await self._claim_in(conn, to_claim, claim, now)
-            claimed = {key: current[key].version for key in to_claim}
+            for key in to_claim:
+                claimed[key] = current[key].version
+            # The rows this call takes over are claimed by the same statement; only rows it
+            # inserted pending (see _insert) and claims now need one more.
+            _claim_changes(changes, to_claim, claim, now)
+            await self._apply(conn, changes, now)
+            await self._claim_in(conn, [k for k in to_claim if k not in changes], claim, now)
             entries = [chunk.feed[k.user_id] for chunk, keys in zip(chunks, won, strict=True)
                        for k in keys if k.channel == "in_app" and k.user_id in chunk.feed]
             await self._feed.write(conn, entries)
@@ -269,19 +276,38 @@ class LedgerStore:
                              cancelled=sum(made_skipped.values()) + never_made,
                              in_flight=in_flight, made_skipped=dict(made_skipped))
 
-    async def _insert(self, conn: AsyncConnection, chunks: Sequence[ChunkRows],
-                      now: int) -> dict[RowKey, int]:
+    async def _insert(self, conn: AsyncConnection, chunks: Sequence[ChunkRows], now: int,
+                      claim: Claim | None) -> tuple[dict[RowKey, int], dict[RowKey, int]]:
         """Insert the missing rows of the chunks' ``insert`` channels in one statement;
-        return each inserted key with the index of the chunk that inserted it."""
+        return each inserted key with the index of the chunk that inserted it, and the
+        inserted rows claimed (key -> version).
+
+        With ``claim``, a row to send that no other chunk of the call names is inserted
+        already claimed (``sending``, the claim's token, one attempt), up to the claim's
+        limit: what :meth:`_claim_in` would have done to it right after, without a second
+        statement. A row another chunk names is inserted ``pending``, since that chunk may
+        take it over; :func:`_claimable` decides for it as for any other row."""
         first: dict[RowKey, tuple[int, dict[str, object]]] = {}
+        named: dict[RowKey, int] = defaultdict(int)
         for index, chunk in enumerate(chunks):
             for r in chunk.rows:
+                named[r.key] += 1
                 if r.key.channel in chunk.insert and r.key not in first:
                     first[r.key] = (index, _row(chunk.version, r, now))
         if not first:
-            return {}
+            return {}, {}
+        claiming: dict[RowKey, int] = {}
+        if claim is not None and claim.limit > 0:
+            for key, (index, values) in first.items():
+                if (named[key] == 1 and values["status"] == _PENDING and values["reason"] is None
+                        and key.channel not in claim.exclude):
+                    values.update(status=_SENDING, claim_token=claim.token, claimed_at=now, attempts=1)
+                    claiming[key] = chunks[index].version
+                    if len(claiming) >= claim.limit:
+                        break
         rows = await conn.execute(self._insert_rows, [values for _, values in first.values()])
-        return {key: first[key][0] for key in (RowKey(*r) for r in rows)}
+        inserted = {key: first[key][0] for key in (RowKey(*r) for r in rows)}
+        return inserted, {key: v for key, v in claiming.items() if key in inserted}
 
     async def _current(self, conn: AsyncConnection, chunks: Sequence[ChunkRows],
                        inserted: dict[RowKey, int]) -> dict[RowKey, _Current]:
@@ -474,16 +500,19 @@ def _key_params(key: RowKey) -> dict[str, object]:
 
 
 def _take_over(chunks: Sequence[ChunkRows], inserted: dict[RowKey, int],
-               current: dict[RowKey, _Current]) -> tuple[list[set[RowKey]], dict[RowKey, dict[str, object]]]:
+               current: dict[RowKey, _Current], claimed: dict[RowKey, int],
+               ) -> tuple[list[set[RowKey]], dict[RowKey, dict[str, object]]]:
     """Which rows each chunk wins, in order, and the final values of the rows taken over.
 
     A chunk wins a row it inserted, or a row that is ``pending`` at its version, or (for its
     ``reset`` channels) a row at an older version that is not in flight. ``current`` holds
-    the inserted rows first, then is updated as the chunks win rows."""
+    the inserted rows first (``claimed``: inserted ``sending``), then is updated as the
+    chunks win rows."""
     for index, chunk in enumerate(chunks):
         for r in chunk.rows:
             if inserted.get(r.key) == index:
-                current[r.key] = _Current(chunk.version, r.status.value, 0)
+                current[r.key] = (_Current(chunk.version, _SENDING, 1) if r.key in claimed
+                                  else _Current(chunk.version, r.status.value, 0))
     won: list[set[RowKey]] = []
     changes: dict[RowKey, dict[str, object]] = {}
     for index, chunk in enumerate(chunks):
@@ -499,10 +528,23 @@ def _take_over(chunks: Sequence[ChunkRows], inserted: dict[RowKey, int],
             current[r.key] = _Current(chunk.version, r.status.value, attempts)
             changes[r.key] = {"b_status": r.status.value, "b_reason": _str(r.reason),
                               "b_detail": _clip(r.detail), "b_version": chunk.version,
-                              "b_attempts": attempts}
+                              "b_attempts": attempts, "b_token": None, "b_claimed_at": None}
             keys.add(r.key)
         won.append(keys)
     return won, changes
+
+
+def _claim_changes(changes: dict[RowKey, dict[str, object]], keys: Sequence[RowKey],
+                   claim: Claim | None, now: int) -> None:
+    """Make the take-over of each of ``keys`` also its claim (as :meth:`LedgerStore._claim_in`
+    would: ``sending``, the claim's token, one more attempt)."""
+    if claim is None:
+        return
+    for key in keys:
+        change = changes.get(key)
+        if change is not None:
+            change.update(b_status=_SENDING, b_token=claim.token, b_claimed_at=now,
+                          b_attempts=int(change["b_attempts"]) + 1)  # type: ignore[call-overload]
 
 
 def _takeable(cur: _Current, chunk: ChunkRows, channel: str) -> bool:

@@ -22,17 +22,17 @@ class NotificationStore:
         self._db = db
         # Built once: every gateway commit runs these two (SQLAlchemy then finds them compiled
         # by their memoised cache key instead of building and keying new statements each time).
-        self._insert_new = db.insert(notifications).on_conflict_do_nothing(
-            index_elements=[notifications.c.id])
-        self._lock_headers = _locking(notifications)
-        # Two columns where the whole row (its data up to the data bound) is not needed.
+        self._insert_new = (db.insert(notifications)
+                            .on_conflict_do_nothing(index_elements=[notifications.c.id])
+                            .returning(notifications.c.id))
+        # Only the columns folding needs (``_changes``): not the data, which can be large and
+        # which a newer version replaces whole.
+        self._lock_headers = _locking(*(notifications.c[c] for c in _DECIDING))
         self._cancelled_of = _locking(notifications.c.id, notifications.c.cancelled_at)
-        # Every header a commit changes, in one statement: each column an update can change
-        # is written, from the row as locked and folded (unchanged columns keep their value).
-        self._update_headers = (notifications.update()
-                                .where(notifications.c.id == sa.bindparam("b_id"))
-                                .values({**{c: sa.bindparam(f"b_{c}") for c in _FOLDED},
-                                         "updated_at": sa.bindparam("b_now")}))
+        # The headers a commit changes: a newer version rewrites every column an update can
+        # change (all known from the updates folded); an older or equal one only widens.
+        self._replace_headers = _update(_FOLDED)
+        self._widen_headers = _update(_WIDENED)
 
     async def upsert(self, update: HeaderUpdate) -> None:
         await self.upsert_many([update])
@@ -49,23 +49,48 @@ class NotificationStore:
     async def upsert_many_in(self, conn: AsyncConnection,
                              updates: Sequence[HeaderUpdate]) -> set[str]:
         """:meth:`upsert_many` inside the caller's write transaction; the headers stay locked
-        (PostgreSQL) until it ends. Returns the ids already cancelled: those are not changed."""
+        (PostgreSQL) until it ends. Returns the ids already cancelled: those are not changed.
+
+        The headers are read (locked) first, then the missing ones inserted from their first
+        update: a worker's headers, which the gateway wrote, cost one read; a gateway's new
+        ones a read that finds nothing and the insert. One inserted meanwhile by another
+        transaction (PostgreSQL) is read again, after its insert waited for it."""
         if not updates:
             return set()
         now = now_us()
-        await conn.execute(self._insert_new, [_insert_values(u, now) for u in updates])
-        ids = list(dict.fromkeys(u.id for u in updates))
-        rows = {r.id: dict(r._mapping) for r in (await conn.execute(
-            self._lock_headers, {"ids": ids})).all()}
-        cancelled = {nid for nid in ids if rows[nid]["cancelled_at"] is not None}
         by_id: dict[str, list[HeaderUpdate]] = defaultdict(list)
         for u in updates:
             by_id[u.id].append(u)
-        changed = [{"b_id": nid, "b_now": now, **{f"b_{c}": rows[nid][c] for c in _FOLDED}}
-                   for nid in ids if nid not in cancelled and _folded(rows[nid], by_id[nid])]
-        if changed:
-            await conn.execute(self._update_headers, changed)
+        rows = await self._lock_in(conn, list(by_id))
+        missing = {nid: _insert_values(by_id[nid][0], now) for nid in sorted(by_id) if nid not in rows}
+        if missing:
+            made = {nid for (nid,) in await conn.execute(self._insert_new, list(missing.values()))}
+            for nid in made:
+                rows[nid] = _deciding(missing[nid])
+                by_id[nid] = by_id[nid][1:]
+            rows.update(await self._lock_in(conn, [nid for nid in missing if nid not in made]))
+        cancelled = {nid for nid in by_id if rows[nid]["cancelled_at"] is not None}
+        replaced: list[dict[str, Any]] = []
+        widened: list[dict[str, Any]] = []
+        for nid, of_id in by_id.items():
+            if nid in cancelled:
+                continue
+            row = rows[nid]
+            version = row["version"]
+            if not _folded(row, of_id):
+                continue
+            to = replaced if row["version"] > version else widened
+            to.append({"b_id": nid, "b_now": now,
+                       **{f"b_{c}": row[c] for c in (_FOLDED if to is replaced else _WIDENED)}})
+        for statement, params in ((self._replace_headers, replaced), (self._widen_headers, widened)):
+            if params:
+                await conn.execute(statement, params)
         return cancelled
+
+    async def _lock_in(self, conn: AsyncConnection, ids: list[str]) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        return {r.id: dict(r._mapping) for r in (await conn.execute(self._lock_headers, {"ids": ids}))}
 
     async def lock_cancelled_in(self, conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
         """Lock the headers of ``ids`` (PostgreSQL; SQLite has one writer) for the caller's
@@ -168,6 +193,19 @@ def _insert_values(u: HeaderUpdate, now: int) -> dict[str, Any]:
 #: The header columns an update can change (``_changes``).
 _FOLDED = ("channels", "recipients", "version", "template", "data", "state", "category",
            "locale", "send_at")
+#: Those an update of an older or the same version can change.
+_WIDENED = ("channels", "recipients")
+#: The columns that decide what an update changes.
+_DECIDING = ("id", "version", "channels", "recipients", "cancelled_at")
+
+
+def _deciding(values: dict[str, Any]) -> dict[str, Any]:
+    return {c: values.get(c) for c in _DECIDING}
+
+
+def _update(columns: Sequence[str]) -> sa.Update:
+    return (notifications.update().where(notifications.c.id == sa.bindparam("b_id"))
+            .values({**{c: sa.bindparam(f"b_{c}") for c in columns}, "updated_at": sa.bindparam("b_now")}))
 
 
 def _locking(*columns: Any) -> sa.Select[Any]:

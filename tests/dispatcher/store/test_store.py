@@ -244,3 +244,109 @@ async def test_an_update_takes_over_many_rows_of_a_bulk_at_once(runtime: Runtime
     assert won == {RowKey(nid, u, "in_app") for u in users}
     rows, _ = await runtime.store.notifications.deliveries(nid, limit=100)
     assert {r["user_id"]: r["version"] for r in rows} == {**{u: 2 for u in users}, "x": 1}
+
+
+async def test_rows_claimed_at_open_carry_the_claim_and_one_attempt(runtime: Runtime) -> None:
+    """Rows inserted and rows taken over are claimed as they are written: ``sending``, with
+    the caller's token (only it can record them), one attempt each."""
+    ledger, nid = runtime.store.ledger, new_id()
+    v1 = rows_of(nid, ("u1", "push", PENDING), ("u1", "in_app", SENT))
+    opened = await ledger.open([], [ChunkRows(nid, 1, v1, frozenset({"push", "in_app"}),
+                                              frozenset({"in_app"}), {})], Claim("one", 10))
+    push = RowKey(nid, "u1", "push")
+    assert opened.claimed == {push: 1}
+    await ledger.record([(RowState(push, SENT), "not-one")])  # another token changes nothing
+    await ledger.record([(RowState(push, SENT), "one")])
+    v2 = ChunkRows(nid, 2, v1, frozenset(), frozenset({"push", "in_app"}), {})
+    opened = await ledger.open([], [v2], Claim("two", 10))
+    assert opened.claimed == {push: 2}
+    [row] = await ledger.unfinished(nid, ["u1"])
+    assert (row.key, row.status, row.version) == (push, "sending", 2)
+    await ledger.record([(RowState(push, SENT), "two")])
+    rows, _ = await runtime.store.notifications.deliveries(nid, limit=10)
+    assert {(r["channel"], r["status"], r["version"], r["attempts"]) for r in rows} == {
+        ("push", "sent", 2, 1), ("in_app", "sent", 2, 0)}
+
+
+async def test_a_row_released_for_a_retry_counts_its_attempts_when_claimed_again(
+        runtime: Runtime) -> None:
+    ledger, nid = runtime.store.ledger, new_id()
+    chunk = ChunkRows(nid, 1, rows_of(nid, ("u1", "sms", PENDING)), frozenset({"sms"}), frozenset(), {})
+    key = RowKey(nid, "u1", "sms")
+    assert (await ledger.open([], [chunk], Claim("a", 1))).claimed == {key: 1}
+    await ledger.record([(RowState(key, PENDING), "a")])  # released: the provider was busy
+    assert (await ledger.open([], [chunk], Claim("b", 1))).claimed == {key: 1}  # redelivered
+    rows, _ = await runtime.store.notifications.deliveries(nid, limit=10)
+    assert [(r["status"], r["attempts"], r["claim_token"]) for r in rows] == [("sending", 2, "b")]
+
+
+async def test_rows_past_the_claims_limit_open_pending(runtime: Runtime) -> None:
+    """The limit counts inserted and taken-over rows together."""
+    ledger, old, new = runtime.store.ledger, new_id(), new_id()
+    await open_rows(runtime, old, 1, rows_of(old, ("u1", "push", PENDING), ("u2", "push", PENDING)),
+                    insert={"push"})
+    opened = await ledger.open([], [
+        ChunkRows(old, 2, rows_of(old, ("u1", "push", PENDING), ("u2", "push", PENDING)),
+                  frozenset(), frozenset({"push"}), {}),
+        ChunkRows(new, 1, rows_of(new, ("u1", "sms", PENDING), ("u2", "sms", PENDING)),
+                  frozenset({"sms"}), frozenset(), {})], Claim("tok", 3))
+    assert len(opened.claimed) == 3
+    statuses = [r.status for nid in (old, new) for r in await ledger.unfinished(nid, ["u1", "u2"])]
+    assert sorted(statuses) == ["pending", "sending", "sending", "sending"]
+
+
+async def test_header_updates_in_one_commit_fold_by_version(runtime: Runtime) -> None:
+    """Updates of one id in one commit, new or not: the highest version's state and data, the
+    union of the channels, the largest recipient count; an older version only widens."""
+    new, old = new_id(), new_id()
+    notifications = runtime.store.notifications
+    await notifications.upsert(header(old, 1, "installing", recipients=2))
+    await notifications.upsert_many([
+        header(new, 2, "completed"), header(new, 1, "installing", channels=("email",), recipients=4),
+        header(old, 1, "installing", channels=("push",)),
+        header(new, 3, "failed", channels=("in_app",))])
+    a, b = await notifications.get(new), await notifications.get(old)
+    assert (a.version, a.state, a.channels, a.recipients) == (3, "failed", ("in_app", "email"), 4)
+    assert (b.version, b.state, b.channels, b.recipients) == (1, "installing", ("in_app", "push"), 2)
+    await notifications.upsert_many([HeaderUpdate(
+        id=old, service="app", version=2, template="app-install", data={"app_name": "Bar"},
+        state="completed", category="app", locale="ko", channels=("sms",), recipients=1)])
+    b = await notifications.get(old)
+    assert (b.version, b.state, b.data, b.locale, b.channels, b.recipients) == (
+        2, "completed", {"app_name": "Bar"}, "ko", ("in_app", "sms", "push"), 2)
+
+
+async def test_a_header_inserted_meanwhile_by_another_transaction_is_folded_into(
+        postgres_url: str) -> None:
+    """PostgreSQL: a commit reads a new id's header (none yet), while another transaction has
+    inserted it uncommitted; its own insert waits, finds the row, and the update is folded
+    into the row as committed."""
+    import asyncio
+
+    import sqlalchemy as sa
+    from support import until
+
+    from dispatcher.store import Database
+    from dispatcher.store.notifications import NotificationStore
+
+    db = Database(postgres_url)
+    try:
+        await db.create_schema()
+        notifications, nid = NotificationStore(db), new_id()
+        async with db.write() as first:
+            await notifications.upsert_many_in(first, [header(nid, 1, "installing", recipients=3)])
+            second = asyncio.create_task(notifications.upsert_many(
+                [header(nid, 2, "completed", channels=("email",))]))
+
+            async def waiting_for_the_first() -> bool:
+                async with db.read() as conn:
+                    return bool((await conn.execute(sa.text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE 'INSERT INTO notifications%'"))).scalar())
+            await until(waiting_for_the_first, "the second insert to wait for the first")
+        await asyncio.wait_for(second, 30)
+        stored = await notifications.get(nid)
+        assert (stored.version, stored.state, stored.channels, stored.recipients) == (
+            2, "completed", ("in_app", "email"), 3)
+    finally:
+        await db.close()
