@@ -17,9 +17,10 @@ Workloads:
           later its update (version 2, completed, push only). Accept latency, end to end
           (ledger rows final), deliveries/s, time to settle, CPU per delivery per process; on
           the embedded stack, the production stack (1 and 2 workers) and the Celery peer.
-          --find-rate steps the rate up to the highest sustainable one (accept p99 < 50 ms,
-          end-to-end p99 < 1 s, settled within 2 s); --gateway-alone measures the embedded
-          gateway with no worker.
+          --find-rate finds the highest sustainable rate (accept p99 < 50 ms, end-to-end
+          p99 < 1 s, settled within 2 s): doubling from 50/s until a step fails, then
+          bisecting to within 50/s (or --rates, in order); --gateway-alone measures the
+          embedded gateway with no worker.
   smoke   the embedded default in one process with the log providers: one bulk of N.
   memory  peak RSS of each dispatcher process on one big bulk (1,000,000 in-app by default).
   scaleout  CPU per delivery of each process of the production stack with 1 and 2 workers, the
@@ -70,9 +71,9 @@ def cli(argv: list[str] | None = None) -> int:
                    help="small workload: the fixed offered rate, notifications/s (50)")
     r.add_argument("--small-seconds", type=float, default=20.0,
                    help="small workload: seconds of the fixed offer (20)")
-    r.add_argument("--small-budget", type=float, default=120.0,
+    r.add_argument("--small-budget", type=float, default=180.0,
                    help="small workload: seconds per contender for the sustainable-rate search, "
-                        "and for the gateway alone (120; 0 skips the search)")
+                        "and for the gateway alone (180; 0 skips the search)")
     r.add_argument("--small-step-seconds", type=float, default=10.0,
                    help="small workload: seconds per step of the search (10; the gateway alone "
                         "steps for half as long, at most 5)")
@@ -149,10 +150,12 @@ def _small_parser(sub: Any) -> None:
     s.add_argument("--find-rate", action="store_true",
                    help="step up the rate until a bar is missed; report the highest sustainable")
     s.add_argument("--rates", type=_floats, default=None,
-                   help="the steps of --find-rate (50,100,...,400 in steps of 50, 500,600,800)")
+                   help="the steps of --find-rate, in order, stopping at the first that fails "
+                   "(default: none; the rate doubles from 50/s until a step fails, then bisects "
+                   "to within 50/s)")
     s.add_argument("--step-seconds", type=float, default=10.0, help="offer per step (10)")
-    s.add_argument("--budget", type=float, default=120.0,
-                   help="seconds per contender for --find-rate (120)")
+    s.add_argument("--budget", type=float, default=180.0,
+                   help="seconds per contender for --find-rate (180)")
     s.add_argument("--gateway-alone", action="store_true",
                    help="also the embedded gateway with no worker: highest rate with p99 < 50 ms")
     s.add_argument("--gateway-rates", type=_floats,
@@ -169,11 +172,10 @@ def _small(args: argparse.Namespace) -> int:
     from bench.report import small_tables
     from bench.small_suite import SmallOptions, measure_small
     from bench.standins import StandIns
-    from bench.sustainable import RATES
 
     rates = args.rate if args.rate is not None else (
         [] if args.find_rate or args.gateway_alone else [200.0])
-    steps = args.rates if args.rates is not None else [float(r) for r in RATES]
+    steps = args.rates
     opts = SmallOptions(contenders=args.contenders.split(","), users=args.users, rates=rates,
                         seconds=args.seconds, find_rate=args.find_rate, search_rates=steps,
                         step_seconds=args.step_seconds, budget=args.budget,

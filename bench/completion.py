@@ -111,6 +111,11 @@ class Completion:
         """True once every watched notification is done; False after ``timeout`` seconds."""
         return self._idle.wait(timeout)
 
+    def still_open(self) -> list[str]:
+        """The watched notifications not done yet, oldest first."""
+        with self._lock:
+            return list(self._open)
+
     @property
     def open_count(self) -> int:
         with self._lock:

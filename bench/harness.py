@@ -57,7 +57,7 @@ class Options:
     small_users: int = 20_000
     small_rate: float = 50.0           # the fixed offer, notifications/s
     small_seconds: float = 20.0
-    small_budget: float = 120.0        # per contender, for the sustainable-rate search
+    small_budget: float = 180.0        # per contender, for the sustainable-rate search
     small_step_seconds: float = 10.0   # per step of the search
     postgres_admin_url: str = os.environ.get(
         "DISPATCHER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -178,6 +178,9 @@ class SmallResult:
     unattributed_cores: float
     ledger_queries: int
     first_error: str | None = None
+    #: Seconds the harness waited, after the step's figures, for its backlog to drain before
+    #: the next step (None: not asked, or not drained in time).
+    drained_after: float | None = None
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -189,10 +192,13 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def run_small(target: Target, standins: StandIns, user_ids: Sequence[str], *, rate: float,
-              count: int, seed: int, settle_timeout: float | None = None) -> SmallResult:
+              count: int, seed: int, settle_timeout: float | None = None,
+              drain_timeout: float = 0.0) -> SmallResult:
     """Offer ``count`` notifications (and their updates) at ``rate``/s; wait until every row
     is final or ``settle_timeout`` seconds after the last scheduled send (default: 30 s plus
-    twice the offer)."""
+    twice the offer). ``drain_timeout``: if the rows are not all final by then, wait up to
+    this much longer (outside the step's figures), so that a next step starts with no
+    backlog; ``drained_after`` says how long it took."""
     plan = small_plan(user_ids, rate=rate, count=count, seed=seed)
     timeout = settle_timeout if settle_timeout is not None else 30 + 2 * plan[-1].at
     standins.reset()
@@ -208,8 +214,15 @@ def run_small(target: Target, standins: StandIns, user_ids: Sequence[str], *, ra
         stopped = time.time()
     if completion.error is not None:
         raise RuntimeError("reading the ledger failed") from completion.error
-    return _summarise(target.name, rate, plan, epoch, attempts, completion, settled, stopped,
-                      standins.stats(), monitor)
+    result = _summarise(target.name, rate, plan, epoch, attempts, completion, settled, stopped,
+                        standins.stats(), monitor)
+    if not settled and drain_timeout > 0:
+        with Completion(target.read_final()) as drain:
+            for notification_id in completion.still_open():
+                drain.watch(notification_id)
+            if drain.wait(drain_timeout):
+                result.drained_after = time.time() - stopped
+    return result
 
 
 def warm_up(target: Target, standins: StandIns, user_ids: Sequence[str]) -> None:

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from bench.small import DispatcherTarget, SmallResult, Target, run_small, warm_up
 from bench.sustainable import (
     GATEWAY_RATES,
-    RATES,
     GatewayAlone,
     RateSearch,
     find_sustainable,
@@ -50,9 +49,9 @@ class SmallOptions:
     rates: list[float] = field(default_factory=lambda: [200.0])   # fixed-rate offers
     seconds: float | None = None          # per fixed rate; None: every user once
     find_rate: bool = False
-    search_rates: list[float] = field(default_factory=lambda: [float(r) for r in RATES])
+    search_rates: list[float] | None = None   # None: doubling, then bisecting (bench.sustainable)
     step_seconds: float = 10.0
-    budget: float = 120.0                 # per contender, for the search
+    budget: float = 180.0                 # per contender, for the search
     gateway_alone: bool = False
     gateway_rates: list[float] = field(default_factory=lambda: [float(r) for r in GATEWAY_RATES])
     gateway_seconds: float = 5.0

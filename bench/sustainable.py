@@ -1,13 +1,18 @@
 """Stepped rates: the highest rate a contender sustains, and the gateway alone.
 
-**The sustainable rate** (:func:`find_sustainable`): the small workload offered at rising
-rates (50 notifications/s, then steps of 50 up to 400, then 500, 600, 800 by default), each
-for a short window, on one stack. A step passes when every request was accepted, accept p99
-< 50 ms, end-to-end p99 < 1 s (the notification and its update alike) and the backlog did
-not grow: every row final within 2 s of the last scheduled send. The search stops at the
-first step that fails (a higher rate would fail too, and would leave a backlog the next step
-would inherit) or when the time budget would be exceeded; the answer is the highest step
-that passed.
+**The sustainable rate** (:func:`find_sustainable`): the small workload offered at a
+series of rates, each for a short window, on one stack. A step passes when every request was
+accepted, accept p99 < 50 ms, end-to-end p99 < 1 s (the notification and its update alike)
+and the backlog did not grow: every row final within 2 s of the last scheduled send. The
+answer is the highest step that passed. By default the rate doubles from 50 notifications/s
+(50, 100, 200, 400, 800, 1,600) until a step fails, then bisects between the highest that
+passed and the lowest that failed, on multiples of 50, until they are 50 apart: every
+contender gets the same rule, and a fast one reaches its limit within the budget (the
+stepping by 50 that came before spent two minutes below 400/s). A failed step's backlog is
+drained (up to :data:`DRAIN_SECONDS`, outside its figures) before the next step, which must
+not inherit it; one that does not drain ends the search. With explicit ``rates``, the steps
+are those, in order, stopping at the first that fails. Either way the search also stops when
+the time budget would be exceeded.
 
 **The gateway alone** (:func:`gateway_alone`): ``dispatcher gateway`` on the embedded store
 and queue, with no worker (the queue just fills), offered single-recipient notifications
@@ -35,7 +40,12 @@ if TYPE_CHECKING:
 __all__ = ["GatewayAlone", "GatewayStep", "RateSearch", "find_sustainable", "gateway_alone",
            "sustainable"]
 
+#: The steps of the stepped search (``--rates``), kept for runs that compare with old ones.
 RATES = (50, 100, 150, 200, 250, 300, 350, 400, 500, 600, 800)
+#: The doubling search: its first step, its highest, and how close it gets.
+FIRST_RATE, TOP_RATE, RESOLUTION = 50.0, 1600.0, 50.0
+#: How long a failed step's backlog may take to drain before the next step.
+DRAIN_SECONDS = 60.0
 GATEWAY_RATES = (100, 250, 500, 1000, 1500, 2000, 3000, 4000)
 ACCEPT_P99_MS = 50.0
 E2E_P99_MS = 1000.0
@@ -75,25 +85,63 @@ class RateSearch:
 
 
 def find_sustainable(target: Target, standins: StandIns, user_ids: Sequence[str], *,
-                     rates: Sequence[float] = RATES, window: float = 10.0, budget: float = 120.0,
-                     seed: int = 1) -> RateSearch:
-    """Step up the offered rate on ``target`` until a step fails or the budget is spent."""
+                     rates: Sequence[float] | None = None, window: float = 10.0,
+                     budget: float = 180.0, seed: int = 1) -> RateSearch:
+    """The highest rate ``target`` sustains: doubling then bisecting (``rates`` None), or
+    the given steps in order until one fails; within ``budget`` seconds."""
     search = RateSearch(target.name, window, budget)
     started = time.monotonic()
-    for i, rate in enumerate(rates):
+    passed: float | None = None
+    failed: float | None = None
+    rate = next_rate(passed, failed) if rates is None else (rates[0] if rates else None)
+    i = 0
+    while rate is not None:
         if search.steps and time.monotonic() - started + window + STEP_TAIL_SECONDS > budget:
             search.stopped = f"time budget ({budget:.0f} s) before {rate:g}/s"
-            break
+            return search
+        if_failed = (next_rate(passed, rate) if rates is None else None)
         step = run_small(target, standins, user_ids, rate=rate,
                          count=max(1, round(rate * window)), seed=seed + i,
-                         settle_timeout=STEP_SETTLE_TIMEOUT)
+                         settle_timeout=STEP_SETTLE_TIMEOUT,
+                         drain_timeout=DRAIN_SECONDS if if_failed is not None else 0.0)
         search.steps.append(step)
-        if not sustainable(step):
-            search.stopped = f"{rate:g}/s missed a bar"
-            break
-    else:
+        i += 1
+        if rates is not None:
+            if not sustainable(step):
+                search.stopped = f"{rate:g}/s missed a bar"
+                return search
+            rate = rates[i] if i < len(rates) else None
+            continue
+        if sustainable(step):
+            passed = rate
+        else:
+            failed = rate
+            if if_failed is not None and step.settle_seconds is None and step.drained_after is None:
+                search.stopped = (f"{rate:g}/s missed a bar, and its backlog did not drain "
+                                  f"within {DRAIN_SECONDS:.0f} s")
+                return search
+        rate = next_rate(passed, failed)
+    if rates is not None:
         search.stopped = "every rate passed"
+    elif failed is None:
+        search.stopped = f"every rate passed, up to {TOP_RATE:g}/s"
+    else:
+        search.stopped = (f"{failed:g}/s missed a bar" + (f", {passed:g}/s passed" if passed else "")
+                          + f" ({RESOLUTION:g}/s apart)")
     return search
+
+
+def next_rate(passed: float | None, failed: float | None) -> float | None:
+    """The doubling search's next step, given the highest rate that passed and the lowest
+    that failed so far; None when it is done."""
+    if failed is None:
+        rate = FIRST_RATE if passed is None else passed * 2
+        return rate if rate <= TOP_RATE else None
+    low = passed or 0.0
+    if failed - low <= RESOLUTION:
+        return None
+    middle = round((low + failed) / 2 / RESOLUTION) * RESOLUTION
+    return min(max(middle, low + RESOLUTION), failed - RESOLUTION)
 
 
 # --- the gateway alone ----------------------------------------------------------------------

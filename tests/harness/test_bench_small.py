@@ -103,3 +103,25 @@ def test_percentiles_are_nearest_rank() -> None:
 
     assert (percentile(values, 0.5), percentile(values, 0.99), percentile([], 0.5)) == (
         50.0, 99.0, None)
+
+
+@pytest.mark.parametrize("limit", [30.0, 75.0, 150.0, 220.0, 537.0, 999.0, 1600.0, 5000.0])
+def test_the_rate_search_finds_the_highest_multiple_of_50_a_contender_sustains(limit: float) -> None:
+    """Doubling from 50/s, then bisecting: a contender that sustains any rate up to
+    ``limit`` is found at the highest multiple of 50 up to it (capped at the top rate),
+    never offered a rate above one it failed, in a handful of steps."""
+    from bench.sustainable import FIRST_RATE, TOP_RATE, next_rate
+
+    passed: float | None = None
+    failed: float | None = None
+    offered: list[float] = []
+    while (rate := next_rate(passed, failed)) is not None:
+        assert failed is None or rate < failed
+        offered.append(rate)
+        if rate <= limit:
+            passed = rate
+        else:
+            failed = rate
+    expected = min(limit // 50 * 50, TOP_RATE) if limit >= FIRST_RATE else None
+    assert passed == expected
+    assert len(offered) <= 11 and len(set(offered)) == len(offered)
