@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["GatewayAlone", "GatewayStep", "RateSearch", "find_sustainable", "gateway_alone",
            "sustainable"]
 
-#: The steps of the stepped search (``--rates``), kept for runs that compare with old ones.
-RATES = (50, 100, 150, 200, 250, 300, 350, 400, 500, 600, 800)
 #: The doubling search: its first step, its highest, and how close it gets.
 FIRST_RATE, TOP_RATE, RESOLUTION = 50.0, 1600.0, 50.0
 #: How long a failed step's backlog may take to drain before the next step.
@@ -91,43 +89,37 @@ def find_sustainable(target: Target, standins: StandIns, user_ids: Sequence[str]
     the given steps in order until one fails; within ``budget`` seconds."""
     search = RateSearch(target.name, window, budget)
     started = time.monotonic()
+    given = None if rates is None else iter(rates)  # the stepped search: what comes next
     passed: float | None = None
     failed: float | None = None
-    rate = next_rate(passed, failed) if rates is None else (rates[0] if rates else None)
-    i = 0
+    rate = next_rate(passed, failed) if given is None else next(given, None)
     while rate is not None:
         if search.steps and time.monotonic() - started + window + STEP_TAIL_SECONDS > budget:
             search.stopped = f"time budget ({budget:.0f} s) before {rate:g}/s"
             return search
-        if_failed = (next_rate(passed, rate) if rates is None else None)
+        # The step after this one if it fails (the stepped search ends there): its backlog
+        # must drain first.
+        after_failing = next_rate(passed, rate) if given is None else None
         step = run_small(target, standins, user_ids, rate=rate,
-                         count=max(1, round(rate * window)), seed=seed + i,
+                         count=max(1, round(rate * window)), seed=seed + len(search.steps),
                          settle_timeout=STEP_SETTLE_TIMEOUT,
-                         drain_timeout=DRAIN_SECONDS if if_failed is not None else 0.0)
+                         drain_timeout=DRAIN_SECONDS if after_failing is not None else 0.0)
         search.steps.append(step)
-        i += 1
-        if rates is not None:
-            if not sustainable(step):
-                search.stopped = f"{rate:g}/s missed a bar"
-                return search
-            rate = rates[i] if i < len(rates) else None
-            continue
         if sustainable(step):
             passed = rate
-        else:
-            failed = rate
-            if if_failed is not None and step.settle_seconds is None and step.drained_after is None:
-                search.stopped = (f"{rate:g}/s missed a bar, and its backlog did not drain "
-                                  f"within {DRAIN_SECONDS:.0f} s")
-                return search
-        rate = next_rate(passed, failed)
-    if rates is not None:
-        search.stopped = "every rate passed"
-    elif failed is None:
-        search.stopped = f"every rate passed, up to {TOP_RATE:g}/s"
+            rate = next_rate(passed, failed) if given is None else next(given, None)
+            continue
+        failed = rate
+        if after_failing is not None and step.settle_seconds is None and step.drained_after is None:
+            search.stopped = (f"{rate:g}/s missed a bar, and its backlog did not drain "
+                              f"within {DRAIN_SECONDS:.0f} s")
+            return search
+        rate = after_failing
+    if failed is not None:
+        search.stopped = f"{failed:g}/s missed a bar" + (
+            f", {passed:g}/s passed ({RESOLUTION:g}/s apart)" if given is None and passed else "")
     else:
-        search.stopped = (f"{failed:g}/s missed a bar" + (f", {passed:g}/s passed" if passed else "")
-                          + f" ({RESOLUTION:g}/s apart)")
+        search.stopped = "every rate passed" + (f", up to {TOP_RATE:g}/s" if given is None else "")
     return search
 
 

@@ -161,7 +161,7 @@ class LedgerStore:
                 claimed[key] = current[key].version
             # The rows this call takes over are claimed by the same statement; only rows it
             # inserted pending (see _insert) and claims now need one more.
-            _claim_changes(changes, to_claim, claim, now)
+            _claim_changes(changes, current, to_claim, claim, now)
             await self._apply(conn, changes, now)
             await self._claim_in(conn, [k for k in to_claim if k not in changes], claim, now)
             entries = [chunk.feed[k.user_id] for chunk, keys in zip(chunks, won, strict=True)
@@ -534,17 +534,17 @@ def _take_over(chunks: Sequence[ChunkRows], inserted: dict[RowKey, int],
     return won, changes
 
 
-def _claim_changes(changes: dict[RowKey, dict[str, object]], keys: Sequence[RowKey],
-                   claim: Claim | None, now: int) -> None:
+def _claim_changes(changes: dict[RowKey, dict[str, object]], current: dict[RowKey, _Current],
+                   keys: Sequence[RowKey], claim: Claim | None, now: int) -> None:
     """Make the take-over of each of ``keys`` also its claim (as :meth:`LedgerStore._claim_in`
-    would: ``sending``, the claim's token, one more attempt)."""
+    would: ``sending``, the claim's token, one more attempt than the row as taken over)."""
     if claim is None:
         return
     for key in keys:
         change = changes.get(key)
         if change is not None:
             change.update(b_status=_SENDING, b_token=claim.token, b_claimed_at=now,
-                          b_attempts=int(change["b_attempts"]) + 1)  # type: ignore[call-overload]
+                          b_attempts=current[key].attempts + 1)
 
 
 def _takeable(cur: _Current, chunk: ChunkRows, channel: str) -> bool:

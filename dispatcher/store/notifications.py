@@ -79,9 +79,9 @@ class NotificationStore:
             version = row["version"]
             if not _folded(row, of_id):
                 continue
-            to = replaced if row["version"] > version else widened
-            to.append({"b_id": nid, "b_now": now,
-                       **{f"b_{c}": row[c] for c in (_FOLDED if to is replaced else _WIDENED)}})
+            newer = row["version"] > version
+            (replaced if newer else widened).append(
+                {"b_id": nid, "b_now": now, **{f"b_{c}": row[c] for c in (_FOLDED if newer else _WIDENED)}})
         for statement, params in ((self._replace_headers, replaced), (self._widen_headers, widened)):
             if params:
                 await conn.execute(statement, params)
