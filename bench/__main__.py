@@ -2,7 +2,7 @@
 
 Workloads:
   run     the whole table, one command: the dispatcher (embedded: SQLite, `serve` with 2
-          processes; production: PostgreSQL + Redis + SQS on moto_server with 1 and 2 worker
+          processes; production: PostgreSQL + Redis + SQS with 1 and 2 worker
           processes) and its peers (Celery 5 + boto3 + pyfcm; Apprise) on the same provider
           stand-ins (SES, SNS, FCM wire protocols); the mixed workload (N recipients, all four
           channels, a few percent opted out or invalid), the update workload (v2, in-app
@@ -47,6 +47,10 @@ from bench.smoke import main as smoke
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sqs", choices=["standin", "moto"], default="standin",
+                        help="the production stack's SQS: bench.sqs_standin (default; SQS's JSON "
+                             "protocol in memory, cheap) or moto_server (as the tests use it; it "
+                             "spends more CPU per message than the dispatcher does)")
     sub = parser.add_subparsers(dest="workload", required=True)
     s = sub.add_parser("smoke", help="embedded default, one bulk, in one process")
     s.add_argument("--recipients", type=int, default=10_000)
@@ -108,6 +112,9 @@ def cli(argv: list[str] | None = None) -> int:
     o.add_argument("--no-pinned", action="store_true", help="skip the pinned run")
     o.add_argument("--out", type=Path, help="write the JSON report here")
     args = parser.parse_args(argv)
+    from bench import workloads
+
+    workloads.sqs_server = args.sqs
     if args.workload == "scaleout":
         from bench.scaleout import measure as scaleout
 
@@ -257,13 +264,17 @@ def _run(args: argparse.Namespace) -> int:
                    small_rate=args.small_rate, small_seconds=args.small_seconds,
                    small_budget=args.small_budget, small_step_seconds=args.small_step_seconds)
     report = run(opts)
+    report["sqs"] = args.sqs
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(report, args.out / "bench-results.json")
     chart(report, args.out / "deliveries.png")
-    command = "python -m bench run " + " ".join(sys.argv[2:] if argv_is_cli() else [])
+    command = "python -m bench " + " ".join(sys.argv[1:] if argv_is_cli() else ["run"])
+    queue = ("" if args.no_production else " The production stack's SQS: "
+             + ("moto_server." if args.sqs == "moto" else "the stand-in (`bench/sqs_standin.py`)."))
     generated = (f"Command: `{command.strip()}` — {report['machine']['date']}, "
                  f"{report['machine']['cpus']} CPUs, {report['machine']['memory_gb']} GiB, "
-                 f"Python {report['machine']['python']}.{_speed(report['machine'])}\n\n{table(report)}\n\n"
+                 f"Python {report['machine']['python']}.{_speed(report['machine'])}{queue}\n\n"
+                 f"{table(report)}\n\n"
                  f"Email+SMS+push deliveries/s per round (mixed, {opts.recipients:,} recipients; "
                  f"Apprise {opts.apprise_recipients:,}):\n\n{rounds_table(report)}\n\n"
                  f"Ceiling of the stand-ins with a minimal client (req/s): "
@@ -278,7 +289,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def argv_is_cli() -> bool:
-    return len(sys.argv) > 1 and sys.argv[1] == "run"
+    """Called as ``python -m bench [--sqs S] run …`` (not from a test with its own argv)."""
+    return "run" in sys.argv[1:4]
 
 
 def _speed(machine: dict[str, Any]) -> str:

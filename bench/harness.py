@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import workloads
 from bench.ceiling import measure_ceiling
 from bench.standins import StandIns
 from bench.workloads import (
@@ -107,7 +108,7 @@ def _apprise(standins: StandIns, n: int) -> dict[str, Any]:
 
 def _gateway(kind: str, standins: StandIns, opts: Options) -> GatewayResult:
     # moto_server's SQS takes each request's message slowly: fewer requests there.
-    count = 4000 if kind == "embedded" else 1000
+    count = 4000 if kind == "embedded" or workloads.sqs_server != "moto" else 1000
     with tempfile.TemporaryDirectory(prefix=f"bench-gw-{kind}-") as folder:
         # embedded: ``serve`` as shipped (a worker process per CPU); production: one worker
         stack = start_stack(kind, standins, Path(folder), workers=0 if kind == "embedded" else 1,

@@ -1,4 +1,5 @@
-"""Processes the harness starts: dispatcher gateways and workers, moto_server; their CPU and RSS.
+"""Processes the harness starts: dispatcher gateways and workers, the SQS server (the stand-in or
+moto_server); their CPU and RSS.
 
 Every process writes its output to a file in the run's folder (never a pipe that could fill
 up) and is stopped at the end, error or not.
@@ -20,7 +21,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 
 __all__ = ["PidLister", "Proc", "ResourceMonitor", "children_of", "free_port", "PostgresBackends",
-           "redis_server_pid", "start_dispatcher", "start_moto", "stop_all"]
+           "redis_server_pid", "start_dispatcher", "start_moto", "start_sqs_standin", "stop_all"]
 
 
 def free_port() -> int:
@@ -88,6 +89,17 @@ def start_moto(folder: Path) -> Proc:
     proc = _spawn("moto_server", [moto, "-H", "127.0.0.1", "-p", str(port)], {}, folder)
     proc.url = f"http://127.0.0.1:{port}"
     _wait(proc, lambda: _answers(f"{proc.url}/moto-api/data.json"), "ready")
+    return proc
+
+
+def start_sqs_standin(folder: Path) -> Proc:
+    """:mod:`bench.sqs_standin`: SQS's JSON protocol in memory, far cheaper than moto_server."""
+    port = free_port()
+    root = str(Path(__file__).resolve().parents[1])
+    proc = _spawn("sqs_standin", [sys.executable, "-m", "bench.sqs_standin", "--port", str(port)],
+                  {"PYTHONPATH": root}, folder)
+    proc.url = f"http://127.0.0.1:{port}"
+    _wait(proc, lambda: _answers(f"{proc.url}/_health"), "ready")
     return proc
 
 

@@ -2,10 +2,10 @@
 with 1 and 2 worker processes, and a check of the model that follows with pinned CPUs.
 
 The production stack (``dispatcher gateway`` + W ``dispatcher worker`` on PostgreSQL, SQS on
-moto_server, Redis) sends the mixed bulk (``--recipients``, all four channels) to the provider
-stand-ins. Per run, CPU seconds per 1,000 email+SMS+push deliveries of: the workers, the
+bench.sqs_standin or moto_server, Redis) sends the mixed bulk (``--recipients``, all four
+channels) to the provider stand-ins. Per run, CPU seconds per 1,000 email+SMS+push deliveries of: the workers, the
 gateway, the database (the PostgreSQL backends serving the bench's database), the queue
-(moto_server), Redis and the stand-ins. Then, from the W=1 and W=2 figures:
+(the SQS server), Redis and the stand-ins. Then, from the W=1 and W=2 figures:
 
 * the workers' scaling efficiency: worker CPU per delivery with 1 worker / with 2 (1.0: a
   second worker costs nothing extra per delivery);
@@ -52,9 +52,9 @@ def _one(standins: StandIns, opts: Options, n: int, workers: int, pinned: bool) 
             seed(stack.database_url, people)
             database = stack.database_url.rpartition("/")[2]
             also = {"stand-ins": standins.pid}
-            moto = next((p for p in stack.processes if p.name == "moto_server"), None)
-            if moto is not None:
-                also["queue (moto)"] = moto.pid
+            queue = next((p for p in stack.processes if p.name in ("moto_server", "sqs_standin")), None)
+            if queue is not None:
+                also[f"queue ({queue.name})"] = queue.pid
             redis_pid = redis_server_pid(opts.redis_url)
             if redis_pid:
                 also["redis"] = redis_pid
@@ -80,7 +80,7 @@ def _one(standins: StandIns, opts: Options, n: int, workers: int, pinned: bool) 
 
 
 def _pin(stack: Any, also: dict[str, int]) -> list[tuple[psutil.Process, list[int]]]:
-    """Workers on CPU 1; the gateway, PostgreSQL (its postmaster and backends), moto, Redis and
+    """Workers on CPU 1; the gateway, PostgreSQL (its postmaster and backends), the SQS server, Redis and
     the stand-ins on CPU 0. Returns what to set free afterwards."""
     freed: list[tuple[psutil.Process, list[int]]] = []
 

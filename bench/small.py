@@ -14,7 +14,7 @@ fixed rate (:mod:`bench.open_loop`) and measured as the sending service and the 
 * **deliveries/s**: email + SMS + push of v1 and the update's push, from the first send to
   the last row final; **time to settle**: from the last scheduled send to the last row final;
 * **CPU per delivery** per process: gateway or ``serve``, each worker, PostgreSQL's backends
-  for this run's database, Redis, moto_server, the stand-ins, and this process (the client
+  for this run's database, Redis, the SQS server, the stand-ins, and this process (the client
   and the ledger poll).
 
 A *target* is what receives the traffic: :class:`DispatcherTarget` (a stack of real

@@ -2,7 +2,7 @@
 
 Contenders: ``embedded`` (``dispatcher serve`` on SQLite, as shipped: the API in its process and
 a worker process per CPU), ``production_1`` / ``production_2`` (``dispatcher gateway`` + 1 or 2 ``dispatcher
-worker`` on PostgreSQL, Redis and SQS on moto_server), ``split_1`` / ``split_2``
+worker`` on PostgreSQL, Redis and SQS on the stand-in or moto_server), ``split_1`` / ``split_2``
 (``dispatcher gateway`` + 1 or 2 ``dispatcher worker`` on serve's SQLite store and queue,
 started apart: what ``serve`` does, with the worker count chosen), ``celery`` (the Celery 5 + boto3 +
 pyfcm peer, prefork 2). Each gets a fresh stack with the same N users (:func:`users`), a

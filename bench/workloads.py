@@ -12,8 +12,9 @@
 
 Stacks: ``embedded`` (``dispatcher serve``: SQLite store and queue, in-process bus) and
 ``production`` (``dispatcher gateway`` + W ``dispatcher worker`` on PostgreSQL, Redis and SQS
-on moto_server). Both send email, SMS and push through the SES, SNS and FCM adapters to the
-stand-ins, so every delivery crosses HTTP with the real wire protocol. ``gateway-alone``:
+on :mod:`bench.sqs_standin`, or on moto_server with ``--sqs moto``). Both send email, SMS and
+push through the SES, SNS and FCM adapters to the stand-ins, so every delivery crosses HTTP
+with the real wire protocol. ``gateway-alone``:
 ``dispatcher gateway`` on the embedded store and queue with no worker (the queue just fills),
 for the gateway's own rate (:mod:`bench.sustainable`).
 """
@@ -27,13 +28,21 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import httpx
 import sqlalchemy as sa
 
-from bench.processes import PidLister, Proc, ResourceMonitor, start_dispatcher, start_moto, stop_all
+from bench.processes import (
+    PidLister,
+    Proc,
+    ResourceMonitor,
+    start_dispatcher,
+    start_moto,
+    start_sqs_standin,
+    stop_all,
+)
 
 if TYPE_CHECKING:
     from bench.standins import StandIns
@@ -133,22 +142,31 @@ def start_stack(kind: str, standins: StandIns, folder: Path, *, workers: int,
     return stack
 
 
+#: The production stack's SQS: "standin" (:mod:`bench.sqs_standin`, the default) or "moto"
+#: (moto_server, which spends more CPU per message than the dispatcher's own processes do).
+#: ``python -m bench --sqs moto …`` sets it.
+SQS_SERVERS: Final = ("standin", "moto")
+sqs_server = "standin"
+
+
 def _production_env(stack: Stack, folder: Path, admin_url: str, redis_url: str) -> None:
     import boto3
 
-    moto = start_moto(folder)
-    stack.processes.append(moto)
+    if sqs_server not in SQS_SERVERS:
+        raise ValueError(f"sqs_server must be one of {SQS_SERVERS}, not {sqs_server!r}")
+    queue = start_moto(folder) if sqs_server == "moto" else start_sqs_standin(folder)
+    stack.processes.append(queue)
     name = f"dispatcher_bench_{uuid.uuid4().hex[:8]}"
     _admin(admin_url, f'CREATE DATABASE "{name}"')
     stack.database_url = admin_url.rpartition("/")[0] + "/" + name
-    sqs = boto3.client("sqs", endpoint_url=moto.url, region_name="us-east-1",
+    sqs = boto3.client("sqs", endpoint_url=queue.url, region_name="us-east-1",
                        aws_access_key_id="bench", aws_secret_access_key="bench")
     dlq_url = sqs.create_queue(QueueName="bench-dlq")["QueueUrl"]
     queue_url = sqs.create_queue(QueueName="bench", Attributes={"VisibilityTimeout": "60"})["QueueUrl"]
     stack.env.update(
         DISPATCHER_DATABASE_URL=stack.database_url, DISPATCHER_QUEUE_URL=queue_url,
         DISPATCHER_DEAD_LETTER_QUEUE_URL=dlq_url, DISPATCHER_REDIS_URL=redis_url,
-        AWS_ENDPOINT_URL_SQS=moto.url, DISPATCHER_QUEUE_WAIT_SECONDS="1",
+        AWS_ENDPOINT_URL_SQS=queue.url, DISPATCHER_QUEUE_WAIT_SECONDS="1",
         DISPATCHER_QUEUE_VISIBILITY_TIMEOUT="60", DISPATCHER_WORKER_CONCURRENCY="4")
 
 
