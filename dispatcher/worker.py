@@ -137,12 +137,20 @@ class Worker:
         return _split(received, self._batching.recipients)
 
     async def _top_up(self, count: int) -> list[_Received]:
-        """What is visible now, up to ``batching.messages`` in all: one receive. (Receiving
-        again while anything arrived meanwhile chased a trickle: at 250 small notifications/s
-        a batch took four write transactions of the queue's to fill, where one does.)"""
-        if count >= self._batching.messages:
-            return []
-        got = await self._queue.receive(self._batching.messages - count, wait_seconds=0)
+        """What is visible now, up to ``batching.messages`` in all: one receive, or, from a
+        queue that returns at most ``max_receive`` a call (SQS: 10), more while each comes back
+        full. (Receiving again while anything arrived meanwhile chased a trickle: at 250 small
+        notifications/s a batch took four write transactions of the queue's to fill, where one
+        does. One receive of SQS's 10 capped a worker near 120 small messages/s, a batch of at
+        most 14 per linger, with its CPU two-thirds idle.)"""
+        got: list[QueuedMessage] = []
+        cap = self._queue.max_receive
+        while count + len(got) < self._batching.messages:
+            wanted = self._batching.messages - count - len(got)
+            more = await self._queue.receive(wanted, wait_seconds=0)
+            got += more
+            if cap is None or len(more) < min(wanted, cap):
+                break  # nothing more visible now
         return [self._decode(m) for m in got]
 
     def _decode(self, message: QueuedMessage) -> _Received:

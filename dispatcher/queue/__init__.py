@@ -47,6 +47,9 @@ class QueueStats:
 class Queue(Protocol):
     #: The largest message body the queue takes, in bytes (None: no limit that matters here).
     max_message_bytes: int | None
+    #: The most messages one ``receive`` returns, whatever is asked (SQS: 10); None: as many
+    #: as asked, when that many are visible.
+    max_receive: int | None
 
     async def send_batch(self, bodies: Sequence[str]) -> None:
         """Enqueue all of ``bodies`` durably, or raise (then none or some may be enqueued)."""

@@ -26,6 +26,7 @@ __all__ = ["LocalQueue"]
 
 class LocalQueue:
     max_message_bytes: int | None = None
+    max_receive: int | None = None
 
     def __init__(
         self, db: Database, *, name: str = "chunks", visibility_timeout: float = 30.0,

@@ -32,6 +32,7 @@ MAX_WAIT_SECONDS = 20
 
 class SqsQueue:
     max_message_bytes: int | None = MAX_BATCH_BYTES
+    max_receive: int | None = MAX_BATCH_ENTRIES
 
     def __init__(self, client: AwsClient, queue_url: str, *, visibility_timeout: float,
                  dead_letter_url: str | None = None) -> None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
-from support import create_queues
+from support import create_queues, new_id
 
+from dispatcher.delivery import Deliverer
+from dispatcher.messages import ChunkMessage, encode_chunk
 from dispatcher.queue.sqs import MAX_BATCH_BYTES, SqsQueue, _batches
+from dispatcher.worker import Batching, Worker
 from transport.aws import AwsClient
 from transport.pool import HttpClient
 
@@ -110,3 +114,19 @@ async def test_purge_empties_the_dlq(http: HttpClient) -> None:
         await queue.dead_letter(message, "poison")
     assert await queue.purge_dead_letters() == 2
     assert await queue.dead_letters() == []
+
+
+async def test_a_worker_fills_a_batch_from_sqs_past_ten_messages_a_receive(http: HttpClient) -> None:
+    """SQS returns at most 10 messages a receive: a worker gathering small messages receives
+    again while each receive comes back full, so 30 waiting messages make one batch, not 14."""
+    url, _ = create_queues()
+    queue = sqs_queue(http, url)
+    chunks = [ChunkMessage(id=new_id(), service="app", template="app-install", recipients=(f"u{i}",),
+                           data={}, state="installing") for i in range(30)]
+    await queue.send_batch([encode_chunk(c) for c in chunks])
+    worker = Worker(queue, cast(Deliverer, None), concurrency=4, visibility_timeout=30,
+                    known_services=None, batching=Batching(messages=64, recipients=500, linger=0))
+    batches = await worker._take(4, 1)
+    assert [len(b) for b in batches] == [30]
+    assert sorted(r.chunk.id for r in batches[0]) == sorted(c.id for c in chunks)
+    assert await queue.receive(10, wait_seconds=0) == []
