@@ -3,9 +3,9 @@ with 1 and 2 worker processes, and a check of the model that follows with pinned
 
 The production stack (``dispatcher gateway`` + W ``dispatcher worker`` on PostgreSQL, SQS on
 bench.sqs_standin or moto_server, Redis) sends the mixed bulk (``--recipients``, all four
-channels) to the provider stand-ins. Per run, CPU seconds per 1,000 email+SMS+push deliveries of: the workers, the
-gateway, the database (the PostgreSQL backends serving the bench's database), the queue
-(the SQS server), Redis and the stand-ins. Then, from the W=1 and W=2 figures:
+channels) to the provider stand-ins. Per run, CPU seconds per 1,000 email+SMS+push
+deliveries of: the workers, the gateway, the database (the PostgreSQL backends serving the
+bench's database), the queue (the SQS server), Redis and the stand-ins. Then, from the W=1 and W=2 figures:
 
 * the workers' scaling efficiency: worker CPU per delivery with 1 worker / with 2 (1.0: a
   second worker costs nothing extra per delivery);
@@ -80,8 +80,8 @@ def _one(standins: StandIns, opts: Options, n: int, workers: int, pinned: bool) 
 
 
 def _pin(stack: Any, also: dict[str, int]) -> list[tuple[psutil.Process, list[int]]]:
-    """Workers on CPU 1; the gateway, PostgreSQL (its postmaster and backends), the SQS server, Redis and
-    the stand-ins on CPU 0. Returns what to set free afterwards."""
+    """Workers on CPU 1; the gateway, PostgreSQL (its postmaster and backends), the SQS server,
+    Redis and the stand-ins on CPU 0. Returns what to set free afterwards."""
     freed: list[tuple[psutil.Process, list[int]]] = []
 
     def pin(proc: psutil.Process, cpu: int) -> None:
