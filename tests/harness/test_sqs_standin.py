@@ -13,6 +13,7 @@ from pathlib import Path
 import boto3  # type: ignore[import-untyped]
 import botocore.exceptions  # type: ignore[import-untyped]
 import pytest
+import support
 
 from bench.processes import Proc, start_sqs_standin, stop_all
 from dispatcher.queue.sqs import MAX_BATCH_BYTES, SqsQueue
@@ -50,16 +51,9 @@ async def http(server: str) -> AsyncIterator[HttpClient]:
 
 
 def create_queues(max_receives: int = 3, visibility_timeout: int = 30) -> tuple[str, str]:
-    """A queue with a redrive policy to its DLQ, under names no other test uses."""
-    sqs = boto3.client("sqs")
-    name = f"q{uuid.uuid4().hex[:12]}"
-    dlq = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    queue = sqs.create_queue(QueueName=name, Attributes={
-        "VisibilityTimeout": str(visibility_timeout),
-        "RedrivePolicy": json.dumps({"deadLetterTargetArn": arn,
-                                     "maxReceiveCount": str(max_receives)})})["QueueUrl"]
-    return queue, dlq
+    """A queue with a redrive policy to its DLQ, under a name no other test uses (the stand-in
+    is not reset between tests)."""
+    return support.create_queues(f"q{uuid.uuid4().hex[:12]}", max_receives, visibility_timeout)
 
 
 def adapter(http: HttpClient, url: str, visibility_timeout: int = 30) -> SqsQueue:
