@@ -41,13 +41,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.processes import SQS_SERVERS
 from bench.smoke import main as smoke
 
 
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sqs", choices=["standin", "moto"], default="standin",
+    parser.add_argument("--sqs", choices=SQS_SERVERS, default="standin",
                         help="the production stack's SQS: bench.sqs_standin (default; SQS's JSON "
                              "protocol in memory, cheap) or moto_server (as the tests use it; it "
                              "spends more CPU per message than the dispatcher does)")

@@ -83,6 +83,11 @@ def start_dispatcher(command: str, env: dict[str, str], folder: Path, name: str)
     return proc
 
 
+#: The production stack's SQS servers: "standin" (:mod:`bench.sqs_standin`, the default) or
+#: "moto" (moto_server, which spends more CPU per message than the dispatcher's own processes do).
+SQS_SERVERS = ("standin", "moto")
+
+
 def start_moto(folder: Path) -> Proc:
     port = free_port()
     moto = str(Path(sys.executable).with_name("moto_server"))

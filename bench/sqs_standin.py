@@ -37,7 +37,6 @@ expiry, ``MessageGroupId``, tags, permissions, the one-purge-a-minute limit.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import heapq
@@ -50,6 +49,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
+
+from bench.standins import run_main
 
 __all__ = ["SqsStandIn", "main"]
 
@@ -501,30 +502,9 @@ def _received(message: Message, system: set[str], wanted: set[str]) -> dict[str,
 
 # -- running it ---------------------------------------------------------------------------------
 
-async def serve(host: str, port: int) -> None:
-    """Serve until cancelled; prints ``sqs stand-in listening on <url>`` once it accepts."""
-    runner = web.AppRunner(SqsStandIn().app(), access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, backlog=4096).start()
-        bound = runner.addresses[0][1]
-        print(f"sqs stand-in listening on http://{host}:{bound}", flush=True)
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.sqs_standin", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0: any free port")
-    args = parser.parse_args(argv)
-    try:
-        asyncio.run(serve(args.host, args.port))
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run_main(argv, prog="python -m bench.sqs_standin", description=__doc__,
+                    name="sqs stand-in", make_app=lambda args: SqsStandIn().app())
 
 
 if __name__ == "__main__":

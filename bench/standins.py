@@ -42,6 +42,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 from pathlib import Path
@@ -254,32 +255,47 @@ def _oauth_error(error: str, description: str) -> web.Response:
 
 # -- running it ---------------------------------------------------------------------------------
 
-async def serve(host: str, port: int, *, record: bool) -> None:
-    """Serve until cancelled; prints ``standins listening on <url>`` once it accepts."""
-    runner = web.AppRunner(StandInServer(record=record).app(), access_log=None)
+async def serve_app(app: web.Application, host: str, port: int, name: str) -> None:
+    """Serve ``app`` until cancelled; prints ``<name> listening on <url>`` once it accepts.
+
+    That line is the only one a stand-in writes to stdout: its harness reads the port from it.
+    """
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, backlog=4096).start()
         bound = runner.addresses[0][1]
-        # The only line it ever writes to stdout: StandIns reads the port from it.
-        print(f"standins listening on http://{host}:{bound}", flush=True)
+        print(f"{name} listening on http://{host}:{bound}", flush=True)
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.standins", description=__doc__,
+def run_main(argv: list[str] | None, *, prog: str, description: str | None, name: str,
+             make_app: Callable[[argparse.Namespace], web.Application],
+             arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """A stand-in's command line: ``--host``, ``--port`` (0: any free port), its own arguments."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
-    parser.add_argument("--record", action="store_true", help="count deliveries per recipient")
+    if arguments is not None:
+        arguments(parser)
     args = parser.parse_args(argv)
     try:
-        asyncio.run(serve(args.host, args.port, record=args.record))
+        asyncio.run(serve_app(make_app(args), args.host, args.port, name))
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    def arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--record", action="store_true", help="count deliveries per recipient")
+
+    return run_main(argv, prog="python -m bench.standins", description=__doc__, name="standins",
+                    make_app=lambda args: StandInServer(record=args.record).app(),
+                    arguments=arguments)
 
 
 # -- the harness's handle on it -----------------------------------------------------------------

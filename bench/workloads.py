@@ -28,13 +28,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
 import sqlalchemy as sa
 
 from bench.processes import (
+    SQS_SERVERS,
     PidLister,
     Proc,
     ResourceMonitor,
@@ -142,10 +143,8 @@ def start_stack(kind: str, standins: StandIns, folder: Path, *, workers: int,
     return stack
 
 
-#: The production stack's SQS: "standin" (:mod:`bench.sqs_standin`, the default) or "moto"
-#: (moto_server, which spends more CPU per message than the dispatcher's own processes do).
+#: The production stack's SQS, one of :data:`bench.processes.SQS_SERVERS`;
 #: ``python -m bench --sqs moto …`` sets it.
-SQS_SERVERS: Final = ("standin", "moto")
 sqs_server = "standin"
 
 

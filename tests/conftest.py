@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 from servers.aws_errors import AwsProtocolServer
-from support import API_KEYS, POSTGRES_ADMIN_URL, USER_SECRET, free_port, require_server
+from support import API_KEYS, POSTGRES_ADMIN_URL, USER_SECRET, free_port, point_aws_at, require_server
 
 from dispatcher.api import create_app
 from dispatcher.config import Settings
@@ -124,13 +124,7 @@ def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
     Only the environment changes (as an operator would set it); boto3 is never patched."""
     httpx.post(f"{moto_url}/moto-api/reset", timeout=10).raise_for_status()
-    for name, value in {"AWS_ENDPOINT_URL": moto_url, "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                        "AWS_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_SES",
-                 "AWS_ENDPOINT_URL_SESV2", "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS"):
-        monkeypatch.delenv(name, raising=False)
+    point_aws_at(moto_url, monkeypatch)
     return moto_url
 
 

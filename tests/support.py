@@ -13,9 +13,10 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import jwt
+import pytest
 
 __all__ = ["API_KEYS", "POSTGRES_ADMIN_URL", "USER_SECRET", "channel_counts", "new_id", "path_id",
-           "require_server", "sent_lines", "user_token"]
+           "point_aws_at", "require_server", "sent_lines", "user_token"]
 
 API_KEYS = "app:app-key,billing:billing-key"
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -27,6 +28,19 @@ def channel_counts(**nonzero: int) -> dict[str, int]:
     """One channel's ``counts`` as the API answers them: every bucket, 0 unless given."""
     buckets = ("pending", "sent", "delivered", "bounced", "complained", "failed", "skipped")
     return dict.fromkeys(buckets, 0) | nonzero
+
+
+def point_aws_at(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the AWS SDK environment at ``url`` for every service, with test credentials.
+
+    Only the environment changes (as an operator would set it); boto3 is never patched."""
+    for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_SES",
+                 "AWS_ENDPOINT_URL_SESV2", "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def new_id(service: str = "app") -> str:

@@ -34,13 +34,7 @@ def server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     if request.param == "moto_server":
         request.getfixturevalue("aws")
         return "moto_server"
-    url = request.getfixturevalue("standin").url
-    for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                        "AWS_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_SQS"):
-        monkeypatch.delenv(name, raising=False)
+    support.point_aws_at(request.getfixturevalue("standin").url, monkeypatch)
     return "stand-in"
 
 
