@@ -31,6 +31,8 @@ Workloads:
           on an email-only bulk with 2 worker processes, and the same bulk unlimited.
   commit  one gateway commit on the embedded store, in process: CPU, wall time and statements
           per commit of 1 and of 8 requests.
+  unit    the worker's ledger work for small traffic, in process, on SQLite or PostgreSQL:
+          CPU (the process's and PostgreSQL's), wall time and statements per notification.
 """
 
 from __future__ import annotations
@@ -102,6 +104,12 @@ def cli(argv: list[str] | None = None) -> int:
     c.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"],
                    help="SQLite's synchronous, as DISPATCHER_SQLITE_SYNCHRONOUS (FULL)")
     c.add_argument("--out", type=Path, help="write the JSON report here")
+    u = sub.add_parser("unit", help="the worker's ledger work for small traffic, in process")
+    u.add_argument("--units", type=int, default=300, help="units of work per batch size (300)")
+    u.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[1, 16],
+                   help="notifications per unit of work, comma-separated (1,16)")
+    u.add_argument("--engine", default="postgresql", choices=["postgresql", "sqlite"])
+    u.add_argument("--out", type=Path, help="write the JSON report here")
     e = sub.add_parser("events", help="an email bulk alone and during a burst of SES events")
     e.add_argument("--recipients", type=int, default=10_000)
     e.add_argument("--events", type=int, default=10_000)
@@ -124,6 +132,12 @@ def cli(argv: list[str] | None = None) -> int:
         return _events(args)
     if args.workload == "ratelimit":
         return _ratelimit(args)
+    if args.workload == "unit":
+        from bench.harness import Options
+        from bench.unit_cost import measure as unit_cost
+
+        return _report(unit_cost(args.units, args.sizes, args.engine, Options().postgres_admin_url),
+                       args.out)
     if args.workload == "commit":
         from bench.commit_cost import measure
         return _report(measure(args.commits, args.sizes, args.synchronous), args.out)

@@ -21,17 +21,17 @@ class FeedStore:
         self._db = db
         # In every unit of work with in-app rows: built once (an entry's updated_at is the
         # inserted row's, i.e. now).
-        insert = db.insert(inbox)
-        self._write = insert.on_conflict_do_update(
-            index_elements=[inbox.c.user_id, inbox.c.notification_id],
-            set_={
-                "version": insert.excluded.version, "title": insert.excluded.title,
-                "body": insert.excluded.body, "state": insert.excluded.state,
-                "category": insert.excluded.category, "read": False,
-                "updated_at": insert.excluded.updated_at,
-            },
-            where=inbox.c.version < insert.excluded.version,
-        )
+        self._write = db.insert_rows(inbox, [c.name for c in inbox.columns], lambda insert: (
+            insert.on_conflict_do_update(
+                index_elements=[inbox.c.user_id, inbox.c.notification_id],
+                set_={
+                    "version": insert.excluded.version, "title": insert.excluded.title,
+                    "body": insert.excluded.body, "state": insert.excluded.state,
+                    "category": insert.excluded.category, "read": False,
+                    "updated_at": insert.excluded.updated_at,
+                },
+                where=inbox.c.version < insert.excluded.version,
+            )))
 
     async def write(self, conn: AsyncConnection, entries: Sequence[FeedEntry]) -> None:
         """Insert entries, or refresh existing ones that hold an older version (unread again).
@@ -40,8 +40,16 @@ class FeedStore:
         together."""
         if not entries:
             return
+        # One statement may not upsert a row twice: of one entry's versions (a notification
+        # and its update in one batch), the newest is the one the upsert would leave.
+        newest: dict[tuple[str, str], FeedEntry] = {}
+        for e in entries:
+            kept = newest.get((e.user_id, e.notification_id))
+            if kept is None or e.version > kept.version:
+                newest[(e.user_id, e.notification_id)] = e
+        entries = list(newest.values())
         now = now_us()
-        await conn.execute(self._write, [
+        await self._write.execute(conn, [
             {"user_id": e.user_id, "notification_id": e.notification_id, "version": e.version,
              "title": e.title, "body": e.body, "state": e.state, "category": e.category,
              "read": False, "created_at": now, "updated_at": now}

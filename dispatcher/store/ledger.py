@@ -99,9 +99,11 @@ class LedgerStore:
         # The statements of every unit of work, built once: SQLAlchemy then finds each one
         # compiled by its memoised cache key instead of building and keying it again per call
         # (a few hundred µs each, with SQLite's one write lock held).
-        self._insert_rows = (db.insert(deliveries).on_conflict_do_nothing()
-                             .returning(deliveries.c.notification_id, deliveries.c.user_id,
-                                        deliveries.c.channel))
+        # One constant statement whatever the number of rows (on PostgreSQL, from unnest).
+        self._insert_rows = db.insert_rows(
+            deliveries, [c.name for c in deliveries.columns],
+            lambda insert: insert.on_conflict_do_nothing().returning(
+                deliveries.c.notification_id, deliveries.c.user_id, deliveries.c.channel))
         self._current_rows = (
             sa.select(deliveries.c.notification_id, deliveries.c.user_id, deliveries.c.channel,
                       deliveries.c.version, deliveries.c.status, deliveries.c.attempts)
@@ -305,8 +307,9 @@ class LedgerStore:
                     claiming[key] = chunks[index].version
                     if len(claiming) >= claim.limit:
                         break
-        rows = await conn.execute(self._insert_rows, [values for _, values in first.values()])
-        inserted = {key: first[key][0] for key in (RowKey(*r) for r in rows)}
+        rows = await self._insert_rows.execute(conn, [values for _, values in first.values()])
+        inserted = {key: first[key][0] for key in
+                    (RowKey(r.notification_id, r.user_id, r.channel) for r in rows)}
         return inserted, {key: v for key, v in claiming.items() if key in inserted}
 
     async def _current(self, conn: AsyncConnection, chunks: Sequence[ChunkRows],

@@ -22,9 +22,9 @@ class NotificationStore:
         self._db = db
         # Built once: every gateway commit runs these two (SQLAlchemy then finds them compiled
         # by their memoised cache key instead of building and keying new statements each time).
-        self._insert_new = (db.insert(notifications)
-                            .on_conflict_do_nothing(index_elements=[notifications.c.id])
-                            .returning(notifications.c.id))
+        self._insert_new = db.insert_rows(
+            notifications, _INSERTED, lambda insert: insert.on_conflict_do_nothing(
+                index_elements=[notifications.c.id]).returning(notifications.c.id))
         # Only the columns folding needs (``_changes``): not the data, which can be large and
         # which a newer version replaces whole.
         self._lock_headers = _locking(*(notifications.c[c] for c in _DECIDING))
@@ -64,7 +64,7 @@ class NotificationStore:
         rows = await self._lock_in(conn, list(by_id))
         missing = {nid: _insert_values(by_id[nid][0], now) for nid in sorted(by_id) if nid not in rows}
         if missing:
-            made = {nid for (nid,) in await conn.execute(self._insert_new, list(missing.values()))}
+            made = {nid for (nid,) in await self._insert_new.execute(conn, list(missing.values()))}
             for nid in made:
                 rows[nid] = _deciding(missing[nid])
                 by_id[nid] = by_id[nid][1:]
@@ -190,6 +190,9 @@ def _insert_values(u: HeaderUpdate, now: int) -> dict[str, Any]:
             "updated_at": now, "send_at": u.send_at}
 
 
+#: The columns a header is inserted with (``_insert_values``).
+_INSERTED = ("id", "service", "version", "template", "data", "state", "category", "locale",
+             "channels", "recipients", "created_at", "updated_at", "send_at")
 #: The header columns an update can change (``_changes``).
 _FOLDED = ("channels", "recipients", "version", "template", "data", "state", "category",
            "locale", "send_at")

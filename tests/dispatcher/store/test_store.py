@@ -192,6 +192,19 @@ async def test_feed_entries_update_in_place_only_from_newer_versions(runtime: Ru
     assert (item["title"], item["read"]) == ("v3", False)
 
 
+async def test_one_write_of_an_entrys_versions_leaves_the_newest(runtime: Runtime) -> None:
+    """A notification and its update in one unit of work: the new entry is the update's,
+    whatever their order (PostgreSQL's one statement may not upsert one row twice)."""
+    db, feed, a, b = runtime.store.db, runtime.store.feed, new_id(), new_id()
+    async with db.write() as conn:
+        await feed.write(conn, [entry(a, 1, "a1"), entry(b, 2, "b2"), entry(a, 2, "a2"),
+                                entry(b, 1, "b1"), entry(a, 2, "u2", user="u2")])
+    items, _ = await feed.list("u1", limit=10)
+    assert sorted((i["notification_id"], i["version"], i["title"]) for i in items) == sorted(
+        [(a, 2, "a2"), (b, 2, "b2")])
+    assert [i["title"] for i in (await feed.list("u2", limit=10))[0]] == ["u2"]
+
+
 async def test_feed_pages_newest_first_without_gaps_or_repeats(runtime: Runtime) -> None:
     db, feed = runtime.store.db, runtime.store.feed
     ids = [new_id() for _ in range(7)]
