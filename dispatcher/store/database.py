@@ -145,19 +145,19 @@ def _shown(url: str) -> str:
         return repr(url.split("@")[-1])
 
 
-
 class RowsInsert:
     """An INSERT of many rows, given as dicts of its columns, whose SQL is one constant text.
 
     On PostgreSQL the rows go as one array per column, ``INSERT … SELECT … FROM unnest(…)``:
     the same statement whatever the number of rows, so psycopg parses it once and PostgreSQL
-    prepares it once. SQLAlchemy's executemany of an INSERT renders a ``VALUES`` list as long
-    as the batch instead, a new text each time, which psycopg parsed again on every call
-    (6 % of a production worker's CPU, nearly all of it the ledger's INSERT). One row still
-    goes as a plain ``VALUES`` row, whose text doesn't change either and which costs less than
-    thirteen one-item arrays. On SQLite the rows go as SQLAlchemy's executemany, as before.
-    The casts name each column's type without its length, so an over-long value fails as it
-    did in ``VALUES``, not silently truncated.
+    prepares it once. SQLAlchemy's executemany of an ``INSERT … RETURNING`` renders a
+    ``VALUES`` list as long as the batch instead, a new text each time, which psycopg parsed
+    again on every call (6 % of a production worker's CPU, nearly all of it the ledger's
+    INSERT); without ``RETURNING`` (the feed's upsert) psycopg sent one INSERT per row, in a
+    pipeline. One row still goes as a plain ``VALUES`` row, whose text doesn't change either
+    and which costs less than thirteen one-item arrays. On SQLite the rows go as SQLAlchemy's
+    executemany, as before. The casts name each column's type without its length, so an
+    over-long value fails as it did in ``VALUES``, not silently truncated.
     """
 
     def __init__(self, dialect: str, table: sa.Table, columns: Sequence[str],
@@ -210,6 +210,7 @@ class _Unnest:
 
 
 _ARRAY_PREFIX = "rows_"
+
 
 def _engine_args(url: str, writes_first: bool) -> dict[str, Any]:
     if url.startswith("sqlite"):
