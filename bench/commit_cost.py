@@ -28,7 +28,7 @@ from dispatcher.queue.local import LocalQueue
 from dispatcher.store import Store
 from dispatcher.store.database import Database
 
-__all__ = ["measure"]
+__all__ = ["StatementCount", "measure"]
 
 _WARM_UP = 50
 
@@ -45,16 +45,10 @@ async def _one(commits: int, size: int, synchronous: str) -> dict[str, Any]:
             await db.create_schema()
             store = Store.from_database(db)
             commit = InOneTransaction(store, LocalQueue(db))
-            statements = 0
-
-            @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
-            def _count(*_: Any) -> None:
-                nonlocal statements
-                statements += 1
-
+            statements = StatementCount(db)
             for _ in range(_WARM_UP):
                 await commit(_intakes(size))
-            statements = 0
+            statements.n = 0
             wall, cpu = time.perf_counter(), time.process_time()
             for _ in range(commits):
                 await commit(_intakes(size))
@@ -63,7 +57,18 @@ async def _one(commits: int, size: int, synchronous: str) -> dict[str, Any]:
             await db.close()
     return {"requests": size, "cpu_us": round(1e6 * cpu / commits), "wall_us": round(1e6 * wall / commits),
             "cpu_us_per_request": round(1e6 * cpu / commits / size),
-            "statements": round(statements / commits, 1)}
+            "statements": round(statements.n / commits, 1)}
+
+
+class StatementCount:
+    """The statements SQLAlchemy sends on ``db``'s engine (an executemany counts once); ``n``."""
+
+    def __init__(self, db: Database) -> None:
+        self.n = 0
+        event.listen(db.engine.sync_engine, "before_cursor_execute", self._count)
+
+    def _count(self, *_: Any) -> None:
+        self.n += 1
 
 
 def _intakes(size: int) -> list[Intake]:

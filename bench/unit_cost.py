@@ -24,8 +24,8 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 import sqlalchemy as sa
-from sqlalchemy import event
 
+from bench.commit_cost import StatementCount
 from bench.processes import PostgresBackends
 from dispatcher.model import (
     ChunkRows,
@@ -63,16 +63,10 @@ async def _one(units: int, size: int, engine: str, admin_url: str) -> dict[str, 
         try:
             await db.create_schema()
             store = Store.from_database(db)
-            statements = 0
-
-            @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
-            def _count(*_: Any) -> None:
-                nonlocal statements
-                statements += 1
-
+            statements = StatementCount(db)
             for _ in range(_WARM_UP):
                 await _unit(store, size)
-            statements = 0
+            statements.n = 0
             server = _ServerCpu(admin_url, dropped)
             wall, cpu = time.perf_counter(), time.process_time()
             for _ in range(units):
@@ -87,7 +81,7 @@ async def _one(units: int, size: int, engine: str, admin_url: str) -> dict[str, 
     return {"notifications": size, "cpu_us_per_notification": round(1e6 * cpu / per),
             "server_cpu_us_per_notification": None if server_cpu is None else round(1e6 * server_cpu / per),
             "wall_us_per_notification": round(1e6 * wall / per),
-            "statements_per_unit": round(statements / units, 1)}
+            "statements_per_unit": round(statements.n / units, 1)}
 
 
 async def _unit(store: Store, size: int) -> None:
