@@ -92,7 +92,7 @@ class Database:
                     finish: Callable[[Any], Any] = lambda insert: insert) -> RowsInsert:
         """An INSERT of many rows of ``columns`` at once (see :class:`RowsInsert`); ``finish``
         adds its ``ON CONFLICT`` and ``RETURNING`` to the dialect's INSERT it is given."""
-        return RowsInsert(self.dialect, table, columns, finish)
+        return RowsInsert(self, table, columns, finish)
 
     async def create_schema(self) -> None:
         """Create missing tables, and add missing nullable columns to existing ones (a database
@@ -160,20 +160,17 @@ class RowsInsert:
     over-long value fails as it did in ``VALUES``, not silently truncated.
     """
 
-    def __init__(self, dialect: str, table: sa.Table, columns: Sequence[str],
+    def __init__(self, db: Database, table: sa.Table, columns: Sequence[str],
                  finish: Callable[[Any], Any]) -> None:
-        self.columns = tuple(columns)
-        self.statement: sa.Insert
+        self._one: sa.Insert = finish(db.insert(table))
+        self.statement: sa.Insert = self._one
         self._unnest: _Unnest | None = None
-        self._one: sa.Insert = finish((postgresql.insert if dialect == "postgresql"
-                                       else sqlite.insert)(table))
-        if dialect != "postgresql":
-            self.statement = self._one
+        if db.dialect != "postgresql":
             return
-        self._unnest = _Unnest({name: table.c[name].type for name in self.columns})
+        self._unnest = _Unnest({name: table.c[name].type for name in columns})
         source = self._unnest.source
-        self.statement = finish(postgresql.insert(table).from_select(
-            self.columns, sa.select(*(source.c[name] for name in self.columns))))
+        self.statement = finish(db.insert(table).from_select(
+            list(columns), sa.select(*(source.c[name] for name in columns))))
 
     async def execute(self, conn: AsyncConnection,
                       rows: Sequence[Mapping[str, object]]) -> sa.CursorResult[Any]:
