@@ -245,6 +245,14 @@ class PostgresBackends:
             self._conn.close()
 
 
+def postgres_admin(admin_url: str, sql: str) -> None:
+    """Run one statement (``CREATE DATABASE``, ``DROP DATABASE``) outside a transaction."""
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
 def redis_server_pid(url: str) -> int | None:
     """The local ``redis-server`` listening on ``url``'s port (its title names the port)."""
     port = f":{url.rpartition(':')[2].split('/')[0]}"

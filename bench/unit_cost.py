@@ -8,7 +8,7 @@ its push. This runs exactly those store calls (``LedgerStore.open`` and ``record
 planning, queue or provider, ``--units`` times per batch size (after 20 to warm up), on a
 fresh SQLite file or a fresh PostgreSQL database, and reports per notification (its four rows
 and its update's two) the process's CPU (every thread), the PostgreSQL backends' CPU (the
-server processes of this run's database, read with psutil), the wall time, and the
+server processes of this run's database, read with psutil by ``ResourceMonitor``), the wall time, and the
 statements SQLAlchemy sent. Run it before and after a change to the store: per notification,
 and in process, it separates a change of a few per cent that the open-loop runs' noise hides.
 """
@@ -22,11 +22,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]
-import sqlalchemy as sa
-
 from bench.commit_cost import StatementCount
-from bench.processes import PostgresBackends
+from bench.processes import PostgresBackends, ResourceMonitor, postgres_admin
 from dispatcher.model import (
     ChunkRows,
     Claim,
@@ -57,7 +54,7 @@ async def _one(units: int, size: int, engine: str, admin_url: str) -> dict[str, 
             url, dropped = f"sqlite:///{Path(folder) / 'dispatcher.db'}", None
         else:
             name = f"bench_unit_{uuid.uuid4().hex[:8]}"
-            _admin(admin_url, f'CREATE DATABASE "{name}"')
+            postgres_admin(admin_url, f'CREATE DATABASE "{name}"')
             url, dropped = admin_url.rsplit("/", 1)[0] + f"/{name}", name
         db = Database(url)
         try:
@@ -67,16 +64,20 @@ async def _one(units: int, size: int, engine: str, admin_url: str) -> dict[str, 
             for _ in range(_WARM_UP):
                 await _unit(store, size)
             statements.n = 0
-            server = _ServerCpu(admin_url, dropped)
-            wall, cpu = time.perf_counter(), time.process_time()
-            for _ in range(units):
-                await _unit(store, size)
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            server_cpu = server.spent()
+            # The backends are the engine's pooled connections, there from start to end: the
+            # monitor reads them when it starts and when it stops, not in between.
+            server = ResourceMonitor(pids={}, interval=3600.0, groups={} if dropped is None else {
+                "postgres": PostgresBackends(admin_url, dropped)})
+            with server:
+                wall, cpu = time.perf_counter(), time.process_time()
+                for _ in range(units):
+                    await _unit(store, size)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            server_cpu = None if dropped is None else server.cpu_seconds["postgres"]
         finally:
             await db.close()
             if dropped is not None:
-                _admin(admin_url, f'DROP DATABASE IF EXISTS "{dropped}" WITH (FORCE)')
+                postgres_admin(admin_url, f'DROP DATABASE IF EXISTS "{dropped}" WITH (FORCE)')
     per = units * size
     return {"notifications": size, "cpu_us_per_notification": round(1e6 * cpu / per),
             "server_cpu_us_per_notification": None if server_cpu is None else round(1e6 * server_cpu / per),
@@ -104,38 +105,3 @@ async def _unit(store: Store, size: int) -> None:
         opened = await ledger.open(headers, chunks, Claim(token, 10 * size))
         await ledger.record([(RowState(key, DeliveryStatus.SENT, provider_message_id="m"), token)
                              for key in opened.claimed if key.channel in _SENT_BY_PROVIDERS])
-
-
-class _ServerCpu:
-    """CPU time of the PostgreSQL backends serving one database (none on SQLite)."""
-
-    def __init__(self, admin_url: str, database: str | None) -> None:
-        self._backends = None if database is None else PostgresBackends(admin_url, database)
-        self._start = self._read()
-
-    def _read(self) -> dict[int, float]:
-        found: dict[int, float] = {}
-        for pid in self._backends() if self._backends is not None else ():
-            try:
-                times = psutil.Process(pid).cpu_times()
-            except psutil.Error:
-                continue
-            found[pid] = times.user + times.system
-        return found
-
-    def spent(self) -> float | None:
-        if self._backends is None:
-            return None
-        end = self._read()
-        self._backends.close()
-        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in end.items())
-
-
-def _admin(url: str, statement: str) -> None:
-    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1),
-                              isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql(statement)
-    finally:
-        engine.dispose()

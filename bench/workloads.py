@@ -39,6 +39,7 @@ from bench.processes import (
     PidLister,
     Proc,
     ResourceMonitor,
+    postgres_admin,
     start_dispatcher,
     start_moto,
     start_sqs_standin,
@@ -156,7 +157,7 @@ def _production_env(stack: Stack, folder: Path, admin_url: str, redis_url: str) 
     queue = start_moto(folder) if sqs_server == "moto" else start_sqs_standin(folder)
     stack.processes.append(queue)
     name = f"dispatcher_bench_{uuid.uuid4().hex[:8]}"
-    _admin(admin_url, f'CREATE DATABASE "{name}"')
+    postgres_admin(admin_url, f'CREATE DATABASE "{name}"')
     stack.database_url = admin_url.rpartition("/")[0] + "/" + name
     sqs = boto3.client("sqs", endpoint_url=queue.url, region_name="us-east-1",
                        aws_access_key_id="bench", aws_secret_access_key="bench")
@@ -169,19 +170,12 @@ def _production_env(stack: Stack, folder: Path, admin_url: str, redis_url: str) 
         DISPATCHER_QUEUE_VISIBILITY_TIMEOUT="60", DISPATCHER_WORKER_CONCURRENCY="4")
 
 
-def _admin(admin_url: str, sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql)
-
-
 def stop_stack(stack: Stack, postgres_admin_url: str) -> None:
     forget_engine(stack.database_url)
     stop_all(stack.processes)
     if stack.name == "production" and stack.database_url:
         name = stack.database_url.rpartition("/")[2]
-        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        postgres_admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # --- seeding --------------------------------------------------------------------------------
