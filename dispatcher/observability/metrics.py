@@ -98,6 +98,10 @@ class _Metrics:
         self.http_seconds = Histogram("dispatcher_http_request_seconds",
                                       "HTTP requests, from receiving to the end of the answer.",
                                       ["method", "route"], buckets=_HTTP_BUCKETS)
+        #: The two HTTP metrics' children by (method, route template, status): a bounded set
+        #: (routes are templates, methods and statuses few). ``labels()`` checks and joins its
+        #: arguments under a lock on every call: 2-3 % of a busy gateway's CPU.
+        self.http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
 
 _metrics: _Metrics | None = None
@@ -262,8 +266,13 @@ async def chunks_timed(work: Awaitable[T], chunks: int) -> T:
 def http_request(method: str, route: str, status: int, seconds: float) -> None:
     with _never_raising():
         metrics = _m()
-        metrics.http_requests.labels(method, route, str(status)).inc()
-        metrics.http_seconds.labels(method, route).observe(seconds)
+        children = metrics.http_children.get((method, route, status))
+        if children is None:
+            children = metrics.http_children[method, route, status] = (
+                metrics.http_requests.labels(method, route, str(status)),
+                metrics.http_seconds.labels(method, route))
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class _TimedProvider:

@@ -41,6 +41,22 @@ async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClien
     assert "dispatcher_queue_messages{state=\"visible\"}" in text
 
 
+async def test_metrics_count_every_request_of_a_route_again(client: httpx.AsyncClient) -> None:
+    """The counter and the histogram of one (method, route, status) go on counting: the
+    children the gateway keeps per label set are the ones exposed."""
+    def figures(text: str) -> tuple[float, float]:
+        labels = 'method="GET",route="/healthz"'
+        counted = re.search(r'dispatcher_http_requests_total\{%s,status="200"\} (\S+)' % labels, text)
+        timed = re.search(r'dispatcher_http_request_seconds_count\{%s\} (\S+)' % labels, text)
+        return (float(counted.group(1)) if counted else 0.0, float(timed.group(1)) if timed else 0.0)
+
+    before = figures((await client.get("/metrics")).text)
+    for _ in range(3):
+        assert (await client.get("/healthz")).status_code == 200
+    after = figures((await client.get("/metrics")).text)
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 3)
+
+
 async def test_metrics_need_the_token_when_one_is_set(runtime: Runtime) -> None:
     guarded = dataclasses.replace(runtime, settings=runtime.settings.model_copy(
         update={"metrics_token": "scrape-me"}))
