@@ -37,6 +37,8 @@ class LocalQueue:
         self._visibility_us = int(visibility_timeout * 1e6)
         self._max_receives = max_receives
         self._poll = poll_interval
+        self._insert = db.direct(queue_messages.insert(),
+                                 ("queue", "body", "visible_at", "receive_count", "created_at"))
         # Wakes a waiting receive in this process as soon as this process sends.
         self._arrived = asyncio.Event()
         # Every receive and acknowledgement runs these: built once.
@@ -69,7 +71,7 @@ class LocalQueue:
         if not bodies:
             return
         now = now_us()
-        await conn.execute(queue_messages.insert(), [
+        await self._insert.many(conn, [
             {"queue": self._name, "body": b, "visible_at": now, "receive_count": 0,
              "created_at": now} for b in bodies])
         self._arrived.set()

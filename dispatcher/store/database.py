@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from dispatcher.errors import ConfigurationError, Unavailable
+from dispatcher.store.direct import Direct
 from dispatcher.store.schema import add_missing_indexes, metadata
 from dispatcher.store.sqlite_driver import BEGIN_IMMEDIATE, BEGIN_IMMEDIATE_MANY_ROWS, connector
 
@@ -93,6 +94,12 @@ class Database:
         """An INSERT of many rows of ``columns`` at once (see :class:`RowsInsert`); ``finish``
         adds its ``ON CONFLICT`` and ``RETURNING`` to the dialect's INSERT it is given."""
         return RowsInsert(self, table, columns, finish)
+
+    def direct(self, statement: Any, keys: Sequence[str] | None = None) -> Direct:
+        """``statement``, run straight on SQLite's connection inside this process's write
+        transactions (see :class:`~dispatcher.store.direct.Direct`); ``keys``: an INSERT's
+        columns."""
+        return Direct(statement, self.engine.dialect, keys)
 
     async def create_schema(self) -> None:
         """Create missing tables, and add missing nullable columns to existing ones (a database

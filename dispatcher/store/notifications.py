@@ -25,14 +25,17 @@ class NotificationStore:
         self._insert_new = db.insert_rows(
             notifications, _INSERTED, lambda insert: insert.on_conflict_do_nothing(
                 index_elements=[notifications.c.id]).returning(notifications.c.id))
+        # On SQLite, one row at a time straight on its connection (dispatcher.store.direct).
+        self._insert_one = db.direct(db.insert(notifications).on_conflict_do_nothing(
+            index_elements=[notifications.c.id]).returning(notifications.c.id), _INSERTED)
         # Only the columns folding needs (``_changes``): not the data, which can be large and
         # which a newer version replaces whole.
-        self._lock_headers = _locking(*(notifications.c[c] for c in _DECIDING))
+        self._lock_headers = db.direct(_locking(*(notifications.c[c] for c in _DECIDING)))
         self._cancelled_of = _locking(notifications.c.id, notifications.c.cancelled_at)
         # The headers a commit changes: a newer version rewrites every column an update can
         # change (all known from the updates folded); an older or equal one only widens.
-        self._replace_headers = _update(_FOLDED)
-        self._widen_headers = _update(_WIDENED)
+        self._replace_headers = db.direct(_update(_FOLDED))
+        self._widen_headers = db.direct(_update(_WIDENED))
 
     async def upsert(self, update: HeaderUpdate) -> None:
         await self.upsert_many([update])
@@ -64,7 +67,7 @@ class NotificationStore:
         rows = await self._lock_in(conn, list(by_id))
         missing = {nid: _insert_values(by_id[nid][0], now) for nid in sorted(by_id) if nid not in rows}
         if missing:
-            made = {nid for (nid,) in await self._insert_new.execute(conn, list(missing.values()))}
+            made = await self._insert_missing(conn, list(missing.values()))
             for nid in made:
                 rows[nid] = _deciding(missing[nid])
                 by_id[nid] = by_id[nid][1:]
@@ -82,15 +85,20 @@ class NotificationStore:
             newer = row["version"] > version
             (replaced if newer else widened).append(
                 {"b_id": nid, "b_now": now, **{f"b_{c}": row[c] for c in (_FOLDED if newer else _WIDENED)}})
-        for statement, params in ((self._replace_headers, replaced), (self._widen_headers, widened)):
-            if params:
-                await conn.execute(statement, params)
+        await self._replace_headers.many(conn, replaced)
+        await self._widen_headers.many(conn, widened)
         return cancelled
 
     async def _lock_in(self, conn: AsyncConnection, ids: list[str]) -> dict[str, dict[str, Any]]:
         if not ids:
             return {}
-        return {r.id: dict(r._mapping) for r in (await conn.execute(self._lock_headers, {"ids": ids}))}
+        return {r["id"]: r for r in await self._lock_headers.rows(conn, {"ids": ids})}
+
+    async def _insert_missing(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert these headers unless present; the ids inserted."""
+        if self._db.dialect == "sqlite":
+            return {made["id"] for row in rows for made in await self._insert_one.rows(conn, row)}
+        return {nid for (nid,) in await self._insert_new.execute(conn, rows)}
 
     async def lock_cancelled_in(self, conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
         """Lock the headers of ``ids`` (PostgreSQL; SQLite has one writer) for the caller's

@@ -30,12 +30,14 @@ _T = scheduled_messages
 class ScheduleStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._insert = db.direct(_T.insert(), ("notification_id", "version", "due_at", "body",
+                                               "claimed_until", "created_at"))
 
     async def add_in(self, conn: AsyncConnection, held: Sequence[Held]) -> None:
         if not held:
             return
         now = now_us()
-        await conn.execute(_T.insert(), [
+        await self._insert.many(conn, [
             {"notification_id": h.notification_id, "version": h.version, "due_at": h.due_at,
              "body": h.body, "claimed_until": None, "created_at": now} for h in held])
 

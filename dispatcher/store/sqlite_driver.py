@@ -82,6 +82,14 @@ class FusedConnection(aiosqlite.Connection):
     def cursor(self) -> FusedCursor:  # type: ignore[override]  # no trip: see FusedCursor
         return FusedCursor(self)
 
+    def writing(self) -> sqlite3.Connection | None:
+        """SQLite's own connection while this one holds the write lock (its statements may then
+        run in the caller's thread: ``dispatcher.store.direct``), else None."""
+        if not self._writing:
+            return None
+        self._maybe_in_transaction = True
+        return self._conn
+
     async def commit(self) -> None:
         self._writing = False
         await self._call(self._conn.commit)

@@ -1,0 +1,119 @@
+"""Statements that run straight on SQLite's connection inside this process's write transaction.
+
+SQLAlchemy's execution of a statement (a greenlet for the async connection, the compiled
+cache's key, an execution context, parameter and result set-up, the async adapter's cursor)
+costs tens of microseconds of Python around what SQLite itself does in a few: in the gateway's
+commit of one request (``python -m bench commit``), SQLite's own work was about 3 % of the
+process's time and SQLAlchemy's machinery around four statements about 40 %. The gateway makes
+that commit for every batch of requests, on the event loop that also parses them.
+
+:class:`Direct` is a Core statement compiled once for SQLite. While the connection it is given
+holds the write lock (:class:`~dispatcher.store.sqlite_driver.FusedConnection`: its statements
+run in the caller's thread anyway), it binds the parameters with the statement's own bind
+processors (JSON serialised as SQLAlchemy would), runs the compiled SQL on the ``sqlite3``
+connection, and reads the rows with the columns' result processors. Anywhere else (PostgreSQL,
+or a SQLite connection not writing) it is ``conn.execute`` of the same statement. SQLite's
+errors come out as SQLAlchemy's (:meth:`sqlalchemy.exc.DBAPIError.instance`), as they would
+through the engine: the API's 503 for an unavailable store still applies.
+
+Only what the gateway's commit needs: one statement with its rows (expanding ``IN``
+parameters included) or many without.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from dispatcher.store.sqlite_driver import FusedConnection
+
+__all__ = ["Direct"]
+
+_Processor = Callable[[Any], Any] | None
+
+
+class Direct:
+    """``statement`` compiled for ``dialect`` when it is SQLite. ``keys``: an INSERT's
+    columns, all given in every row (a column left out would miss its default here)."""
+
+    def __init__(self, statement: Any, dialect: sa.Dialect, keys: Sequence[str] | None = None) -> None:
+        self.statement = statement
+        self._sqlite = dialect.name == "sqlite"
+        if not self._sqlite:
+            return
+        self._dialect = dialect
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys) if keys is not None else None)
+        self._compiled = compiled
+        self._expanding = any(bind.expanding for bind in compiled.binds.values())
+        self._sql: str = compiled.string
+        self._binds: tuple[tuple[str, _Processor], ...] = tuple(
+            (name, compiled.binds[name].type.bind_processor(dialect)) for name in compiled.positiontup or ())
+        if keys is not None and not {name for name, _ in self._binds} <= set(keys):
+            raise ValueError(f"{statement!r} binds more than the keys given: "
+                             f"{sorted({n for n, _ in self._binds} - set(keys))}")
+        columns: list[Any] = list(getattr(statement, "selected_columns", None)
+                                  or getattr(statement, "exported_columns", None) or ())
+        self._columns: tuple[tuple[str, _Processor], ...] = tuple(
+            (column.key, column.type.result_processor(dialect, None)) for column in columns)
+
+    async def rows(self, conn: AsyncConnection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Run once with ``params``; its rows as dicts by column key."""
+        raw = _writing(conn) if self._sqlite else None
+        if raw is None:
+            return [dict(row._mapping) for row in await conn.execute(self.statement, dict(params))]
+        sql, values = self._bound(params)
+        try:
+            found = raw.execute(sql, values).fetchall()
+        except sqlite3.Error as exc:
+            raise _wrapped(sql, values, exc) from exc
+        return [self._row(row) for row in found]
+
+    async def many(self, conn: AsyncConnection, params: Sequence[Mapping[str, Any]]) -> None:
+        """Run once per item of ``params`` (a statement without rows)."""
+        if not params:
+            return
+        raw = _writing(conn) if self._sqlite else None
+        if raw is None or self._expanding:
+            await conn.execute(self.statement, [dict(p) for p in params])
+            return
+        values = [self._values(p) for p in params]
+        try:
+            raw.executemany(self._sql, values)
+        except sqlite3.Error as exc:
+            raise _wrapped(self._sql, values, exc) from exc
+
+    def _bound(self, params: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        if not self._expanding:
+            return self._sql, self._values(params)
+        state = self._compiled.construct_expanded_state(dict(params))
+        processors = state.processors
+        values = tuple(
+            value if (processor := processors.get(name)) is None else processor(value)
+            for name, value in zip(state.positiontup or (), state.positional_parameters, strict=True))
+        return state.statement, values
+
+    def _values(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(params[name] if processor is None else processor(params[name])
+                     for name, processor in self._binds)
+
+    def _row(self, row: Sequence[Any]) -> dict[str, Any]:
+        return {key: value if processor is None else processor(value)
+                for (key, processor), value in zip(self._columns, row, strict=True)}
+
+
+def _writing(conn: AsyncConnection) -> sqlite3.Connection | None:
+    """SQLite's connection under ``conn`` while it holds the write lock, else None."""
+    sync = conn.sync_connection
+    if sync is None or sync.closed or sync.invalidated:
+        return None
+    driver = sync.connection.driver_connection
+    return driver.writing() if isinstance(driver, FusedConnection) else None
+
+
+def _wrapped(sql: str, values: Any, exc: sqlite3.Error) -> sa.exc.StatementError:
+    """What the engine raises for the same error (sqlite3's IntegrityError as SQLAlchemy's…)."""
+    return sa.exc.DBAPIError.instance(sql, values, exc, sqlite3.Error)
