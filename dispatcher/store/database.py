@@ -162,9 +162,11 @@ class RowsInsert:
     again on every call (6 % of a production worker's CPU, nearly all of it the ledger's
     INSERT); without ``RETURNING`` (the feed's upsert) psycopg sent one INSERT per row, in a
     pipeline. One row still goes as a plain ``VALUES`` row, whose text doesn't change either
-    and which costs less than thirteen one-item arrays. On SQLite the rows go as SQLAlchemy's
-    executemany, as before. The casts name each column's type without its length, so an
-    over-long value fails as it did in ``VALUES``, not silently truncated.
+    and which costs less than thirteen one-item arrays. The casts name each column's type
+    without its length, so an over-long value fails as it did in ``VALUES``, not silently
+    truncated. On SQLite the rows go straight to SQLite's connection inside a write
+    transaction (:class:`~dispatcher.store.direct.Direct`: executemany, or one execution per
+    row for ``RETURNING``), else as SQLAlchemy's executemany.
     """
 
     def __init__(self, db: Database, table: sa.Table, columns: Sequence[str],
@@ -172,18 +174,34 @@ class RowsInsert:
         self._one: sa.Insert = finish(db.insert(table))
         self.statement: sa.Insert = self._one
         self._unnest: _Unnest | None = None
+        self._direct: Direct | None = None
         if db.dialect != "postgresql":
+            self._direct = db.direct(self._one, columns)
             return
         self._unnest = _Unnest({name: table.c[name].type for name in columns})
         source = self._unnest.source
         self.statement = finish(db.insert(table).from_select(
             list(columns), sa.select(*(source.c[name] for name in columns))))
 
-    async def execute(self, conn: AsyncConnection,
-                      rows: Sequence[Mapping[str, object]]) -> sa.CursorResult[Any]:
-        """Insert ``rows`` (each with every one of the columns) in one statement."""
-        if self._unnest is None:
-            return await conn.execute(self.statement, list(rows))
+    async def run(self, conn: AsyncConnection, rows: Sequence[Mapping[str, object]]) -> None:
+        """Insert ``rows`` (each with every one of the columns)."""
+        if self._direct is not None:
+            await self._direct.many(conn, rows)
+        elif rows:
+            await self._execute(conn, rows)
+
+    async def returned(self, conn: AsyncConnection,
+                       rows: Sequence[Mapping[str, object]]) -> list[dict[str, Any]]:
+        """Insert ``rows``; what its ``RETURNING`` gave, as dicts."""
+        if self._direct is not None:
+            return await self._direct.each(conn, rows)
+        if not rows:
+            return []
+        return [dict(r._mapping) for r in await self._execute(conn, rows)]
+
+    async def _execute(self, conn: AsyncConnection,
+                       rows: Sequence[Mapping[str, object]]) -> sa.CursorResult[Any]:
+        assert self._unnest is not None
         if len(rows) == 1:
             return await conn.execute(self._one, dict(rows[0]))
         return await conn.execute(self.statement, self._unnest.params(rows))

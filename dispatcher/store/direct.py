@@ -16,8 +16,9 @@ or a SQLite connection not writing) it is ``conn.execute`` of the same statement
 errors come out as SQLAlchemy's (:meth:`sqlalchemy.exc.DBAPIError.instance`), as they would
 through the engine: the API's 503 for an unavailable store still applies.
 
-Only what the gateway's commit needs: one statement with its rows (expanding ``IN``
-parameters included) or many without.
+What the gateway's commit and the worker's units of work need: one statement with its rows
+(expanding ``IN`` parameters included), one per parameter set with their rows (an ``INSERT …
+RETURNING``), or many without.
 """
 
 from __future__ import annotations
@@ -50,11 +51,22 @@ class Direct:
         self._compiled = compiled
         self._expanding = any(bind.expanding for bind in compiled.binds.values())
         self._sql: str = compiled.string
-        self._binds: tuple[tuple[str, _Processor], ...] = tuple(
-            (name, compiled.binds[name].type.bind_processor(dialect)) for name in compiled.positiontup or ())
-        if keys is not None and not {name for name, _ in self._binds} <= set(keys):
-            raise ValueError(f"{statement!r} binds more than the keys given: "
-                             f"{sorted({n for n, _ in self._binds} - set(keys))}")
+        # Each positional parameter: its name and bind processor, or the constant the statement
+        # itself holds (``status == 'pending'``, ``attempts + 1``), already processed.
+        self._binds: tuple[tuple[str, _Processor], ...] = ()
+        self._constants: dict[str, Any] = {}
+        binds = []
+        for name in compiled.positiontup or ():
+            bind = compiled.binds[name]
+            processor = bind.type.bind_processor(dialect)
+            if not bind.required and (keys is None or name not in keys):
+                value = bind.effective_value
+                self._constants[name] = value if processor is None else processor(value)
+            binds.append((name, processor))
+        self._binds = tuple(binds)
+        given = {name for name, _ in self._binds} - set(self._constants)
+        if keys is not None and not given <= set(keys):
+            raise ValueError(f"{statement!r} binds more than the keys given: {sorted(given - set(keys))}")
         columns: list[Any] = list(getattr(statement, "selected_columns", None)
                                   or getattr(statement, "exported_columns", None) or ())
         self._columns: tuple[tuple[str, _Processor], ...] = tuple(
@@ -71,6 +83,27 @@ class Direct:
         except sqlite3.Error as exc:
             raise _wrapped(sql, values, exc) from exc
         return [self._row(row) for row in found]
+
+    async def each(self, conn: AsyncConnection, params: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Run once per item of ``params`` (an ``INSERT … RETURNING``: SQLite's executemany
+        returns no rows); every run's rows, in order."""
+        if not params:
+            return []
+        raw = _writing(conn) if self._sqlite and not self._expanding else None
+        if raw is None:
+            return [dict(row._mapping) for row in await conn.execute(self.statement, [dict(p) for p in params])]
+        cursor = raw.cursor()
+        found: list[dict[str, Any]] = []
+        try:
+            for p in params:
+                values = self._values(p)
+                try:
+                    found.extend(self._row(row) for row in cursor.execute(self._sql, values).fetchall())
+                except sqlite3.Error as exc:
+                    raise _wrapped(self._sql, values, exc) from exc
+        finally:
+            cursor.close()
+        return found
 
     async def many(self, conn: AsyncConnection, params: Sequence[Mapping[str, Any]]) -> None:
         """Run once per item of ``params`` (a statement without rows)."""
@@ -97,7 +130,9 @@ class Direct:
         return state.statement, values
 
     def _values(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(params[name] if processor is None else processor(params[name])
+        constants = self._constants
+        return tuple(constants[name] if name in constants
+                     else params[name] if processor is None else processor(params[name])
                      for name, processor in self._binds)
 
     def _row(self, row: Sequence[Any]) -> dict[str, Any]:

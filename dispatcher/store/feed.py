@@ -49,7 +49,7 @@ class FeedStore:
                 newest[(e.user_id, e.notification_id)] = e
         entries = list(newest.values())
         now = now_us()
-        await self._write.execute(conn, [
+        await self._write.run(conn, [
             {"user_id": e.user_id, "notification_id": e.notification_id, "version": e.version,
              "title": e.title, "body": e.body, "state": e.state, "category": e.category,
              "read": False, "created_at": now, "updated_at": now}

@@ -104,25 +104,26 @@ class LedgerStore:
             deliveries, [c.name for c in deliveries.columns],
             lambda insert: insert.on_conflict_do_nothing().returning(
                 deliveries.c.notification_id, deliveries.c.user_id, deliveries.c.channel))
-        self._current_rows = (
+        # On SQLite, these run straight on its connection (dispatcher.store.direct).
+        self._current_rows = db.direct(
             sa.select(deliveries.c.notification_id, deliveries.c.user_id, deliveries.c.channel,
                       deliveries.c.version, deliveries.c.status, deliveries.c.attempts)
             .where(deliveries.c.notification_id.in_(sa.bindparam("nids", expanding=True)),
                    deliveries.c.user_id.in_(sa.bindparam("users", expanding=True)))
             .with_for_update())
-        self._take_over_rows = (
+        self._take_over_rows = db.direct(
             deliveries.update().where(*_by_key())
             .values(status=sa.bindparam("b_status"), reason=sa.bindparam("b_reason"),
                     detail=sa.bindparam("b_detail"), version=sa.bindparam("b_version"),
                     attempts=sa.bindparam("b_attempts"), provider_message_id=None,
                     claim_token=sa.bindparam("b_token"), claimed_at=sa.bindparam("b_claimed_at"),
                     updated_at=sa.bindparam("b_now")))
-        self._claim_rows = (
+        self._claim_rows = db.direct(
             deliveries.update().where(*_by_key(), deliveries.c.status == _PENDING)
             .values(status=_SENDING, claim_token=sa.bindparam("b_token"),
                     claimed_at=sa.bindparam("b_now"), attempts=deliveries.c.attempts + 1,
                     updated_at=sa.bindparam("b_now")))
-        self._record_rows = (
+        self._record_rows = db.direct(
             deliveries.update()
             .where(deliveries.c.notification_id == sa.bindparam("b_nid"),
                    deliveries.c.user_id == sa.bindparam("b_user"),
@@ -307,9 +308,9 @@ class LedgerStore:
                     claiming[key] = chunks[index].version
                     if len(claiming) >= claim.limit:
                         break
-        rows = await self._insert_rows.execute(conn, [values for _, values in first.values()])
+        rows = await self._insert_rows.returned(conn, [values for _, values in first.values()])
         inserted = {key: first[key][0] for key in
-                    (RowKey(r.notification_id, r.user_id, r.channel) for r in rows)}
+                    (RowKey(r["notification_id"], r["user_id"], r["channel"]) for r in rows)}
         return inserted, {key: v for key, v in claiming.items() if key in inserted}
 
     async def _current(self, conn: AsyncConnection, chunks: Sequence[ChunkRows],
@@ -327,28 +328,27 @@ class LedgerStore:
         nids = sorted({k.notification_id for k in keys})
         users = sorted({k.user_id for k in keys})
         for start in range(0, len(users), _IN_BATCH):
-            rows = await conn.execute(self._current_rows,
-                                      {"nids": nids, "users": users[start:start + _IN_BATCH]})
+            rows = await self._current_rows.rows(conn, {"nids": nids, "users": users[start:start + _IN_BATCH]})
             for r in rows:
-                key = RowKey(r.notification_id, r.user_id, r.channel)
+                key = RowKey(r["notification_id"], r["user_id"], r["channel"])
                 if key in keys:
-                    current[key] = _Current(r.version, r.status, r.attempts)
+                    current[key] = _Current(r["version"], r["status"], r["attempts"])
         return current
 
     async def _apply(self, conn: AsyncConnection, changes: dict[RowKey, dict[str, object]],
                      now: int) -> None:
         if not changes:
             return
-        await conn.execute(self._take_over_rows,
-                           [{**_key_params(k), **v, "b_now": now} for k, v in changes.items()])
+        await self._take_over_rows.many(conn, [{**_key_params(k), **v, "b_now": now}
+                                               for k, v in changes.items()])
 
     async def _claim_in(self, conn: AsyncConnection, keys: list[RowKey], claim: Claim | None,
                         now: int) -> None:
         """Claim rows this transaction holds ``pending``: no one else can have them."""
         if claim is None or not keys:
             return
-        await conn.execute(self._claim_rows, [{**_key_params(k), "b_token": claim.token, "b_now": now}
-                                              for k in keys])
+        await self._claim_rows.many(conn, [{**_key_params(k), "b_token": claim.token, "b_now": now}
+                                           for k in keys])
 
     async def record(self, outcomes: Sequence[tuple[RowState, str]]) -> None:
         """Record outcomes of sends, each with the token that claimed its row; ``pending``
@@ -365,7 +365,7 @@ class LedgerStore:
         released = sorted({o.key.notification_id for o, _ in outcomes
                             if o.status == DeliveryStatus.PENDING})
         async with self._db.write() as conn:
-            await conn.execute(self._record_rows, params)
+            await self._record_rows.many(conn, params)
             await _cancel_released_in(conn, released, now)
             if self.events is not None:
                 await self.events.after_rows(conn, [o.key for o, _ in outcomes], now)

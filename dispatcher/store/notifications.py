@@ -25,13 +25,10 @@ class NotificationStore:
         self._insert_new = db.insert_rows(
             notifications, _INSERTED, lambda insert: insert.on_conflict_do_nothing(
                 index_elements=[notifications.c.id]).returning(notifications.c.id))
-        # On SQLite, one row at a time straight on its connection (dispatcher.store.direct).
-        self._insert_one = db.direct(db.insert(notifications).on_conflict_do_nothing(
-            index_elements=[notifications.c.id]).returning(notifications.c.id), _INSERTED)
         # Only the columns folding needs (``_changes``): not the data, which can be large and
         # which a newer version replaces whole.
         self._lock_headers = db.direct(_locking(*(notifications.c[c] for c in _DECIDING)))
-        self._cancelled_of = _locking(notifications.c.id, notifications.c.cancelled_at)
+        self._cancelled_of = db.direct(_locking(notifications.c.id, notifications.c.cancelled_at))
         # The headers a commit changes: a newer version rewrites every column an update can
         # change (all known from the updates folded); an older or equal one only widens.
         self._replace_headers = db.direct(_update(_FOLDED))
@@ -96,17 +93,15 @@ class NotificationStore:
 
     async def _insert_missing(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
         """Insert these headers unless present; the ids inserted."""
-        if self._db.dialect == "sqlite":
-            return {made["id"] for row in rows for made in await self._insert_one.rows(conn, row)}
-        return {nid for (nid,) in await self._insert_new.execute(conn, rows)}
+        return {made["id"] for made in await self._insert_new.returned(conn, rows)}
 
     async def lock_cancelled_in(self, conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
         """Lock the headers of ``ids`` (PostgreSQL; SQLite has one writer) for the caller's
         transaction, so a cancel waits for it or it for the cancel; return the cancelled ones."""
         if not ids:
             return set()
-        rows = (await conn.execute(self._cancelled_of, {"ids": sorted(set(ids))})).all()
-        return {r.id for r in rows if r.cancelled_at is not None}
+        rows = await self._cancelled_of.rows(conn, {"ids": sorted(set(ids))})
+        return {r["id"] for r in rows if r["cancelled_at"] is not None}
 
     async def get(self, notification_id: str) -> NotificationHeader | None:
         async with self._db.read() as conn:

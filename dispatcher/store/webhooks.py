@@ -49,8 +49,9 @@ class WebhookStore:
     def __init__(self, db: Database, notifications: NotificationStore) -> None:
         self._db = db
         self._notifications = notifications
-        # In every ledger transaction (after_rows): built once.
-        self._subscriptions = (
+        # In every ledger transaction (after_rows): built once; on SQLite, run straight on its
+        # connection (dispatcher.store.direct).
+        self._subscriptions = db.direct(
             sa.select(webhook_endpoints.c.service, webhook_endpoints.c.events)
             .where(webhook_endpoints.c.service.in_(sa.bindparam("services", expanding=True))))
 
@@ -90,8 +91,8 @@ class WebhookStore:
         """Per service with an endpoint: the events it takes."""
         if not services:
             return {}
-        rows = await conn.execute(self._subscriptions, {"services": sorted(set(services))})
-        return {r.service: set(r.events) for r in rows}
+        rows = await self._subscriptions.rows(conn, {"services": sorted(set(services))})
+        return {r["service"]: set(r["events"]) for r in rows}
 
     async def add_in(self, conn: AsyncConnection, service: str, event: str, dedupe_key: str,
                      data: dict[str, Any]) -> None:
