@@ -6,7 +6,8 @@ process, with nothing else running: ``--commits`` sequential commits (after 50 t
 1 and of 8 requests each, on a fresh SQLite file, through the same code the gateway uses
 (``InOneTransaction``: header upsert, queue insert, one transaction). It reports the process's
 CPU (every thread: the event loop's and the SQLite driver's) and wall time per commit, and the
-statements SQLAlchemy sent per commit. Run it before and after a change to the store or the
+statements SQLAlchemy's engine sent per commit (since the store runs a write transaction's
+statements straight on SQLite's connection, only its ``BEGIN``). Run it before and after a change to the store or the
 driver: the figures are per commit, so they compare across machines less well than side by
 side on one.
 """
@@ -61,7 +62,9 @@ async def _one(commits: int, size: int, synchronous: str) -> dict[str, Any]:
 
 
 class StatementCount:
-    """The statements SQLAlchemy sends on ``db``'s engine (an executemany counts once); ``n``."""
+    """The statements SQLAlchemy sends on ``db``'s engine (an executemany counts once); ``n``.
+    On SQLite, those run straight on its connection inside a write transaction
+    (``dispatcher.store.direct``) don't pass the engine and aren't counted."""
 
     def __init__(self, db: Database) -> None:
         self.n = 0
