@@ -6,10 +6,10 @@ process, with nothing else running: ``--commits`` sequential commits (after 50 t
 1 and of 8 requests each, on a fresh SQLite file, through the same code the gateway uses
 (``InOneTransaction``: header upsert, queue insert, one transaction). It reports the process's
 CPU (every thread: the event loop's and the SQLite driver's) and wall time per commit, and the
-statements SQLAlchemy's engine sent per commit (since the store runs a write transaction's
-statements straight on SQLite's connection, only its ``BEGIN``). Run it before and after a change to the store or the
-driver: the figures are per commit, so they compare across machines less well than side by
-side on one.
+statements SQLAlchemy's engine sent per commit (only the ``BEGIN``: the store runs a write
+transaction's statements straight on SQLite's connection). Run it before and after a change to
+the store or the driver: the figures are per commit, so they compare across machines less well
+than side by side on one.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ fresh SQLite file or a fresh PostgreSQL database, and reports per notification (
 and its update's two) the process's CPU (every thread), the PostgreSQL backends' CPU (the
 server processes of this run's database, read with psutil by ``ResourceMonitor``), the wall time, and the
 statements SQLAlchemy's engine sent (on SQLite, only the ``BEGIN`` of each write transaction:
-the rest run straight on its connection). Run it before and after a change to the store: per notification,
-and in process, it separates a change of a few per cent that the open-loop runs' noise hides.
+the rest run straight on its connection). Run it before and after a change to the store: per
+notification, and in process, it separates a change of a few per cent that the open-loop runs'
+noise hides.
 """
 
 from __future__ import annotations

@@ -46,8 +46,9 @@ class Direct:
         self._sqlite = dialect.name == "sqlite"
         if not self._sqlite:
             return
-        self._dialect = dialect
         compiled = statement.compile(dialect=dialect, column_keys=list(keys) if keys is not None else None)
+        if compiled.insert_prefetch or compiled.update_prefetch:  # Python-side defaults: the engine's job
+            raise ValueError(f"{statement!r} has columns with Python-side defaults: run it through the engine")
         self._compiled = compiled
         self._expanding = any(bind.expanding for bind in compiled.binds.values())
         self._sql: str = compiled.string

@@ -73,7 +73,11 @@ async def test_a_failing_statement_raises_sqlalchemys_error_and_rolls_back(db: D
         assert (await conn.execute(sa.select(sa.func.count()).select_from(notifications))).scalar_one() == 0
 
 
-def test_an_insert_that_would_miss_a_column_is_refused_when_built(tmp_path: Path) -> None:
+def test_an_insert_that_would_miss_a_column_or_a_default_is_refused_when_built(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path}/d.db")
     with pytest.raises(ValueError, match="binds more than the keys given"):
         db.direct(notifications.insert().values(version=sa.bindparam("v")), ("id",))
+    with_default = sa.Table("t", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+                            sa.Column("n", sa.Integer, default=5))
+    with pytest.raises(ValueError, match="Python-side defaults"):  # the engine would fill n in
+        db.direct(with_default.insert(), ("id",))
