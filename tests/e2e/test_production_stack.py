@@ -76,7 +76,11 @@ def test_two_workers_share_one_bulk_to_all_four_channels(
     assert pushed == Counter({f"tok-{i}": 1 for i in range(USERS)})
     chunks = [sum(int(n) for n in re.findall(r"delivered (\d+) chunk", w.output())) for w in workers]
     assert all(n > 0 for n in chunks), f"both workers must have delivered chunks: {chunks}"
-    assert sum(chunks) == USERS // 20
+    # Every chunk delivered; one may be delivered twice, and nothing above was sent twice: SQS
+    # delivers at least once, and moto_server's ReceiveMessage checks a message visible and
+    # marks it received without a lock, so two workers polling at once can both get it (seen
+    # once in CI: 13 chunk deliveries for 12 chunks, every provider message still unique).
+    assert sum(chunks) >= USERS // 20
 
 
 def _ses_messages(data: dict[str, Any]) -> list[dict[str, Any]]:
