@@ -172,7 +172,6 @@ class RowsInsert:
     def __init__(self, db: Database, table: sa.Table, columns: Sequence[str],
                  finish: Callable[[Any], Any]) -> None:
         self._one: sa.Insert = finish(db.insert(table))
-        self.statement: sa.Insert = self._one
         self._unnest: _Unnest | None = None
         self._direct: Direct | None = None
         if db.dialect != "postgresql":
@@ -180,7 +179,7 @@ class RowsInsert:
             return
         self._unnest = _Unnest({name: table.c[name].type for name in columns})
         source = self._unnest.source
-        self.statement = finish(db.insert(table).from_select(
+        self._from_arrays: sa.Insert = finish(db.insert(table).from_select(
             list(columns), sa.select(*(source.c[name] for name in columns))))
 
     async def run(self, conn: AsyncConnection, rows: Sequence[Mapping[str, object]]) -> None:
@@ -204,7 +203,7 @@ class RowsInsert:
         assert self._unnest is not None
         if len(rows) == 1:
             return await conn.execute(self._one, dict(rows[0]))
-        return await conn.execute(self.statement, self._unnest.params(rows))
+        return await conn.execute(self._from_arrays, self._unnest.params(rows))
 
 
 class _Unnest:

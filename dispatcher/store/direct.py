@@ -23,8 +23,9 @@ RETURNING``), or many without.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -44,6 +45,7 @@ class Direct:
     def __init__(self, statement: Any, dialect: sa.Dialect, keys: Sequence[str] | None = None) -> None:
         self.statement = statement
         self._sqlite = dialect.name == "sqlite"
+        self._expanding = False
         if not self._sqlite:
             return
         compiled = statement.compile(dialect=dialect, column_keys=list(keys) if keys is not None else None)
@@ -52,19 +54,16 @@ class Direct:
         self._compiled = compiled
         self._expanding = any(bind.expanding for bind in compiled.binds.values())
         self._sql: str = compiled.string
-        # Each positional parameter: its name and bind processor, or the constant the statement
+        # Each positional parameter: its name and bind processor; and the constants the statement
         # itself holds (``status == 'pending'``, ``attempts + 1``), already processed.
-        self._binds: tuple[tuple[str, _Processor], ...] = ()
+        self._binds: tuple[tuple[str, _Processor], ...] = tuple(
+            (name, compiled.binds[name].type.bind_processor(dialect)) for name in compiled.positiontup or ())
         self._constants: dict[str, Any] = {}
-        binds = []
-        for name in compiled.positiontup or ():
+        for name, processor in self._binds:
             bind = compiled.binds[name]
-            processor = bind.type.bind_processor(dialect)
             if not bind.required and (keys is None or name not in keys):
                 value = bind.effective_value
                 self._constants[name] = value if processor is None else processor(value)
-            binds.append((name, processor))
-        self._binds = tuple(binds)
         given = {name for name, _ in self._binds} - set(self._constants)
         if keys is not None and not given <= set(keys):
             raise ValueError(f"{statement!r} binds more than the keys given: {sorted(given - set(keys))}")
@@ -75,14 +74,12 @@ class Direct:
 
     async def rows(self, conn: AsyncConnection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Run once with ``params``; its rows as dicts by column key."""
-        raw = _writing(conn) if self._sqlite else None
+        raw = self._raw(conn)
         if raw is None:
             return [dict(row._mapping) for row in await conn.execute(self.statement, dict(params))]
         sql, values = self._bound(params)
-        try:
+        with _as_sqlalchemys(sql, values):
             found = raw.execute(sql, values).fetchall()
-        except sqlite3.Error as exc:
-            raise _wrapped(sql, values, exc) from exc
         return [self._row(row) for row in found]
 
     async def each(self, conn: AsyncConnection, params: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -90,18 +87,15 @@ class Direct:
         returns no rows); every run's rows, in order."""
         if not params:
             return []
-        raw = _writing(conn) if self._sqlite and not self._expanding else None
+        raw = None if self._expanding else self._raw(conn)
         if raw is None:
             return [dict(row._mapping) for row in await conn.execute(self.statement, [dict(p) for p in params])]
         cursor = raw.cursor()
         found: list[dict[str, Any]] = []
         try:
-            for p in params:
-                values = self._values(p)
-                try:
-                    found.extend(self._row(row) for row in cursor.execute(self._sql, values).fetchall())
-                except sqlite3.Error as exc:
-                    raise _wrapped(self._sql, values, exc) from exc
+            with _as_sqlalchemys(self._sql, params):  # as the engine's executemany names them
+                for p in params:
+                    found.extend(self._row(row) for row in cursor.execute(self._sql, self._values(p)).fetchall())
         finally:
             cursor.close()
         return found
@@ -110,15 +104,16 @@ class Direct:
         """Run once per item of ``params`` (a statement without rows)."""
         if not params:
             return
-        raw = _writing(conn) if self._sqlite else None
-        if raw is None or self._expanding:
+        raw = None if self._expanding else self._raw(conn)
+        if raw is None:
             await conn.execute(self.statement, [dict(p) for p in params])
             return
         values = [self._values(p) for p in params]
-        try:
+        with _as_sqlalchemys(self._sql, values):
             raw.executemany(self._sql, values)
-        except sqlite3.Error as exc:
-            raise _wrapped(self._sql, values, exc) from exc
+
+    def _raw(self, conn: AsyncConnection) -> sqlite3.Connection | None:
+        return _writing(conn) if self._sqlite else None
 
     def _bound(self, params: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
         if not self._expanding:
@@ -150,6 +145,10 @@ def _writing(conn: AsyncConnection) -> sqlite3.Connection | None:
     return driver.writing() if isinstance(driver, FusedConnection) else None
 
 
-def _wrapped(sql: str, values: Any, exc: sqlite3.Error) -> sa.exc.StatementError:
-    """What the engine raises for the same error (sqlite3's IntegrityError as SQLAlchemy's…)."""
-    return sa.exc.DBAPIError.instance(sql, values, exc, sqlite3.Error)
+@contextlib.contextmanager
+def _as_sqlalchemys(sql: str, values: Any) -> Iterator[None]:
+    """SQLite's errors as the engine raises them (sqlite3's IntegrityError as SQLAlchemy's…)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise sa.exc.DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc

@@ -64,7 +64,7 @@ class NotificationStore:
         rows = await self._lock_in(conn, list(by_id))
         missing = {nid: _insert_values(by_id[nid][0], now) for nid in sorted(by_id) if nid not in rows}
         if missing:
-            made = await self._insert_missing(conn, list(missing.values()))
+            made = {row["id"] for row in await self._insert_new.returned(conn, list(missing.values()))}
             for nid in made:
                 rows[nid] = _deciding(missing[nid])
                 by_id[nid] = by_id[nid][1:]
@@ -90,10 +90,6 @@ class NotificationStore:
         if not ids:
             return {}
         return {r["id"]: r for r in await self._lock_headers.rows(conn, {"ids": ids})}
-
-    async def _insert_missing(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
-        """Insert these headers unless present; the ids inserted."""
-        return {made["id"] for made in await self._insert_new.returned(conn, rows)}
 
     async def lock_cancelled_in(self, conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
         """Lock the headers of ``ids`` (PostgreSQL; SQLite has one writer) for the caller's
