@@ -256,7 +256,14 @@ class Sender:
                 self._slots.give()
 
     async def _attempt(self, key: RowKey, messages: list[Message]) -> _Attempt:
-        results = await asyncio.gather(*(self._send_one(m) for m in messages))
+        if len(messages) == 1:  # nearly every row: one address, sent in this task
+            result = await self._send_one(messages[0])
+            if isinstance(result, Receipt):
+                return _Attempt(RowState(key, DeliveryStatus.SENT, None, None,
+                                         result.provider_message_id), [], None, [])
+            results: list[Receipt | TransientError | PermanentError] = [result]
+        else:
+            results = await asyncio.gather(*(self._send_one(m) for m in messages))
         receipts = [r for r in results if isinstance(r, Receipt)]
         transient = [(m, r) for m, r in zip(messages, results, strict=True) if isinstance(r, TransientError)]
         permanent = [(m, r) for m, r in zip(messages, results, strict=True) if isinstance(r, PermanentError)]

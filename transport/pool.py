@@ -112,12 +112,12 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail("MalformedResponse", "the server switched protocols")
+            self.fail("MalformedResponse", "the server switched protocols")
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _TooLarge):
-                self._fail("ResponseTooLarge", str(exc.__context__))
+                self.fail("ResponseTooLarge", str(exc.__context__))
             else:
-                self._fail("MalformedResponse", str(exc) or type(exc).__name__)
+                self.fail("MalformedResponse", str(exc) or type(exc).__name__)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost follows
@@ -180,7 +180,8 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def _fail(self, code: str, message: str) -> None:
+    def fail(self, code: str, message: str) -> None:
+        """The waiting call gets :class:`HttpTransportError`; the connection is dropped."""
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(HttpTransportError(code, message))
@@ -209,22 +210,50 @@ class Origin:
                       *, timeout: float) -> Response:
         """``target`` is the path and query, already percent-encoded, sent as given."""
         request = self._encode(method, target, headers, body)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # The deadline is armed only around what can wait: a free slot and an idle connection
+        # (the common case) cost one timer on the answer, not an ``asyncio.timeout`` scope per
+        # call (a tenth of a provider call's CPU in the worker's profile: docs/BENCHMARKS.md).
         try:
-            async with asyncio.timeout(timeout):
-                async with self._slots:
-                    connection = self._take() or await self._connect()
-                    try:
-                        response = await connection.send(request)
-                    except BaseException:
-                        connection.close()
-                        raise
-                    self._give_back(connection)
-                    return response
+            if self._slots.locked():
+                async with asyncio.timeout_at(deadline):
+                    await self._slots.acquire()
+            else:
+                await self._slots.acquire()  # a slot is free: returns without waiting
         except TimeoutError as exc:
-            raise HttpTransportError("TimeoutError",
-                                     f"no answer from {self.host_header} in {timeout:g} s") from exc
+            raise self._timed_out(timeout) from exc
+        try:
+            connection = self._take()
+            if connection is None:
+                async with asyncio.timeout_at(deadline):
+                    connection = await self._connect()
+            waiter = connection.send(request)
+            timer = loop.call_at(deadline, self._expire, connection, timeout)
+            try:
+                response = await waiter
+            except BaseException:
+                connection.close()
+                raise
+            finally:
+                timer.cancel()
+            self._give_back(connection)
+            return response
+        except TimeoutError as exc:
+            raise self._timed_out(timeout) from exc
         except OSError as exc:
             raise HttpTransportError(type(exc).__name__, str(exc) or repr(exc)) from exc
+        finally:
+            self._slots.release()
+
+    def _timed_out(self, timeout: float) -> HttpTransportError:
+        return HttpTransportError("TimeoutError", self._no_answer(timeout))
+
+    def _expire(self, connection: _Connection, timeout: float) -> None:
+        connection.fail("TimeoutError", self._no_answer(timeout))
+
+    def _no_answer(self, timeout: float) -> str:
+        return f"no answer from {self.host_header} in {timeout:g} s"
 
     def close(self) -> None:
         self._closed = True

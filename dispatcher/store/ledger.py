@@ -123,6 +123,18 @@ class LedgerStore:
             .values(status=_SENDING, claim_token=sa.bindparam("b_token"),
                     claimed_at=sa.bindparam("b_now"), attempts=deliveries.c.attempts + 1,
                     updated_at=sa.bindparam("b_now")))
+        # A batch of one notification's rows of one channel (a bulk's: nearly every claim).
+        self._claim_users = db.direct(
+            deliveries.update()
+            .where(deliveries.c.notification_id == sa.bindparam("b_nid"),
+                   deliveries.c.version == sa.bindparam("b_version"),
+                   deliveries.c.channel == sa.bindparam("b_channel"),
+                   deliveries.c.user_id.in_(sa.bindparam("b_users", expanding=True)),
+                   deliveries.c.status == _PENDING)
+            .values(status=_SENDING, claim_token=sa.bindparam("b_token"),
+                    claimed_at=sa.bindparam("b_now"), attempts=deliveries.c.attempts + 1,
+                    updated_at=sa.bindparam("b_now"))
+            .returning(deliveries.c.user_id))
         self._record_rows = db.direct(
             deliveries.update()
             .where(deliveries.c.notification_id == sa.bindparam("b_nid"),
@@ -377,11 +389,18 @@ class LedgerStore:
             groups[(key.notification_id, version, key.channel)].append(key.user_id)
         if not groups:
             return set()
+        now = now_us()
+        if len(groups) == 1:
+            [((nid, version, channel), users)] = groups.items()
+            async with self._db.write() as conn:
+                won = await self._claim_users.rows(conn, {
+                    "b_nid": nid, "b_version": version, "b_channel": channel, "b_users": users,
+                    "b_token": token, "b_now": now})
+            return {RowKey(nid, r["user_id"], channel) for r in won}
         # One statement: per (notification, version, channel) the users, on the primary key.
         matches = [sa.and_(deliveries.c.notification_id == nid, deliveries.c.version == version,
                            deliveries.c.channel == channel, deliveries.c.user_id.in_(users))
                    for (nid, version, channel), users in groups.items()]
-        now = now_us()
         async with self._db.write() as conn:
             result = await conn.execute(
                 deliveries.update()

@@ -8,6 +8,7 @@ own checks (auth, project, payload, unregistered tokens) or from its per-token s
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from google.oauth2 import service_account as google_service_account
 
 from bench.fcm_server import FcmServer, Scripted, fcm_error, rpc_error
 from channels.base import Message, PermanentError, TransientError, UnregisteredDevice
-from channels.fcm import FCM_SCOPE, AccessTokenSource, FcmProvider
+from channels.fcm import FCM_SCOPE, AccessTokenSource, FcmProvider, build_request
 from transport.http import parse_retry_after
 from transport.pool import HttpClient
 
@@ -93,6 +94,21 @@ async def test_push_arrives_with_title_body_data_and_platform_blocks(
     assert sent["apns"]["headers"] == {"apns-priority": "10", "apns-collapse-id": nid}
     assert sent["apns"]["payload"] == {"aps": {"thread-id": "app-install"}}
     assert sent["webpush"]["notification"] == {"tag": nid}
+
+
+async def test_each_device_of_a_bulk_gets_its_own_message(
+        provider: FcmProvider, server: FcmServer) -> None:
+    update = replace(push("device-3"), parts={"title": "Installed ✓", "body": "\"Foo\" is ready"})
+    messages = [push("device-1", state="installing"), push("device-2", state="installing"),
+                push("device-1", state="completed"), update, push("device-4"),
+                replace(push("device-5"), notification_id="app#other", category="news")]
+
+    for message in messages:
+        await provider.send(message)
+
+    assert server.received == [build_request(m)["message"] for m in messages]
+    assert [provider.body(m) for m in messages] == [
+        json.dumps(build_request(m), separators=(",", ":")).encode() for m in messages]
 
 
 async def test_long_notification_id_gets_an_apns_collapse_id_within_64_bytes(

@@ -3,6 +3,7 @@ errors become channel errors."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import boto3
@@ -141,6 +142,38 @@ async def test_no_configuration_set_none_sent(http: HttpClient,
     await local_provider(http, server.url).send(email())
 
     assert "ConfigurationSetName" not in server.requests[0].json()
+
+
+async def test_a_bulk_sends_each_recipient_its_own_request(
+        http: HttpClient, server: AwsProtocolServer) -> None:
+    provider = local_provider(http, server.url, configuration_set="bulk")
+    other = {"subject": "Ünïcode \"quoted\"", "text": "t\n✓", "html": "<p>\u2028</p>"}
+    messages = [email("a@example.org"), email("b@example.org", unsubscribe_url="https://n.example/u?t=b"),
+                email("c@example.org", **other), email("d@example.org"),
+                email("e@example.org", unsubscribe_url="https://n.example/u?t=e", **other)]
+
+    for message in messages:
+        await provider.send(message)
+
+    assert [r.json() for r in server.requests] == [provider.payload(m) for m in messages]
+    assert [r.body for r in server.requests] == [
+        json.dumps(provider.payload(m), separators=(",", ":")).encode() for m in messages]
+    assert [r.json()["Destination"]["ToAddresses"] for r in server.requests] == [
+        [m.to] for m in messages]
+    for request in server.requests:
+        assert_valid_send_email_request(request.json())
+
+
+async def test_an_incomplete_email_is_refused_every_time(
+        http: HttpClient, server: AwsProtocolServer) -> None:
+    provider = local_provider(http, server.url)
+
+    for to in ("a@example.org", "b@example.org"):
+        with pytest.raises(PermanentError, match="subject"):
+            await provider.send(email(to, subject=" ", text="body"))
+    await provider.send(email("c@example.org", subject="s", text="body"))
+
+    assert [r.json()["Destination"]["ToAddresses"] for r in server.requests] == [["c@example.org"]]
 
 
 @pytest.mark.parametrize("parts", [{"subject": "", "text": "body"}, {"subject": "s", "html": ""}])

@@ -146,6 +146,33 @@ async def test_every_protocol_is_signed_over_the_bytes_on_the_wire(
     assert {r.headers["x-amz-security-token"] for r in server.requests} == {"session-token"}
 
 
+async def test_query_parameters_arrive_as_given_however_often_they_repeat(
+        http: HttpClient, server: AwsProtocolServer) -> None:
+    client = local_client(http, server.url + "/")
+    odd = {"Message": "50% off & more: a+b=c ✓ été\nline two", "PhoneNumber": "+15555550100",
+           "MessageAttributes.entry.1.Name": "AWS.SNS.SMS.SMSType", "Empty": ""}
+
+    for phone in ("+15555550100", "+15555550101", "+15555550100"):
+        await client.query("Publish", {**odd, "PhoneNumber": phone}, version="2010-03-31")
+
+    assert [r.form() for r in server.requests] == [
+        {"Action": "Publish", "Version": "2010-03-31", **odd, "PhoneNumber": phone}
+        for phone in ("+15555550100", "+15555550101", "+15555550100")]
+    assert all(signature_matches(r, SECRET) for r in server.requests)
+
+
+async def test_a_rest_json_body_given_as_bytes_is_sent_as_is(
+        http: HttpClient, server: AwsProtocolServer) -> None:
+    client = local_client(http, server.url + "/", service="ses")
+
+    await client.rest_json("POST", "/v2/email/outbound-emails", b'{"Subject":"\u00e9t\u00e9"}')
+
+    assert server.requests[0].body == b'{"Subject":"\u00e9t\u00e9"}'
+    assert server.requests[0].json() == {"Subject": "été"}
+    assert server.requests[0].headers["content-type"] == "application/json"
+    assert signature_matches(server.requests[0], SECRET)
+
+
 async def test_refreshable_credentials_are_refreshed_once_off_the_event_loop(
         http: HttpClient, server: AwsProtocolServer) -> None:
     refreshed_in: list[threading.Thread] = []

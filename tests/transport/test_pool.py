@@ -263,6 +263,26 @@ async def test_no_answer_in_time_is_a_timeout_and_the_next_request_gets_a_new_co
 
 
 @on_both_loops
+async def test_waiting_for_a_connection_counts_against_the_timeout() -> None:
+    async with recorder() as (server, url), HttpClient(limit=1) as http:
+        origin = http.origin(url)
+        server.delay = 1.0
+        slow = asyncio.ensure_future(origin.request("POST", "/slow", {}, b"s", timeout=5))
+        while not server.requests:
+            await asyncio.sleep(0.01)
+        with pytest.raises(HttpTransportError) as caught:  # the only connection is busy
+            await origin.request("POST", "/queued", {}, b"q", timeout=0.1)
+        server.delay = 0
+        first = await slow
+        after = await origin.request("POST", "/fast", {}, b"z", timeout=5)
+
+    assert caught.value.code == "TimeoutError" and "0.1 s" in caught.value.message
+    assert [r[1] for r in server.requests] == ["/slow", "/fast"]  # the queued one never went
+    assert first.body == b"echo:s" and after.body == b"echo:z"
+    assert len(set(server.peers)) == 1  # the slot came back: the first connection serves on
+
+
+@on_both_loops
 async def test_a_cancelled_request_does_not_leave_its_connection_to_the_next() -> None:
     async with recorder() as (server, url), HttpClient(limit=1) as http:
         origin = http.origin(url)

@@ -139,6 +139,37 @@ async def test_a_pending_row_is_claimed_by_one_sender_only(runtime: Runtime) -> 
     assert await ledger.claim([(key, 1)], "second") == set()
 
 
+async def test_a_claim_wins_exactly_the_pending_rows_at_their_versions(runtime: Runtime) -> None:
+    ledger, a, b = runtime.store.ledger, new_id(), new_id()
+    users = [f"u{n}" for n in range(6)]
+    await open_rows(runtime, a, 1, rows_of(a, *((u, "sms", PENDING) for u in users),
+                                           *((u, "email", PENDING) for u in users)),
+                    insert={"sms", "email"})
+    await open_rows(runtime, b, 1, rows_of(b, ("u0", "sms", PENDING)), insert={"sms"})
+    taken = RowKey(a, "u1", "sms")
+    assert await ledger.claim([(taken, 1)], "other") == {taken}
+
+    # one notification and channel (a bulk's batch): u1 is taken, "u9" has no row
+    batch = [(RowKey(a, u, "sms"), 1) for u in [*users, "u9"]]
+    assert await ledger.claim(batch, "mine") == {RowKey(a, u, "sms") for u in users if u != "u1"}
+    # the wrong version wins nothing; several notifications and channels in one call
+    assert await ledger.claim([(RowKey(a, "u0", "email"), 2)], "mine") == set()
+    mixed = [(RowKey(a, "u0", "email"), 1), (RowKey(a, "u2", "email"), 1),
+             (RowKey(b, "u0", "sms"), 1), (RowKey(a, "u0", "sms"), 1)]
+    assert await ledger.claim(mixed, "mine") == {
+        RowKey(a, "u0", "email"), RowKey(a, "u2", "email"), RowKey(b, "u0", "sms")}
+
+    unfinished = {(r.key.user_id, r.key.channel): r.status for r in await ledger.unfinished(a, users)}
+    assert unfinished == {**{(u, "sms"): "sending" for u in users},
+                          **{(u, "email"): "pending" for u in users},
+                          ("u0", "email"): "sending", ("u2", "email"): "sending"}
+    # only the holder of a claim records, and each row's claim is the caller's
+    await ledger.record([(RowState(RowKey(a, "u1", "sms"), SENT), "mine"),
+                         (RowState(RowKey(a, "u3", "sms"), SENT), "mine")])
+    assert {r.key.user_id for r in await ledger.unfinished(a, users) if r.key.channel == "sms"} == {
+        "u0", "u1", "u2", "u4", "u5"}
+
+
 async def test_only_the_claim_holder_records_an_outcome(runtime: Runtime) -> None:
     ledger, nid = runtime.store.ledger, new_id()
     await open_rows(runtime, nid, 1, rows_of(nid, ("u1", "sms", PENDING)), insert={"sms"})
