@@ -18,10 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dispatcher.model import now_us
 from dispatcher.queue import DeadLetter, QueuedMessage, QueueStats
+from dispatcher.queue.doorbell import POLL_WHEN_LISTENING, Doorbell
 from dispatcher.store.database import Database
 from dispatcher.store.schema import dead_letters, queue_messages
 
-__all__ = ["LocalQueue"]
+__all__ = ["ACTIVE_FOR", "LocalQueue"]
+
+#: Seconds a receiver keeps polling at ``poll_interval`` after it last got messages.
+ACTIVE_FOR = 2.0
 
 
 class LocalQueue:
@@ -30,16 +34,26 @@ class LocalQueue:
 
     def __init__(
         self, db: Database, *, name: str = "chunks", visibility_timeout: float = 30.0,
-        max_receives: int = 5, poll_interval: float = 0.2,
+        max_receives: int = 5, poll_interval: float = 0.2, doorbell: bool = True,
     ) -> None:
+        """``doorbell``: on a SQLite file, wake receivers in other processes on this machine
+        when a message is committed (:mod:`dispatcher.queue.doorbell`). A receiver polls every
+        ``poll_interval`` while messages come (for :data:`ACTIVE_FOR` seconds after it last got
+        one: its polls find batches, where a ring per commit would wake every receiver for
+        each); once idle, it waits for a ring and polls only every
+        :data:`~dispatcher.queue.doorbell.POLL_WHEN_LISTENING` seconds."""
         self._db = db
+        self._doorbell = (Doorbell(db.sqlite_file) if doorbell and db.sqlite_file is not None
+                          else None)
         self._name = name
         self._visibility_us = int(visibility_timeout * 1e6)
         self._max_receives = max_receives
         self._poll = poll_interval
+        self._active_until = 0.0  # monotonic: polling at poll_interval until then
         self._insert = db.direct(queue_messages.insert(),
                                  ("queue", "body", "visible_at", "receive_count", "created_at"))
-        # Wakes a waiting receive in this process as soon as this process sends.
+        # Wakes a waiting receive in this process once this process's messages are committed,
+        # and in others through the doorbell.
         self._arrived = asyncio.Event()
         # Every receive and acknowledgement runs these: built once.
         visible = (queue_messages.c.queue == self._name,
@@ -74,18 +88,38 @@ class LocalQueue:
         await self._insert.many(conn, [
             {"queue": self._name, "body": b, "visible_at": now, "receive_count": 0,
              "created_at": now} for b in bodies])
+        self._db.after_commit(conn, self._committed)  # a receiver woken before would find nothing
+
+    def _rung(self) -> None:
+        """Another process committed messages: wake an idle receiver (an active one polls)."""
+        if asyncio.get_running_loop().time() >= self._active_until:
+            self._arrived.set()
+
+    def _committed(self) -> None:
         self._arrived.set()
+        if self._doorbell is not None:
+            self._doorbell.ring()
 
     async def receive(self, max_messages: int, wait_seconds: float) -> list[QueuedMessage]:
-        deadline = asyncio.get_running_loop().time() + wait_seconds
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        listening = self._doorbell is not None and (self._doorbell.listening
+                                                    or self._doorbell.listen(self._rung))
         while True:
             self._arrived.clear()
             messages = await self._take(max_messages)
-            remaining = deadline - asyncio.get_running_loop().time()
-            if messages or remaining <= 0:
+            now = loop.time()
+            if messages:
+                self._active_until = now + ACTIVE_FOR
                 return messages
+            remaining = deadline - now
+            if remaining <= 0:
+                return messages
+            poll = self._poll
+            if listening and now >= self._active_until:
+                poll = max(poll, POLL_WHEN_LISTENING)
             try:
-                await asyncio.wait_for(self._arrived.wait(), min(self._poll, remaining))
+                await asyncio.wait_for(self._arrived.wait(), min(poll, remaining))
             except TimeoutError:
                 pass
 
@@ -206,4 +240,5 @@ class LocalQueue:
                           dead_letters=int(dead))
 
     async def close(self) -> None:
-        return None
+        if self._doorbell is not None:
+            self._doorbell.close()

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,6 +30,7 @@ __all__ = ["Database", "RowsInsert"]
 
 _BEGIN = "dispatcher_begin"  # the execution option: the statement a write transaction starts with
 _BUSY_TIMEOUT_MS = 60_000
+_AFTER_COMMIT = "dispatcher_after_commit"  # a write transaction's callbacks, in conn.info
 _SCHEMA_LOCK = 0x6E6F7469  # any constant shared by every dispatcher process
 
 
@@ -61,6 +63,11 @@ class Database:
         self._writer = self.engine.execution_options(**{_BEGIN: BEGIN_IMMEDIATE})
         self._many_rows_writer = self.engine.execution_options(**{_BEGIN: BEGIN_IMMEDIATE_MANY_ROWS})
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        #: The SQLite database's file (None: PostgreSQL, or SQLite in memory).
+        self.sqlite_file: Path | None = None
+        name = self.engine.url.database
+        if self.dialect == "sqlite" and name and name != ":memory:" and not name.startswith("file:"):
+            self.sqlite_file = Path(name)
 
     @asynccontextmanager
     async def write(self, *, many_rows: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -73,12 +80,33 @@ class Database:
         driver's thread, so this process's event loop goes on meanwhile (the others'
         statements run on it while they hold the lock: ``dispatcher.store.sqlite_driver``)."""
         writer = self._many_rows_writer if many_rows else self._writer
+        committed: list[Callable[[], None]] = []
         if self._write_lock is None:
             async with writer.begin() as conn:
-                yield conn
-            return
-        async with self._write_lock, writer.begin() as conn:
-            yield conn
+                conn.info[_AFTER_COMMIT] = committed
+                try:
+                    yield conn
+                finally:
+                    del conn.info[_AFTER_COMMIT]
+        else:
+            async with self._write_lock, writer.begin() as conn:
+                conn.info[_AFTER_COMMIT] = committed
+                try:
+                    yield conn
+                finally:
+                    del conn.info[_AFTER_COMMIT]
+        for callback in committed:  # only once the transaction has committed
+            callback()
+
+    @staticmethod
+    def after_commit(conn: AsyncConnection, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the :meth:`write` transaction of ``conn`` has committed (not
+        at all if it rolls back); at once outside such a transaction."""
+        pending = conn.info.get(_AFTER_COMMIT)
+        if pending is None:
+            callback()
+        elif callback not in pending:
+            pending.append(callback)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import pytest
+
 from dispatcher.queue.local import LocalQueue
 from dispatcher.runtime import Runtime
 
+_made: list[LocalQueue] = []
+
+
+@pytest.fixture(autouse=True)
+async def _closed() -> AsyncIterator[None]:
+    """Each queue made here is closed after its test (its doorbell's socket removed)."""
+    yield
+    while _made:
+        await _made.pop().close()
+
 
 def queue(runtime: Runtime, **kwargs: float) -> LocalQueue:
-    return LocalQueue(runtime.store.db, name="test", **kwargs)
+    made = LocalQueue(runtime.store.db, name="test", **kwargs)
+    _made.append(made)
+    return made
 
 
 async def test_a_received_message_is_hidden_until_acknowledged_or_timed_out(runtime: Runtime) -> None:
