@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from transport.pool import HttpClient, HttpTransportError
+from transport.pool import HttpClient, HttpTransportError, Origin, Response
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -262,14 +262,22 @@ async def test_no_answer_in_time_is_a_timeout_and_the_next_request_gets_a_new_co
     assert len(set(server.peers)) == 2  # the timed-out connection was not reused
 
 
+async def held_by_a_slow_request(origin: Origin, server: Recorder,
+                                  body: bytes) -> asyncio.Future[Response]:
+    """A request to ``/slow`` that the server answers after a second, returned once the server
+    has it (so it holds a connection and a slot)."""
+    server.delay = 1.0
+    slow = asyncio.ensure_future(origin.request("POST", "/slow", {}, body, timeout=5))
+    while not server.requests:
+        await asyncio.sleep(0.01)
+    return slow
+
+
 @on_both_loops
 async def test_waiting_for_a_connection_counts_against_the_timeout() -> None:
     async with recorder() as (server, url), HttpClient(limit=1) as http:
         origin = http.origin(url)
-        server.delay = 1.0
-        slow = asyncio.ensure_future(origin.request("POST", "/slow", {}, b"s", timeout=5))
-        while not server.requests:
-            await asyncio.sleep(0.01)
+        slow = await held_by_a_slow_request(origin, server, b"s")
         with pytest.raises(HttpTransportError) as caught:  # the only connection is busy
             await origin.request("POST", "/queued", {}, b"q", timeout=0.1)
         server.delay = 0
@@ -286,10 +294,7 @@ async def test_waiting_for_a_connection_counts_against_the_timeout() -> None:
 async def test_a_cancelled_request_does_not_leave_its_connection_to_the_next() -> None:
     async with recorder() as (server, url), HttpClient(limit=1) as http:
         origin = http.origin(url)
-        server.delay = 1.0
-        slow = asyncio.ensure_future(origin.request("POST", "/slow", {}, b"", timeout=5))
-        while not server.requests:
-            await asyncio.sleep(0.01)
+        slow = await held_by_a_slow_request(origin, server, b"")
         slow.cancel()
         server.delay = 0
         after = await origin.request("POST", "/fast", {}, b"z", timeout=5)
