@@ -9,6 +9,7 @@ thread per statement (:mod:`dispatcher.store.sqlite_driver`); write transactions
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -31,6 +32,7 @@ __all__ = ["Database", "RowsInsert"]
 _BEGIN = "dispatcher_begin"  # the execution option: the statement a write transaction starts with
 _BUSY_TIMEOUT_MS = 60_000
 _AFTER_COMMIT = "dispatcher_after_commit"  # a write transaction's callbacks, in conn.info
+_NO_LOCK = contextlib.nullcontext()  # PostgreSQL's writers don't queue in the process
 _SCHEMA_LOCK = 0x6E6F7469  # any constant shared by every dispatcher process
 
 
@@ -81,20 +83,12 @@ class Database:
         statements run on it while they hold the lock: ``dispatcher.store.sqlite_driver``)."""
         writer = self._many_rows_writer if many_rows else self._writer
         committed: list[Callable[[], None]] = []
-        if self._write_lock is None:
-            async with writer.begin() as conn:
-                conn.info[_AFTER_COMMIT] = committed
-                try:
-                    yield conn
-                finally:
-                    del conn.info[_AFTER_COMMIT]
-        else:
-            async with self._write_lock, writer.begin() as conn:
-                conn.info[_AFTER_COMMIT] = committed
-                try:
-                    yield conn
-                finally:
-                    del conn.info[_AFTER_COMMIT]
+        async with self._write_lock or _NO_LOCK, writer.begin() as conn:
+            conn.info[_AFTER_COMMIT] = committed
+            try:
+                yield conn
+            finally:
+                del conn.info[_AFTER_COMMIT]
         for callback in committed:  # only once the transaction has committed
             callback()
 
