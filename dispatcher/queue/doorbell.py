@@ -13,10 +13,12 @@ lately polls as before: :class:`~dispatcher.queue.local.LocalQueue`). Rings are 
 the only way a message is found: receivers still poll, seldom (:data:`POLL_WHEN_LISTENING`), so
 a lost ring costs at most that long, and a message is taken by whoever reads it first.
 
-A socket left by a killed process refuses rings; the ringer removes it. The folder is in the
-temporary directory (a socket's path must fit in 108 bytes, which a database's own folder may
-not allow), private to the user (mode 0700), and named by a hash of the database's real path,
-so that processes sharing a file find each other and others don't.
+A socket left by a killed process refuses rings; the ringer removes it. The folder is beside
+the database (``.dispatcher.db.queue`` for ``dispatcher.db``: processes in containers that
+share the database's volume share it too), or, when a socket's path there would not fit in
+the 108 bytes Unix allows, in the temporary directory, named by a hash of the database's real
+path; either way private to the user (mode 0700), so that processes sharing a file find each
+other and others don't.
 """
 
 from __future__ import annotations
@@ -44,6 +46,17 @@ POLL_WHEN_LISTENING: Final = 1.0
 #: How long a ringer trusts its list of the folder's sockets (new receivers are found after this).
 _LIST_FOR: Final = 1.0
 _SUFFIX: Final = ".sock"
+#: The longest socket name made here (Linux's largest pid), and what ``sun_path`` holds.
+_LONGEST_NAME: Final = f"4194304-{'0' * 8}{_SUFFIX}"
+_SUN_PATH: Final = 107
+
+
+def _folder(database: Path) -> Path:
+    beside = database.parent / f".{database.name}.queue"
+    if len(os.fsencode(beside / _LONGEST_NAME)) <= _SUN_PATH:
+        return beside
+    digest = hashlib.sha256(str(database).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"dispatcher-queue-{digest}"
 
 
 class Doorbell:
@@ -51,8 +64,7 @@ class Doorbell:
     :meth:`ring` after a commit that enqueued."""
 
     def __init__(self, database: Path, *, folder: Path | None = None) -> None:
-        digest = hashlib.sha256(str(database.resolve()).encode()).hexdigest()[:16]
-        self.folder = folder or Path(tempfile.gettempdir()) / f"dispatcher-queue-{digest}"
+        self.folder = folder or _folder(database.resolve())
         self._socket: socket.socket | None = None
         self._path: Path | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -95,6 +96,14 @@ async def test_without_a_folder_to_listen_in_receivers_go_on_polling(tmp_path: P
     assert doorbell.listen(lambda: None) is False
     assert doorbell.listening is False
     doorbell.ring()  # and ringing is harmless
+
+
+def test_the_folder_is_beside_the_database_unless_a_socket_path_there_is_too_long() -> None:
+    assert Doorbell(Path("/data/dispatcher.db")).folder == Path("/data/.dispatcher.db.queue")
+    deep = Path("/" + "d" * 100) / "dispatcher.db"
+    far = Doorbell(deep).folder
+    assert far.parent == Path(tempfile.gettempdir()) and far.name.startswith("dispatcher-queue-")
+    assert Doorbell(deep).folder == far  # every process of that database finds the same one
 
 
 async def test_after_commit_callbacks_run_once_committed_and_never_on_rollback(
