@@ -256,12 +256,9 @@ class Sender:
                 self._slots.give()
 
     async def _attempt(self, key: RowKey, messages: list[Message]) -> _Attempt:
+        results: list[Receipt | TransientError | PermanentError]
         if len(messages) == 1:  # nearly every row: one address, sent in this task
-            result = await self._send_one(messages[0])
-            if isinstance(result, Receipt):
-                return _Attempt(RowState(key, DeliveryStatus.SENT, None, None,
-                                         result.provider_message_id), [], None, [])
-            results: list[Receipt | TransientError | PermanentError] = [result]
+            results = [await self._send_one(messages[0])]
         else:
             results = await asyncio.gather(*(self._send_one(m) for m in messages))
         receipts = [r for r in results if isinstance(r, Receipt)]

@@ -101,18 +101,16 @@ class Doorbell:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            for attempt in (1, 2):
+            self.folder.mkdir(mode=0o700, exist_ok=True)
+            try:
+                sock.bind(str(path))
+            except FileNotFoundError:  # the last listener out removed the folder meanwhile
                 self.folder.mkdir(mode=0o700, exist_ok=True)
-                try:
-                    sock.bind(str(path))
-                    return sock
-                except FileNotFoundError:
-                    if attempt == 2:  # the last listener out removed the folder meanwhile
-                        raise
+                sock.bind(str(path))
         except BaseException:
             sock.close()
             raise
-        raise AssertionError("unreachable")
+        return sock
 
     def ring(self) -> None:
         """Wake every other listener of this database on this machine (best effort)."""
@@ -176,9 +174,7 @@ class Doorbell:
         while True:  # every ring queued so far: one wake-up
             try:
                 sock.recv(64)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
+            except OSError:  # nothing more to read (BlockingIOError), or nothing readable
                 break
             rang = True
         if rang:

@@ -103,8 +103,7 @@ class LocalQueue:
     async def receive(self, max_messages: int, wait_seconds: float) -> list[QueuedMessage]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
-        listening = self._doorbell is not None and (self._doorbell.listening
-                                                    or self._doorbell.listen(self._rung))
+        listening = self._doorbell is not None and self._doorbell.listen(self._rung)
         while True:
             self._arrived.clear()
             messages = await self._take(max_messages)

@@ -123,7 +123,7 @@ class LedgerStore:
             .values(status=_SENDING, claim_token=sa.bindparam("b_token"),
                     claimed_at=sa.bindparam("b_now"), attempts=deliveries.c.attempts + 1,
                     updated_at=sa.bindparam("b_now")))
-        # A batch of one notification's rows of one channel (a bulk's: nearly every claim).
+        # A claim of one notification's rows of one channel at one version.
         self._claim_users = db.direct(
             deliveries.update()
             .where(deliveries.c.notification_id == sa.bindparam("b_nid"),
@@ -390,25 +390,16 @@ class LedgerStore:
         if not groups:
             return set()
         now = now_us()
-        if len(groups) == 1:
-            [((nid, version, channel), users)] = groups.items()
-            async with self._db.write() as conn:
-                won = await self._claim_users.rows(conn, {
+        won: set[RowKey] = set()
+        # Per (notification, version, channel) its users, on the primary key: one prepared
+        # statement, run once per group (a bulk's batch is one group; a unit's, a few).
+        async with self._db.write() as conn:
+            for (nid, version, channel), users in groups.items():
+                claimed = await self._claim_users.rows(conn, {
                     "b_nid": nid, "b_version": version, "b_channel": channel, "b_users": users,
                     "b_token": token, "b_now": now})
-            return {RowKey(nid, r["user_id"], channel) for r in won}
-        # One statement: per (notification, version, channel) the users, on the primary key.
-        matches = [sa.and_(deliveries.c.notification_id == nid, deliveries.c.version == version,
-                           deliveries.c.channel == channel, deliveries.c.user_id.in_(users))
-                   for (nid, version, channel), users in groups.items()]
-        async with self._db.write() as conn:
-            result = await conn.execute(
-                deliveries.update()
-                .where(sa.or_(*matches), deliveries.c.status == _PENDING)
-                .values(status=_SENDING, claim_token=token, claimed_at=now,
-                        attempts=deliveries.c.attempts + 1, updated_at=now)
-                .returning(deliveries.c.notification_id, deliveries.c.user_id, deliveries.c.channel))
-            return {RowKey(*r) for r in result}
+                won.update(RowKey(nid, r["user_id"], channel) for r in claimed)
+        return won
 
     async def unfinished(self, notification_id: str, user_ids: Sequence[str]) -> list[Unfinished]:
         """These users' rows of the notification that are not final yet."""
