@@ -165,9 +165,9 @@ async def test_a_rest_json_body_given_as_bytes_is_sent_as_is(
         http: HttpClient, server: AwsProtocolServer) -> None:
     client = local_client(http, server.url + "/", service="ses")
 
-    await client.rest_json("POST", "/v2/email/outbound-emails", b'{"Subject":"\u00e9t\u00e9"}')
+    await client.rest_json("POST", "/v2/email/outbound-emails", rb'{"Subject":"\u00e9t\u00e9"}')
 
-    assert server.requests[0].body == b'{"Subject":"\u00e9t\u00e9"}'
+    assert server.requests[0].body == rb'{"Subject":"\u00e9t\u00e9"}'
     assert server.requests[0].json() == {"Subject": "été"}
     assert server.requests[0].headers["content-type"] == "application/json"
     assert signature_matches(server.requests[0], SECRET)
