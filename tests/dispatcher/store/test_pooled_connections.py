@@ -1,5 +1,6 @@
 """A pooled PostgreSQL connection whose server side is gone (a restart, a killed backend) is
-found out at checkout and replaced: the caller gets a live connection, not an error."""
+found out at checkout and replaced: the caller gets a live connection, not an error; a live
+one is used again."""
 
 from __future__ import annotations
 
@@ -33,5 +34,15 @@ async def test_a_pooled_connection_whose_backend_died_is_replaced_before_use(pos
         first = await _backend_pid(db)
         _terminate(first)
         assert await _backend_pid(db) != first  # no error: the checkout's ping found it dead
+    finally:
+        await db.close()
+
+
+async def test_a_live_pooled_connection_is_used_again(postgres_url: str) -> None:
+    db = Database(postgres_url)
+    try:
+        first = await _backend_pid(db)
+        for _ in range(5):
+            assert await _backend_pid(db) == first
     finally:
         await db.close()
