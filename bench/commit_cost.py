@@ -63,8 +63,8 @@ async def _one(commits: int, size: int, synchronous: str) -> dict[str, Any]:
 
 class StatementCount:
     """The statements SQLAlchemy sends on ``db``'s engine (an executemany counts once); ``n``.
-    On SQLite, those run straight on its connection inside a write transaction
-    (``dispatcher.store.direct``) don't pass the engine and aren't counted."""
+    Those run straight on the driver's connection (``dispatcher.store.direct``: SQLite's inside
+    a write transaction, psycopg's) don't pass the engine and aren't counted."""
 
     def __init__(self, db: Database) -> None:
         self.n = 0

@@ -9,8 +9,9 @@ planning, queue or provider, ``--units`` times per batch size (after 20 to warm 
 fresh SQLite file or a fresh PostgreSQL database, and reports per notification (its four rows
 and its update's two) the process's CPU (every thread), the PostgreSQL backends' CPU (the
 server processes of this run's database, read with psutil by ``ResourceMonitor``), the wall time, and the
-statements SQLAlchemy's engine sent (on SQLite, only the ``BEGIN`` of each write transaction:
-the rest run straight on its connection). Run it before and after a change to the store: per
+statements SQLAlchemy's engine sent (the rest run straight on the driver's connection,
+``dispatcher.store.direct``: on SQLite the engine sends only each write transaction's
+``BEGIN``; on PostgreSQL, since 2026-12-01, nothing). Run it before and after a change to the store: per
 notification, and in process, it separates a change of a few per cent that the open-loop runs'
 noise hides.
 """

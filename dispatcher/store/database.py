@@ -87,11 +87,14 @@ class Database:
         writer = self._many_rows_writer if many_rows else self._writer
         committed: list[Callable[[], None]] = []
         async with self._write_lock or _NO_LOCK, writer.begin() as conn:
-            conn.info[_AFTER_COMMIT] = committed
+            # The pooled connection's own dict: ``conn.info`` itself raises once a disconnect
+            # has invalidated ``conn``, which would hide the disconnect's error.
+            info = conn.info
+            info[_AFTER_COMMIT] = committed
             try:
                 yield conn
             finally:
-                del conn.info[_AFTER_COMMIT]
+                del info[_AFTER_COMMIT]
         for callback in committed:  # only once the transaction has committed
             callback()
 
@@ -121,9 +124,9 @@ class Database:
         return RowsInsert(self, table, columns, finish)
 
     def direct(self, statement: Any, keys: Sequence[str] | None = None) -> Direct:
-        """``statement``, run straight on SQLite's connection inside this process's write
-        transactions (see :class:`~dispatcher.store.direct.Direct`); ``keys``: an INSERT's
-        columns."""
+        """``statement``, run straight on the driver's connection (SQLite's inside this
+        process's write transactions, psycopg's in any; see
+        :class:`~dispatcher.store.direct.Direct`); ``keys``: an INSERT's columns."""
         return Direct(statement, self.engine.dialect, keys)
 
     async def create_schema(self) -> None:
@@ -190,45 +193,44 @@ class RowsInsert:
     and which costs less than thirteen one-item arrays. The casts name each column's type
     without its length, so an over-long value fails as it did in ``VALUES``, not silently
     truncated. On SQLite the rows go straight to SQLite's connection inside a write
-    transaction (:class:`~dispatcher.store.direct.Direct`: executemany, or one execution per
-    row for ``RETURNING``), else as SQLAlchemy's executemany.
+    transaction (executemany, or one execution per row for ``RETURNING``), else as
+    SQLAlchemy's executemany. Either way through :class:`~dispatcher.store.direct.Direct`.
     """
 
     def __init__(self, db: Database, table: sa.Table, columns: Sequence[str],
                  finish: Callable[[Any], Any]) -> None:
-        self._one: sa.Insert = finish(db.insert(table))
+        self._one: Direct = db.direct(finish(db.insert(table)), columns)
         self._unnest: _Unnest | None = None
-        self._direct: Direct | None = None
+        self._from_arrays: Direct | None = None
         if db.dialect != "postgresql":
-            self._direct = db.direct(self._one, columns)
             return
         self._unnest = _Unnest({name: table.c[name].type for name in columns})
         source = self._unnest.source
-        self._from_arrays: sa.Insert = finish(db.insert(table).from_select(
-            list(columns), sa.select(*(source.c[name] for name in columns))))
+        self._from_arrays = db.direct(finish(db.insert(table).from_select(
+            list(columns), sa.select(*(source.c[name] for name in columns)))))
 
     async def run(self, conn: AsyncConnection, rows: Sequence[Mapping[str, object]]) -> None:
         """Insert ``rows`` (each with every one of the columns)."""
-        if self._direct is not None:
-            await self._direct.many(conn, rows)
+        if self._unnest is None:
+            await self._one.many(conn, rows)
         elif rows:
             await self._execute(conn, rows)
 
     async def returned(self, conn: AsyncConnection,
                        rows: Sequence[Mapping[str, object]]) -> list[dict[str, Any]]:
         """Insert ``rows``; what its ``RETURNING`` gave, as dicts."""
-        if self._direct is not None:
-            return await self._direct.each(conn, rows)
+        if self._unnest is None:
+            return await self._one.each(conn, rows)
         if not rows:
             return []
-        return [dict(r._mapping) for r in await self._execute(conn, rows)]
+        return await self._execute(conn, rows)
 
     async def _execute(self, conn: AsyncConnection,
-                       rows: Sequence[Mapping[str, object]]) -> sa.CursorResult[Any]:
-        assert self._unnest is not None
+                       rows: Sequence[Mapping[str, object]]) -> list[dict[str, Any]]:
+        assert self._unnest is not None and self._from_arrays is not None
         if len(rows) == 1:
-            return await conn.execute(self._one, dict(rows[0]))
-        return await conn.execute(self._from_arrays, self._unnest.params(rows))
+            return await self._one.rows(conn, rows[0])
+        return await self._from_arrays.rows(conn, self._unnest.params(rows))
 
 
 class _Unnest:

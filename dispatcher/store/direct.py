@@ -1,20 +1,29 @@
-"""Statements that run straight on SQLite's connection inside this process's write transaction.
+"""Statements that run straight on the driver's connection inside a transaction.
 
 SQLAlchemy's execution of a statement (a greenlet for the async connection, the compiled
 cache's key, an execution context, parameter and result set-up, the async adapter's cursor)
-costs tens of microseconds of Python around what SQLite itself does in a few: in the gateway's
-commit of one request (``python -m bench commit``), SQLite's own work was about 3 % of the
-process's time and SQLAlchemy's machinery around four statements about 40 %. The gateway makes
-that commit for every batch of requests, on the event loop that also parses them.
+costs tens of microseconds of Python around what the database itself does in a few: in the
+gateway's commit of one request (``python -m bench commit``), SQLite's own work was about 3 %
+of the process's time and SQLAlchemy's machinery around four statements about 40 %. The
+gateway makes that commit for every batch of requests, on the event loop that also parses
+them; a worker's unit of work runs about sixteen such statements.
 
-:class:`Direct` is a Core statement compiled once for SQLite. While the connection it is given
-holds the write lock (:class:`~dispatcher.store.sqlite_driver.FusedConnection`: its statements
-run in the caller's thread anyway), it binds the parameters with the statement's own bind
-processors (JSON serialised as SQLAlchemy would), runs the compiled SQL on the ``sqlite3``
-connection, and reads the rows with the columns' result processors. Anywhere else (PostgreSQL,
-or a SQLite connection not writing) it is ``conn.execute`` of the same statement. SQLite's
-errors come out as SQLAlchemy's (:meth:`sqlalchemy.exc.DBAPIError.instance`), as they would
-through the engine: the API's 503 for an unavailable store still applies.
+:class:`Direct` is a Core statement compiled once for the engine's dialect. It binds the
+parameters with the statement's own bind processors (JSON serialised as SQLAlchemy would),
+runs the compiled SQL on the driver's connection, and reads the rows with the columns' result
+processors:
+
+* SQLite: while the connection holds the write lock
+  (:class:`~dispatcher.store.sqlite_driver.FusedConnection`: its statements run in the
+  caller's thread anyway), on the ``sqlite3`` connection; anywhere else (a SQLite connection
+  not writing) it is ``conn.execute`` of the same statement.
+* PostgreSQL: on psycopg's connection under ``conn``, awaited on the event loop like
+  SQLAlchemy's own execution, in the same transaction (psycopg begins it at the first
+  statement and SQLAlchemy commits or rolls it back as before).
+
+The driver's errors come out as SQLAlchemy's (:meth:`sqlalchemy.exc.DBAPIError.instance`), as
+they would through the engine: the API's 503 for an unavailable store still applies, and a
+PostgreSQL connection found broken is invalidated, as the engine does.
 
 What the gateway's commit and the worker's units of work need: one statement with its rows
 (expanding ``IN`` parameters included), one per parameter set with their rows (an ``INSERT …
@@ -25,9 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any, cast
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -39,25 +49,33 @@ _Processor = Callable[[Any], Any] | None
 
 
 class Direct:
-    """``statement`` compiled for ``dialect`` when it is SQLite. ``keys``: an INSERT's
+    """``statement`` compiled for ``dialect`` (SQLite or PostgreSQL). ``keys``: an INSERT's
     columns, all given in every row (a column left out would miss its default here)."""
 
     def __init__(self, statement: Any, dialect: sa.Dialect, keys: Sequence[str] | None = None) -> None:
         self.statement = statement
+        self._dialect = dialect
         self._sqlite = dialect.name == "sqlite"
+        self._postgres = dialect.name == "postgresql" and dialect.driver == "psycopg"
         self._expanding = False
-        if not self._sqlite:
+        if not (self._sqlite or self._postgres):
             return
         compiled = statement.compile(dialect=dialect, column_keys=list(keys) if keys is not None else None)
         if compiled.insert_prefetch or compiled.update_prefetch:  # Python-side defaults: the engine's job
             raise ValueError(f"{statement!r} has columns with Python-side defaults: run it through the engine")
+        if compiled.escaped_bind_names:
+            raise ValueError(f"{statement!r} has bind names the dialect escapes: run it through the engine")
         self._compiled = compiled
         self._expanding = any(bind.expanding for bind in compiled.binds.values())
         self._sql: str = compiled.string
-        # Each positional parameter: its name and bind processor; and the constants the statement
-        # itself holds (``status == 'pending'``, ``attempts + 1``), already processed.
+        # Each parameter (in SQLite's order; PostgreSQL's are named): its name and bind
+        # processor; and the constants the statement itself holds (``status == 'pending'``,
+        # ``attempts + 1``), already processed.
+        names = compiled.positiontup if self._sqlite else list(dict.fromkeys(compiled.bind_names.values()))
+        processors = compiled._bind_processors
         self._binds: tuple[tuple[str, _Processor], ...] = tuple(
-            (name, compiled.binds[name].type.bind_processor(dialect)) for name in compiled.positiontup or ())
+            (name, processors.get(name)) for name in names or ()
+            if not compiled.binds[name].expanding)
         self._constants: dict[str, Any] = {}
         for name, processor in self._binds:
             bind = compiled.binds[name]
@@ -70,10 +88,16 @@ class Direct:
         columns: list[Any] = list(getattr(statement, "selected_columns", None)
                                   or getattr(statement, "exported_columns", None) or ())
         self._columns: tuple[tuple[str, _Processor], ...] = tuple(
-            (column.key, column.type.result_processor(dialect, None)) for column in columns)
+            (column.key, column.type._cached_result_processor(dialect, None)) for column in columns)
 
     async def rows(self, conn: AsyncConnection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Run once with ``params``; its rows as dicts by column key."""
+        if self._postgres and (pg := _psycopg(conn)) is not None:
+            sql, named = self._bound_named(params)
+            async with _as_sqlalchemys_pg(conn, pg, sql, named), pg.cursor() as cursor:
+                await cursor.execute(sql, named)
+                found = await cursor.fetchall() if cursor.description is not None else []
+            return [self._row(row) for row in found]
         raw = self._raw(conn)
         if raw is None:
             return [dict(row._mapping) for row in await conn.execute(self.statement, dict(params))]
@@ -87,6 +111,8 @@ class Direct:
         returns no rows); every run's rows, in order."""
         if not params:
             return []
+        if self._postgres:
+            return [row for p in params for row in await self.rows(conn, p)]
         raw = None if self._expanding else self._raw(conn)
         if raw is None:
             return [dict(row._mapping) for row in await conn.execute(self.statement, [dict(p) for p in params])]
@@ -103,6 +129,11 @@ class Direct:
     async def many(self, conn: AsyncConnection, params: Sequence[Mapping[str, Any]]) -> None:
         """Run once per item of ``params`` (a statement without rows)."""
         if not params:
+            return
+        if self._postgres and not self._expanding and (pg := _psycopg(conn)) is not None:
+            named = [self._named(p) for p in params]
+            async with _as_sqlalchemys_pg(conn, pg, self._sql, named), pg.cursor() as cursor:
+                await cursor.executemany(self._sql, named)
             return
         raw = None if self._expanding else self._raw(conn)
         if raw is None:
@@ -125,11 +156,25 @@ class Direct:
             for name, value in zip(state.positiontup or (), state.positional_parameters, strict=True))
         return state.statement, values
 
+    def _bound_named(self, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        if not self._expanding:
+            return self._sql, self._named(params)
+        state = self._compiled.construct_expanded_state(dict(params))
+        processors = state.processors
+        return state.statement, {name: value if (processor := processors.get(name)) is None else processor(value)
+                                 for name, value in state.parameters.items()}
+
     def _values(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         constants = self._constants
         return tuple(constants[name] if name in constants
                      else params[name] if processor is None else processor(params[name])
                      for name, processor in self._binds)
+
+    def _named(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        constants = self._constants
+        return {name: constants[name] if name in constants
+                else params[name] if processor is None else processor(params[name])
+                for name, processor in self._binds}
 
     def _row(self, row: Sequence[Any]) -> dict[str, Any]:
         return {key: value if processor is None else processor(value)
@@ -145,6 +190,15 @@ def _writing(conn: AsyncConnection) -> sqlite3.Connection | None:
     return driver.writing() if isinstance(driver, FusedConnection) else None
 
 
+def _psycopg(conn: AsyncConnection) -> psycopg.AsyncConnection[Any] | None:
+    """psycopg's connection under ``conn``, unless SQLAlchemy has closed or invalidated it."""
+    sync = conn.sync_connection
+    if sync is None or sync.closed or sync.invalidated:
+        return None
+    driver = sync.connection.driver_connection
+    return driver if isinstance(driver, psycopg.AsyncConnection) else None
+
+
 @contextlib.contextmanager
 def _as_sqlalchemys(sql: str, values: Any) -> Iterator[None]:
     """SQLite's errors as the engine raises them (sqlite3's IntegrityError as SQLAlchemy's…)."""
@@ -152,3 +206,18 @@ def _as_sqlalchemys(sql: str, values: Any) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise sa.exc.DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc
+
+
+@contextlib.asynccontextmanager
+async def _as_sqlalchemys_pg(conn: AsyncConnection, pg: psycopg.AsyncConnection[Any],
+                             sql: str, values: Any) -> AsyncIterator[None]:
+    """psycopg's errors as the engine raises them; a connection they left closed or broken is
+    invalidated, as the engine does with a disconnect (the pool then replaces it)."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        gone = pg.closed or pg.broken or conn.dialect.is_disconnect(cast(Any, exc), None, None)
+        if gone:
+            await conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(sql, values, exc, psycopg.Error, connection_invalidated=gone,
+                                         dialect=conn.dialect) from exc

@@ -1,16 +1,20 @@
-"""Statements run straight on SQLite's connection inside a write transaction
-(``dispatcher.store.direct``) do what the engine does with the same statement: the same rows,
-JSON written and read the same way, expanding ``IN`` lists, and SQLAlchemy's errors; outside a
-write transaction (and on PostgreSQL) they go through the engine."""
+"""Statements run straight on the driver's connection (``dispatcher.store.direct``: SQLite's
+inside a write transaction, psycopg's in any) do what the engine does with the same statement:
+the same rows, JSON written and read the same way, expanding ``IN`` lists, and SQLAlchemy's
+errors; on SQLite outside a write transaction they go through the engine. A PostgreSQL
+connection that dies under a direct statement is invalidated, as the engine does, and the
+next transaction gets a live one."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
+from support import POSTGRES_ADMIN_URL
 
 from dispatcher.store.database import Database
 from dispatcher.store.schema import notifications
@@ -52,15 +56,14 @@ async def test_rows_written_directly_read_back_as_the_engine_writes_them(db: Dat
         await update.many(conn, [{"b_id": "b", "b_data": {"by": "direct"}}])
         inside = await select.rows(conn, {"ids": ["a", "b", "missing"]})
     assert (made, again) == ([{"id": "a"}], [])
-    # On SQLite only BEGIN and the engine's own INSERT; on PostgreSQL all of them.
-    assert seen == (["BEGIN", "INSERT"] if db.dialect == "sqlite"
-                    else ["INSERT", "INSERT", "INSERT", "UPDATE", "SELECT"])
+    # Only the engine's own INSERT went through it (and SQLite's BEGIN).
+    assert seen == (["BEGIN", "INSERT"] if db.dialect == "sqlite" else ["INSERT"])
     expected = [{"id": "a", "data": data, "channels": ["email", "push"]},
                 {"id": "b", "data": {"by": "direct"}, "channels": ["email", "push"]}]
     assert inside == expected
     async with db.read() as conn:  # the engine reads what was written directly, and vice versa
         assert [dict(r._mapping) for r in await conn.execute(select.statement, {"ids": ["a", "b"]})] == expected
-        assert await select.rows(conn, {"ids": ["b", "a"]}) == expected  # outside a write: the engine
+        assert await select.rows(conn, {"ids": ["b", "a"]}) == expected  # SQLite: the engine
 
 
 async def test_a_failing_statement_raises_sqlalchemys_error_and_rolls_back(db: Database) -> None:
@@ -81,3 +84,26 @@ def test_an_insert_that_would_miss_a_column_or_a_default_is_refused_when_built(t
                             sa.Column("n", sa.Integer, default=5))
     with pytest.raises(ValueError, match="Python-side defaults"):  # the engine would fill n in
         db.direct(with_default.insert(), ("id",))
+
+
+@pytest.mark.parametrize("through", ["direct", "engine"])
+async def test_a_postgresql_connection_killed_in_a_write_is_the_stores_error_and_replaced(
+        postgres_url: str, through: str) -> None:
+    db = Database(postgres_url)
+    await db.create_schema()
+    pid = db.direct(sa.select(sa.func.pg_backend_pid().label("pid")))
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as raised:  # what the API answers 503 for
+            async with db.write() as conn:
+                killed = (await pid.rows(conn, {}))[0]["pid"]
+                with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (killed,))
+                if through == "direct":
+                    await pid.rows(conn, {})
+                else:
+                    await conn.execute(pid.statement)
+        assert raised.value.connection_invalidated
+        async with db.write() as conn:  # no error: the pool made a new connection
+            assert (await pid.rows(conn, {}))[0]["pid"] != killed
+    finally:
+        await db.close()
