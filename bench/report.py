@@ -174,12 +174,16 @@ def _cpu_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
 
 def _search_table(searches: dict[str, dict[str, Any]]) -> str:
     lines = ["| contender | steps: offered/s → accept p99 ms, end-to-end p99 ms, update p99 ms, "
-             "settled | sustainable notifications/s |", "|---|---|---|"]
+             "settled | sustainable notifications/s | at that rate, CPU ms per delivery: whole "
+             "machine (measured processes) |", "|---|---|---|---|"]
     for name, s in searches.items():
         steps = "; ".join(f"{_f(r['rate'])} → {_f(r['accept_p99_ms'])}, {_f(r['e2e_p99_ms'])}, "
                           f"{_f(r['update_p99_ms'])}, {_settled(r)} {'✓' if r['sustainable'] else '✗'}"
                           for r in s["steps"])
-        lines.append(f"| {name} | {steps} ({s['stopped']}) | **{_f(s['sustainable_rate'])}** |")
+        best = next((r for r in s["steps"] if r["sustainable"] and r["rate"] == s["sustainable_rate"]), None)
+        cpu = ("n/a" if best is None else f"{_f(best['machine_cpu_ms_per_delivery'], 2)} "
+               f"({_f(sum(best['cpu_ms_per_delivery'].values()), 2)})")
+        lines.append(f"| {name} | {steps} ({s['stopped']}) | **{_f(s['sustainable_rate'])}** | {cpu} |")
     return "\n".join(lines)
 
 
