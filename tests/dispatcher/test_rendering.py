@@ -326,3 +326,15 @@ def test_a_template_within_its_budget_renders_as_before(tmp_path: Path) -> None:
     root = write_template(tmp_path, "t", {"default/sms.txt": "{% for i in range(3) %}{{ i * 2 }}{% endfor %}"
                                                              "{{ 'ab' * 2 }}{{ 2 ** 8 }}"})
     assert TemplateRegistry(root, RenderBudget(0.5, 1000)).render("t", ["sms"], {}) == {"sms": {"text": "024abab256"}}
+
+
+def test_the_budget_is_the_renders_cpu_time_not_the_wall_clocks(tmp_path: Path) -> None:
+    """A render held up without working (here a call that blocks, as a thread waiting for the
+    GIL or a core on a busy machine does) is not over its budget: only its own CPU time is."""
+    from dispatcher.render_budget import RenderBudget
+
+    root = write_template(tmp_path, "t", {"default/sms.txt": (
+        "{{ blocked() }}{% for i in range(1000) %}{{ i % 2 }}{% endfor %}{{ blocked() }}!")})
+    registry = TemplateRegistry(root, RenderBudget(seconds=0.05, max_chars=10_000))
+    rendered = registry.render("t", ["sms"], {"blocked": lambda: time.sleep(0.1) or "b"})
+    assert rendered == {"sms": {"text": "b" + "01" * 500 + "b!"}}
