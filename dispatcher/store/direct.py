@@ -54,7 +54,6 @@ class Direct:
 
     def __init__(self, statement: Any, dialect: sa.Dialect, keys: Sequence[str] | None = None) -> None:
         self.statement = statement
-        self._dialect = dialect
         self._sqlite = dialect.name == "sqlite"
         self._postgres = dialect.name == "postgresql" and dialect.driver == "psycopg"
         self._expanding = False
@@ -72,7 +71,7 @@ class Direct:
         # processor; and the constants the statement itself holds (``status == 'pending'``,
         # ``attempts + 1``), already processed.
         names = compiled.positiontup if self._sqlite else list(dict.fromkeys(compiled.bind_names.values()))
-        processors = compiled._bind_processors
+        processors = compiled._bind_processors  # the engine's own: each bind's type as the dialect binds it
         self._binds: tuple[tuple[str, _Processor], ...] = tuple(
             (name, processors.get(name)) for name in names or ()
             if not compiled.binds[name].expanding)
@@ -88,6 +87,7 @@ class Direct:
         columns: list[Any] = list(getattr(statement, "selected_columns", None)
                                   or getattr(statement, "exported_columns", None) or ())
         self._columns: tuple[tuple[str, _Processor], ...] = tuple(
+            # The engine's own too (the dialect's implementation of each column's type).
             (column.key, column.type._cached_result_processor(dialect, None)) for column in columns)
 
     async def rows(self, conn: AsyncConnection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
