@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import event
 
 from dispatcher.model import HeaderUpdate
@@ -62,16 +63,37 @@ async def _one(commits: int, size: int, synchronous: str) -> dict[str, Any]:
 
 
 class StatementCount:
-    """The statements SQLAlchemy sends on ``db``'s engine (an executemany counts once); ``n``.
-    Those run straight on the driver's connection (``dispatcher.store.direct``: SQLite's inside
-    a write transaction, psycopg's) don't pass the engine and aren't counted."""
+    """The statements this process sends to ``db``'s database (an executemany counts once);
+    ``n``. On PostgreSQL every one, through the engine or straight on psycopg's connection
+    (``dispatcher.store.direct``): psycopg's cursors are counted, by a cursor factory set on
+    each pooled connection at checkout. On SQLite those SQLAlchemy's engine sends: the
+    statements run straight on SQLite's connection inside a write transaction aren't counted
+    (only each write transaction's ``BEGIN`` is)."""
 
     def __init__(self, db: Database) -> None:
         self.n = 0
-        event.listen(db.engine.sync_engine, "before_cursor_execute", self._count)
+        if db.dialect == "postgresql":
+            counting = _counting_cursor(self)
+            event.listen(db.engine.sync_engine.pool, "checkout",
+                         lambda dbapi_conn, *_: setattr(dbapi_conn.driver_connection, "cursor_factory", counting))
+        else:
+            event.listen(db.engine.sync_engine, "before_cursor_execute", self._count)
 
     def _count(self, *_: Any) -> None:
         self.n += 1
+
+
+def _counting_cursor(count: StatementCount) -> type[psycopg.AsyncCursor[Any]]:
+    class Counting(psycopg.AsyncCursor[Any]):
+        async def execute(self, *args: Any, **kwargs: Any) -> Any:
+            count.n += 1
+            return await super().execute(*args, **kwargs)
+
+        async def executemany(self, *args: Any, **kwargs: Any) -> None:
+            count.n += 1
+            await super().executemany(*args, **kwargs)
+
+    return Counting
 
 
 def _intakes(size: int) -> list[Intake]:

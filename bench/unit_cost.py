@@ -8,12 +8,12 @@ its push. This runs exactly those store calls (``LedgerStore.open`` and ``record
 planning, queue or provider, ``--units`` times per batch size (after 20 to warm up), on a
 fresh SQLite file or a fresh PostgreSQL database, and reports per notification (its four rows
 and its update's two) the process's CPU (every thread), the PostgreSQL backends' CPU (the
-server processes of this run's database, read with psutil by ``ResourceMonitor``), the wall time, and the
-statements SQLAlchemy's engine sent (the rest run straight on the driver's connection,
-``dispatcher.store.direct``: on SQLite the engine sends only each write transaction's
-``BEGIN``; on PostgreSQL, since 2026-12-01, nothing). Run it before and after a change to the store: per
-notification, and in process, it separates a change of a few per cent that the open-loop runs'
-noise hides.
+server processes of this run's database, read with psutil by ``ResourceMonitor``), the wall
+time, and the statements sent (``StatementCount``: on PostgreSQL every statement, also those
+run straight on psycopg's connection by ``dispatcher.store.direct``; on SQLite only those the
+engine sends, each write transaction's ``BEGIN``, the rest running straight on SQLite's
+connection). Run it before and after a change to the store: per notification, and in process,
+it separates a change of a few per cent that the open-loop runs' noise hides.
 """
 
 from __future__ import annotations
