@@ -33,7 +33,7 @@ async def test_a_pooled_connection_whose_backend_died_is_replaced_before_use(pos
     try:
         first = await _backend_pid(db)
         _terminate(first)
-        assert await _backend_pid(db) != first  # no error: the checkout's ping found it dead
+        assert await _backend_pid(db) != first  # no error: the checkout found it closed
     finally:
         await db.close()
 
