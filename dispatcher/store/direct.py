@@ -181,21 +181,23 @@ class Direct:
                 for (key, processor), value in zip(self._columns, row, strict=True)}
 
 
-def _writing(conn: AsyncConnection) -> sqlite3.Connection | None:
-    """SQLite's connection under ``conn`` while it holds the write lock, else None."""
+def _driver(conn: AsyncConnection) -> Any:
+    """The driver's connection under ``conn``, unless SQLAlchemy has closed or invalidated it."""
     sync = conn.sync_connection
     if sync is None or sync.closed or sync.invalidated:
         return None
-    driver = sync.connection.driver_connection
+    return sync.connection.driver_connection
+
+
+def _writing(conn: AsyncConnection) -> sqlite3.Connection | None:
+    """SQLite's connection under ``conn`` while it holds the write lock, else None."""
+    driver = _driver(conn)
     return driver.writing() if isinstance(driver, FusedConnection) else None
 
 
 def _psycopg(conn: AsyncConnection) -> psycopg.AsyncConnection[Any] | None:
-    """psycopg's connection under ``conn``, unless SQLAlchemy has closed or invalidated it."""
-    sync = conn.sync_connection
-    if sync is None or sync.closed or sync.invalidated:
-        return None
-    driver = sync.connection.driver_connection
+    """psycopg's connection under ``conn``, else None."""
+    driver = _driver(conn)
     return driver if isinstance(driver, psycopg.AsyncConnection) else None
 
 
