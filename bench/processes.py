@@ -70,7 +70,8 @@ def _answers(url: str) -> bool:
 
 
 def start_dispatcher(command: str, env: dict[str, str], folder: Path, name: str) -> Proc:
-    """``serve`` / ``gateway`` (waits for /healthz) or ``worker`` (waits for its start line)."""
+    """``serve`` / ``gateway`` (waits for /readyz: ``serve``'s worker processes started too) or
+    ``worker`` (waits for its start line)."""
     argv = [sys.executable, "-m", "dispatcher", "--log-level", "warning", command]
     if command == "worker":
         proc = _spawn(name, [sys.executable, "-m", "dispatcher", command], env, folder)
@@ -79,7 +80,7 @@ def start_dispatcher(command: str, env: dict[str, str], folder: Path, name: str)
     port = free_port()
     proc = _spawn(name, argv + ["--port", str(port)], env, folder)
     proc.url = f"http://127.0.0.1:{port}"
-    _wait(proc, lambda: _answers(f"{proc.url}/healthz"), "healthy")
+    _wait(proc, lambda: _answers(f"{proc.url}/readyz"), "ready")
     return proc
 
 

@@ -254,7 +254,8 @@ async def _serve(settings: Settings, *, deliver: bool = True) -> int:
                               log_level=_child_level())
     workers.start()
     reload.start(workers.send_signal)
-    app = create_app(runtime, owns_runtime=True, stop_workers=workers.stop)
+    app = create_app(runtime, owns_runtime=True, stop_workers=workers.stop,
+                     workers_started=workers.check_started)
     server = uvicorn.Server(server_config(app, settings))
     _settle_heap()
     # Shutdown (workers finish their chunks, the runtime closes) runs in the app's lifespan:
@@ -276,6 +277,7 @@ def _child_level() -> str | None:
 async def _worker(settings: Settings, parent_pid: int | None = None) -> int:
     from dispatcher.observability.metrics import serve_worker_metrics
     from dispatcher.runtime import Runtime
+    from dispatcher.worker_processes import say_started
 
     serve_worker_metrics(settings.host, settings.metrics_port if parent_pid is None else None)
     runtime = await Runtime.open(settings)
@@ -287,6 +289,7 @@ async def _worker(settings: Settings, parent_pid: int | None = None) -> int:
     watchdog = asyncio.create_task(_orphaned(parent_pid, stop)) if parent_pid else None
     log.info("worker started: %d chunks at once", settings.worker_concurrency)
     _settle_heap()
+    say_started()  # serve's /readyz waits for it
     try:  # the webhook sender runs beside the delivery loops (dispatcher.webhooks)
         await asyncio.gather(runtime.worker().run(stop), runtime.webhook_sender().run(stop))
     finally:

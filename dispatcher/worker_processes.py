@@ -12,6 +12,15 @@ starting, so a process that cannot start does not spin. Its chunks come back to 
 after the queue's visibility timeout, as after any crash. Without Redis each worker process
 sends its live events up a pipe the API process reads (:mod:`dispatcher.bus.pipe`).
 
+Each worker process also gets a pipe of its own (``DISPATCHER_STARTED_FD``) and writes one
+byte there once it takes chunks (its runtime open, its providers built: about a second of CPU
+on a small machine). Until every slot's first process has done so, :meth:`WorkerProcesses.
+check_started` raises and ``serve``'s ``/readyz`` answers 503: a new ``serve`` (a deploy, a
+restart) is ready when it can deliver what it accepts, and one whose workers cannot start
+(they keep dying at start) never becomes ready. A worker process that dies later and is
+started again does not make ``serve`` unready: its API goes on accepting, the queue holds
+the chunks.
+
 Children start with ``SIGHUP`` blocked (the signal mask survives ``fork`` and ``exec``): a
 hangup sent to a worker process while it starts stays pending until it can reload its
 templates, instead of killing it (:mod:`dispatcher.template_reload`).
@@ -30,7 +39,7 @@ from typing import Any
 
 from dispatcher.config import Settings
 
-__all__ = ["WorkerProcesses"]
+__all__ = ["WorkerProcesses", "WorkersStarting", "say_started"]
 
 log = logging.getLogger("dispatcher.workers")
 
@@ -38,6 +47,8 @@ log = logging.getLogger("dispatcher.workers")
 HEALTHY_SECONDS = 30.0
 #: Longest pause before starting again a worker process that keeps dying young.
 MAX_RESTART_DELAY = 30.0
+#: The environment variable naming a worker process's end of its "started" pipe.
+STARTED_FD = "DISPATCHER_STARTED_FD"
 #: Seconds to wait, once the worker processes have exited, for their last live events.
 STOP_GRACE = 5.0
 
@@ -56,6 +67,7 @@ class WorkerProcesses:
         self._argv = [sys.executable, "-m", "dispatcher", "worker", "--parent-pid", str(os.getpid())]
         self._argv += ["--log-level", log_level] if log_level else []
         self._children: list[subprocess.Popen[bytes] | None] = [None] * count
+        self._started: set[int] = set()  # slots whose worker process has said it takes chunks
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
 
@@ -63,6 +75,13 @@ class WorkerProcesses:
     def children(self) -> Sequence[subprocess.Popen[bytes]]:
         """The worker processes running now."""
         return [child for child in self._children if child is not None]
+
+    def check_started(self) -> None:
+        """Raise :class:`WorkersStarting` until every slot's worker process has once said it
+        takes chunks (``serve``'s readiness)."""
+        if len(self._started) < self._count:
+            raise WorkersStarting(
+                f"{self._count - len(self._started)} of {self._count} worker processes still starting")
 
     def start(self) -> None:
         """Start every worker process, each watched from now on (call on the running loop)."""
@@ -94,24 +113,45 @@ class WorkerProcesses:
         # The child inherits this thread's signal mask (the event loop's, the main thread):
         # SIGHUP blocked while it starts; a hangup for this process meanwhile waits here too.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        pipes = [os.pipe()] + ([os.pipe()] if self._relay is not None else [])
         try:
-            if self._relay is None:
-                child = subprocess.Popen(self._argv, env=self._env)
-            else:
-                ours, theirs = os.pipe()
-                try:
-                    child = subprocess.Popen(self._argv, env={**self._env, "DISPATCHER_BUS_FD": str(theirs)},
-                                             pass_fds=(theirs,))
-                except BaseException:
-                    os.close(ours)
-                    raise
-                finally:
-                    os.close(theirs)
-                self._keep(self._relay(ours))
+            env = {**self._env, STARTED_FD: str(pipes[0][1])}
+            if self._relay is not None:
+                env["DISPATCHER_BUS_FD"] = str(pipes[1][1])
+            child = subprocess.Popen(self._argv, env=env, pass_fds=[w for _, w in pipes])
+        except BaseException:
+            for r, _ in pipes:
+                os.close(r)
+            raise
         finally:
+            for _, w in pipes:
+                os.close(w)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        self._await_started(slot, pipes[0][0])
+        if self._relay is not None:
+            self._keep(self._relay(pipes[1][0]))
         self._children[slot] = child
         return child
+
+    def _await_started(self, slot: int, fd: int) -> None:
+        """Mark ``slot`` started when its process writes to ``fd``; close ``fd`` then, or when
+        the process ends without a word (the pipe's end of file)."""
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            try:
+                said = os.read(fd, 1)
+            except BlockingIOError:
+                return
+            except OSError:
+                said = b""
+            loop.remove_reader(fd)
+            os.close(fd)
+            if said:
+                self._started.add(slot)
+
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, readable)
 
     async def _restart_when_gone(self, slot: int, child: subprocess.Popen[bytes]) -> None:
         delay = 0.0
@@ -142,6 +182,25 @@ class WorkerProcesses:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class WorkersStarting(RuntimeError):
+    """``serve``'s worker processes have not all started yet."""
+
+
+def say_started() -> None:
+    """In a worker process of ``serve``: tell it this process takes chunks now (once; a
+    worker run by hand has no such pipe and nothing happens)."""
+    value = os.environ.pop(STARTED_FD, None)
+    if value is None:
+        return
+    try:
+        fd = int(value)
+        os.write(fd, b"1")
+        os.close(fd)
+    except (ValueError, OSError) as exc:  # set by hand, or the parent is gone
+        log.warning("could not tell the serve process this worker started (%s=%r): %s",
+                    STARTED_FD, value, exc)
 
 
 def _exit_reason(code: int) -> str:

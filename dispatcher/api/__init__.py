@@ -33,10 +33,12 @@ devices, preferences) with a JWT: both as `Authorization: Bearer …`. Every err
 
 
 def create_app(runtime: Runtime, *, owns_runtime: bool = False,
-               stop_workers: Callable[[], Awaitable[None]] | None = None) -> FastAPI:
+               stop_workers: Callable[[], Awaitable[None]] | None = None,
+               workers_started: Callable[[], None] | None = None) -> FastAPI:
     """``owns_runtime``: close the runtime at shutdown (the server's signal handling may not
     return to the caller). ``stop_workers``: stops ``dispatcher serve``'s worker processes
-    at shutdown, before the runtime closes (they finish the chunks in progress)."""
+    at shutdown, before the runtime closes (they finish the chunks in progress).
+    ``workers_started``: raises until they have all started (``/readyz`` answers 503)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -102,6 +104,8 @@ def create_app(runtime: Runtime, *, owns_runtime: bool = False,
     async def readyz() -> dict[str, Any]:
         try:
             await runtime.ready()
+            if workers_started is not None:
+                workers_started()
         except Exception as exc:
             raise ApiError(503, f"not ready: {type(exc).__name__}: {exc}") from None
         return {"status": "ready"}
