@@ -66,9 +66,10 @@ class StatementCount:
     """The statements this process sends to ``db``'s database (an executemany counts once);
     ``n``. On PostgreSQL every one, through the engine or straight on psycopg's connection
     (``dispatcher.store.direct``): psycopg's cursors are counted, by a cursor factory set on
-    each pooled connection at checkout. On SQLite those SQLAlchemy's engine sends: the
-    statements run straight on SQLite's connection inside a write transaction aren't counted
-    (only each write transaction's ``BEGIN`` is)."""
+    each pooled connection at checkout. On SQLite each transaction's ``BEGIN`` (the driver
+    may run it without the engine: ``FusedConnection.begin_here``) and the other statements
+    SQLAlchemy's engine sends: those run straight on SQLite's connection inside a write
+    transaction aren't counted."""
 
     def __init__(self, db: Database) -> None:
         self.n = 0
@@ -77,10 +78,15 @@ class StatementCount:
             event.listen(db.engine.sync_engine.pool, "checkout",
                          lambda dbapi_conn, *_: setattr(dbapi_conn.driver_connection, "cursor_factory", counting))
         else:
-            event.listen(db.engine.sync_engine, "before_cursor_execute", self._count)
+            event.listen(db.engine.sync_engine, "begin", self._count)
+            event.listen(db.engine.sync_engine, "before_cursor_execute", self._count_statement)
 
     def _count(self, *_: Any) -> None:
         self.n += 1
+
+    def _count_statement(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if not statement.startswith("BEGIN"):  # counted by the "begin" event
+            self.n += 1
 
 
 def _counting_cursor(count: StatementCount) -> type[psycopg.AsyncCursor[Any]]:

@@ -312,7 +312,11 @@ def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
         # 10, … up to 100 ms between tries, and with a gateway and worker processes writing
         # the same file every accept that met a worker's transaction waited tens of
         # milliseconds after the lock was free (bench small: accept p99 400 ms at 50/s).
-        conn.exec_driver_sql(conn.get_execution_options().get(_BEGIN, "BEGIN"))
+        # Started in this thread when it needs no wait (FusedConnection.begin_here); else the
+        # statement goes the usual way and the driver's thread waits for the lock.
+        begin = conn.get_execution_options().get(_BEGIN, "BEGIN")
+        if not conn.connection.driver_connection.begin_here(begin):
+            conn.exec_driver_sql(begin)
 
 
 def _switch_to_wal(cursor: Any, attempts: int = 100) -> None:

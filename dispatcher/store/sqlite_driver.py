@@ -23,8 +23,11 @@ many turns of a busy event loop, each waiting behind whatever else the process w
 at p99 for it. A statement inside a write transaction never waits for a lock (the writer
 already has the one it needs), so it runs at SQLite's speed on the event loop's thread; the
 loop is busy for that long, as it was for building the statement. ``BEGIN IMMEDIATE`` is
-tried there first too, without waiting; only when another writer holds the lock does the
-driver's thread wait for it. ``COMMIT`` goes to the driver's thread (with ``synchronous=FULL``
+tried there first too, without waiting (and without SQLAlchemy's execution of a statement:
+the engine's ``begin`` event calls :meth:`FusedConnection.begin_here`); only when another
+writer holds the lock does the driver's thread wait for it. A read transaction's deferred
+``BEGIN`` takes no lock and touches no file: it too starts in the caller's thread, a trip
+saved per read (its statements, which may be long, go to the driver's thread). ``COMMIT`` goes to the driver's thread (with ``synchronous=FULL``
 it waits for the disk), and the lock is free as soon as it is done there. A transaction that
 may touch thousands of rows (``BEGIN_IMMEDIATE_MANY_ROWS``: a cancel, a prune) keeps its
 statements in the driver's thread: an update of 40,000 ledger rows stopped the event loop for
@@ -89,6 +92,21 @@ class FusedConnection(aiosqlite.Connection):
             return None
         self._maybe_in_transaction = True
         return self._conn
+
+    def begin_here(self, sql: str) -> bool:
+        """Start a transaction in the caller's thread when that needs no wait: a deferred
+        ``BEGIN`` (it takes no lock), a ``BEGIN IMMEDIATE`` while no other process holds the
+        write lock. False: it must wait for the lock (:meth:`run` then waits in the driver's
+        thread). Saves a statement's way through SQLAlchemy's execution and, for ``BEGIN``,
+        a trip to the driver's thread."""
+        self._maybe_in_transaction = True
+        if sql == "BEGIN":
+            self._conn.execute(sql)
+            return True
+        if sql in (BEGIN_IMMEDIATE, BEGIN_IMMEDIATE_MANY_ROWS) and self._begin_immediate(wait=False):
+            self._writing = sql == BEGIN_IMMEDIATE
+            return True
+        return False
 
     async def commit(self) -> None:
         self._writing = False
