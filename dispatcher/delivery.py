@@ -26,6 +26,7 @@ from dispatcher.errors import ChannelNotInTemplate, ChunkNotSettled, PoisonMessa
 from dispatcher.feed import Feed
 from dispatcher.messages import ChunkMessage, encode_chunk
 from dispatcher.model import (
+    Channel,
     DeliveryStatus,
     HeaderUpdate,
     Held,
@@ -33,12 +34,11 @@ from dispatcher.model import (
     RowKey,
     RowState,
     Unfinished,
-    UserRecord,
     now_us,
 )
 from dispatcher.observability import rows_recorded, rows_settled
-from dispatcher.planning import ChunkPlan, Planner, channel_sets, header_update
-from dispatcher.rendering import TemplateRegistry
+from dispatcher.planning import ChannelSets, ChunkPlan, Planner, channel_sets, header_update
+from dispatcher.rendering import TemplateInfo, TemplateRegistry
 from dispatcher.sending import Outbound, Sender
 from dispatcher.store import Store
 
@@ -77,15 +77,27 @@ class Deliverer:
         or the error that stopped it (:class:`PoisonMessage`: to the DLQ; anything else:
         retry later). An error of the unit of work itself (the store unreachable) is raised."""
         results: list[Exception | None] = [None] * len(messages)
-        planned: list[tuple[int, ChunkPlan, HeaderUpdate]] = []
-        users = await self._store.users.load_many(
-            dict.fromkeys(r for m in messages for r in m.recipients))
-        suppressed = await self._store.suppressions.among(u.email for u in users.values() if u.email)
+        resolved: list[tuple[int, ChunkMessage, TemplateInfo, ChannelSets]] = []
         for i, message in enumerate(messages):
             try:
-                planned.append((i, *self._plan(message, users, suppressed)))
+                resolved.append((i, message, *self._resolve(message)))
             except PoisonMessage as exc:
                 results[i] = exc
+        users = await self._store.users.load_many(
+            dict.fromkeys(r for _, m, _, _ in resolved for r in m.recipients))
+        # The suppression list holds email addresses: asked only when this unit may email
+        # (an update of push and in-app rows asks nothing: a read transaction saved).
+        emailed = {user.email for _, m, _, sets in resolved if Channel.EMAIL.value in sets.all
+                   for r in m.recipients if (user := users.get(r)) is not None and user.email}
+        suppressed = await self._store.suppressions.among(emailed) if emailed else frozenset()
+        planned: list[tuple[int, ChunkPlan, HeaderUpdate]] = []
+        for i, message, template, sets in resolved:
+            try:
+                plan = self._planner.plan(message, template, sets, users, suppressed)
+            except PoisonMessage as exc:
+                results[i] = exc
+                continue
+            planned.append((i, plan, header_update(message, template, sets)))
         if not planned:
             return results
         plans = [plan for _, plan, _ in planned]
@@ -99,15 +111,13 @@ class Deliverer:
             results[i] = outcome
         return results
 
-    def _plan(self, message: ChunkMessage, users: Mapping[str, UserRecord],
-              suppressed: frozenset[str] = frozenset()) -> tuple[ChunkPlan, HeaderUpdate]:
+    def _resolve(self, message: ChunkMessage) -> tuple[TemplateInfo, ChannelSets]:
+        """``message``'s template and channels (:class:`PoisonMessage` when it can't have them)."""
         try:
             template = self._templates.info(message.template)
-            sets = channel_sets(message.channels, template)
+            return template, channel_sets(message.channels, template)
         except (UnknownTemplate, ChannelNotInTemplate) as exc:
             raise PoisonMessage(str(exc)) from None
-        plan = self._planner.plan(message, template, sets, users, suppressed)
-        return plan, header_update(message, template, sets)
 
     async def _open(self, plans: Sequence[ChunkPlan], headers: list[HeaderUpdate],
                     todo: Sequence[list[RowState]] | None = None) -> list[bool]:

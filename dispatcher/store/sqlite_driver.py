@@ -27,8 +27,9 @@ tried there first too, without waiting (and without SQLAlchemy's execution of a 
 the engine's ``begin`` event calls :meth:`FusedConnection.begin_here`); only when another
 writer holds the lock does the driver's thread wait for it. A read transaction's deferred
 ``BEGIN`` takes no lock and touches no file: it too starts in the caller's thread, a trip
-saved per read (its statements, which may be long, go to the driver's thread). ``COMMIT`` goes to the driver's thread (with ``synchronous=FULL``
-it waits for the disk), and the lock is free as soon as it is done there. A transaction that
+saved per read (its statements, which may be long, go to the driver's thread). ``COMMIT``
+goes to the driver's thread (with ``synchronous=FULL`` it waits for the disk), and the lock
+is free as soon as it is done there. A transaction that
 may touch thousands of rows (``BEGIN_IMMEDIATE_MANY_ROWS``: a cancel, a prune) keeps its
 statements in the driver's thread: an update of 40,000 ledger rows stopped the event loop for
 86-98 ms on the caller's thread, 43 ms from the driver's.

@@ -33,6 +33,8 @@ class SuppressionStore:
     async def among(self, addresses: Iterable[str]) -> frozenset[str]:
         """Which of ``addresses`` (as :func:`address_key` spells them) are suppressed."""
         keys = sorted({address_key(a) for a in addresses})
+        if not keys:
+            return frozenset()
         found: set[str] = set()
         async with self._db.read() as conn:
             for start in range(0, len(keys), 2000):

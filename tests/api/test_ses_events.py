@@ -120,6 +120,27 @@ async def test_a_hard_bounce_suppresses_the_address_until_it_is_lifted(
     assert (await send_email(client, runtime, "u2", "bob@example.com"))["status"] == "sent"
 
 
+async def test_a_unit_of_work_that_may_email_asks_the_suppression_list(
+        client: httpx.AsyncClient, runtime: Runtime, sns: FakeSns) -> None:
+    """The worker asks the list only for units that may email (an in-app notification does
+    not): an update naming no channels gives the rows a recipient lacks every channel of the
+    template, email included, and those addresses are checked."""
+    row = await send_email(client, runtime, "u1", "bob@example.com")
+    await post(client, sns.notification(ses_event("Bounce", row["provider_message_id"], "bob@example.com")))
+    assert (await client.put("/v1/users/u2", json={"email": "Bob@example.com"})).status_code == 200
+    nid = new_id()
+    body = {"id": nid, "template": "app-install", "data": {"app_name": "Foo"}}
+    first = await client.post("/v1/notifications", json=body | {"recipients": ["u1"], "channels": ["in_app"]})
+    assert first.status_code == 202, first.text
+    await runtime.worker().drain()
+    update = await client.post("/v1/notifications", json=body | {"recipients": ["u1", "u2"], "version": 2})
+    assert update.status_code == 202, update.text
+    await runtime.worker().drain()
+    items = (await client.get(f"/v1/notifications/{path_id(nid)}/deliveries")).json()["items"]
+    emails = sorted((i["user_id"], i["status"], i["reason"]) for i in items if i["channel"] == "email")
+    assert emails == [("u1", "skipped", "suppressed"), ("u2", "skipped", "suppressed")]
+
+
 async def test_a_bounce_published_before_the_lift_does_not_suppress_again(
         client: httpx.AsyncClient, runtime: Runtime, sns: FakeSns) -> None:
     """A captured signed bounce replayed after an operator lifted the address (or SNS
