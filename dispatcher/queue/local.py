@@ -125,7 +125,7 @@ class LocalQueue:
     async def _any_visible(self, now: int) -> bool:
         """A read, which never waits for SQLite's one writer: polling an empty queue (idle
         workers, a batch topping up) takes no write lock from the gateway's commits."""
-        async with self._db.read() as conn:
+        async with self._db.read(short=True) as conn:
             return (await conn.execute(self._peek, {"b_now": now})).first() is not None
 
     async def _take(self, max_messages: int) -> list[QueuedMessage]:

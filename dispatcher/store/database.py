@@ -26,7 +26,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from dispatcher.errors import ConfigurationError, Unavailable
 from dispatcher.store.direct import Direct
 from dispatcher.store.schema import add_missing_indexes, metadata
-from dispatcher.store.sqlite_driver import BEGIN_IMMEDIATE, BEGIN_IMMEDIATE_MANY_ROWS, connector
+from dispatcher.store.sqlite_driver import (
+    BEGIN_IMMEDIATE,
+    BEGIN_IMMEDIATE_MANY_ROWS,
+    BEGIN_SHORT_READ,
+    connector,
+)
 
 __all__ = ["Database", "RowsInsert"]
 
@@ -67,6 +72,8 @@ class Database:
             event.listen(self.engine.sync_engine.pool, "checkout", _refuse_if_closed_by_server)
         self._writer = self.engine.execution_options(**{_BEGIN: BEGIN_IMMEDIATE})
         self._many_rows_writer = self.engine.execution_options(**{_BEGIN: BEGIN_IMMEDIATE_MANY_ROWS})
+        self._short_reader = (self.engine.execution_options(**{_BEGIN: BEGIN_SHORT_READ})
+                              if self.dialect == "sqlite" else self.engine)
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         #: The SQLite database's file (None: PostgreSQL, or SQLite in memory).
         self.sqlite_file: Path | None = None
@@ -109,8 +116,12 @@ class Database:
             pending.append(callback)
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
+    async def read(self, *, short: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A read transaction. ``short``: a few rows by their keys (a unit of work's users, the
+        queue's next message): on SQLite its statements run in the caller's thread, with no
+        trip to the driver's (``dispatcher.store.sqlite_driver``); a read that may be long
+        (a listing, a count) must not say so."""
+        async with (self._short_reader if short else self.engine).connect() as conn:
             yield conn
 
     def insert(self, table: sa.Table) -> Any:

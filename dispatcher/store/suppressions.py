@@ -36,7 +36,7 @@ class SuppressionStore:
         if not keys:
             return frozenset()
         found: set[str] = set()
-        async with self._db.read() as conn:
+        async with self._db.read(short=True) as conn:  # a chunk's addresses, by their keys
             for start in range(0, len(keys), 2000):
                 rows = await conn.execute(sa.select(suppressions.c.address)
                                           .where(suppressions.c.address.in_(keys[start:start + 2000])))

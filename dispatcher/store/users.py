@@ -42,7 +42,7 @@ class UserStore:
         ids = list(dict.fromkeys(user_ids))
         if not ids:
             return {}
-        async with self._db.read() as conn:
+        async with self._db.read(short=True) as conn:  # a chunk's recipients, by their keys
             user_rows = (await conn.execute(sa.select(users).where(users.c.id.in_(ids)))).all()
             query = sa.select(devices).where(devices.c.user_id.in_(ids))
             if active_only:

@@ -121,9 +121,38 @@ async def test_a_write_transaction_runs_in_the_callers_thread_and_a_read_in_the_
         async with database.read() as conn:
             in_read = (await conn.execute(sa.text("SELECT thread_id()"))).scalar_one()
             stored = (await conn.execute(sa.select(users.c.id).order_by(users.c.id))).scalars().all()
+        async with database.read(short=True) as conn:
+            in_short_read = (await conn.execute(sa.text("SELECT thread_id()"))).scalar_one()
+        async with database.write() as conn:  # the short read ended: the next write goes on
+            await conn.execute(users.insert(), [_user(3)])
+        async with database.read() as conn:
+            after = (await conn.execute(sa.select(users.c.id).order_by(users.c.id))).scalars().all()
     finally:
         await database.close()
     assert in_write == threading.get_ident()
     assert in_long_write != threading.get_ident()
     assert in_read != threading.get_ident()
+    assert in_short_read == threading.get_ident()  # a few keyed rows: no trip
     assert stored == ["u1", "u2"]
+    assert after == ["u1", "u2", "u3"]
+
+
+async def test_a_short_read_sees_what_was_committed_while_another_process_writes(
+        db: Database, tmp_path: Path) -> None:
+    """A short read runs on the event loop's thread: it must never wait for a writer (WAL),
+    and it sees the last commit, not the writer's transaction in progress."""
+    async with db.write() as conn:
+        await conn.execute(users.insert(), [_user(1)])
+    other = sqlite3.connect(tmp_path / "driver.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock…
+        other.execute("INSERT INTO people (id, email) VALUES ('other', 'o@example.com')")
+        async with db.read(short=True) as conn:  # …and the short read goes on at once
+            seen = (await conn.execute(sa.select(users.c.id).order_by(users.c.id))).scalars().all()
+        other.execute("COMMIT")
+        async with db.read(short=True) as conn:
+            now = (await conn.execute(sa.select(users.c.id).order_by(users.c.id))).scalars().all()
+    finally:
+        other.close()
+    assert seen == ["u1"]
+    assert now == ["other", "u1"]
