@@ -58,17 +58,18 @@ class LocalQueue:
         # Every receive and acknowledgement runs these: built once.
         visible = (queue_messages.c.queue == self._name,
                    queue_messages.c.visible_at <= sa.bindparam("b_now"))
-        self._peek = sa.select(queue_messages.c.id).where(*visible).limit(1)
-        self._visible = (
+        self._peek = db.direct(sa.select(queue_messages.c.id).where(*visible).limit(1))
+        self._visible = db.direct(
             sa.select(queue_messages.c.id, queue_messages.c.body, queue_messages.c.receive_count)
             .where(*visible).order_by(queue_messages.c.visible_at, queue_messages.c.id)
             .limit(sa.bindparam("b_max", type_=sa.Integer)).with_for_update(skip_locked=True))
-        self._hide = (queue_messages.update().where(queue_messages.c.id == sa.bindparam("b_id"))
-                      .values(visible_at=sa.bindparam("b_until"), receipt=sa.bindparam("b_receipt"),
-                              receive_count=sa.bindparam("b_count")))
-        self._delete = queue_messages.delete().where(
+        self._hide = db.direct(
+            queue_messages.update().where(queue_messages.c.id == sa.bindparam("b_id"))
+            .values(visible_at=sa.bindparam("b_until"), receipt=sa.bindparam("b_receipt"),
+                    receive_count=sa.bindparam("b_count")))
+        self._delete = db.direct(queue_messages.delete().where(
             queue_messages.c.id == sa.bindparam("b_id"),
-            queue_messages.c.receipt == sa.bindparam("b_receipt"))
+            queue_messages.c.receipt == sa.bindparam("b_receipt")))
 
     async def send_batch(self, bodies: Sequence[str]) -> None:
         if not bodies:
@@ -126,24 +127,24 @@ class LocalQueue:
         """A read, which never waits for SQLite's one writer: polling an empty queue (idle
         workers, a batch topping up) takes no write lock from the gateway's commits."""
         async with self._db.read(short=True) as conn:
-            return (await conn.execute(self._peek, {"b_now": now})).first() is not None
+            return bool(await self._peek.rows(conn, {"b_now": now}))
 
     async def _take(self, max_messages: int) -> list[QueuedMessage]:
         now = now_us()
         if not await self._any_visible(now):
             return []
         async with self._db.write() as conn:
-            rows = (await conn.execute(self._visible, {"b_now": now, "b_max": max_messages})).all()
-            exhausted = [r for r in rows if r.receive_count >= self._max_receives]
+            rows = await self._visible.rows(conn, {"b_now": now, "b_max": max_messages})
+            exhausted = [r for r in rows if r["receive_count"] >= self._max_receives]
             for row in exhausted:
-                await self._move_to_dlq(conn, row.id, row.body, row.receive_count,
-                                        f"received {row.receive_count} times without success "
+                await self._move_to_dlq(conn, row["id"], row["body"], row["receive_count"],
+                                        f"received {row['receive_count']} times without success "
                                         f"(max {self._max_receives})")
-            taken = [QueuedMessage(str(r.id), r.body, secrets.token_hex(16), r.receive_count + 1)
-                     for r in rows if r.receive_count < self._max_receives]
+            taken = [QueuedMessage(str(r["id"]), r["body"], secrets.token_hex(16), r["receive_count"] + 1)
+                     for r in rows if r["receive_count"] < self._max_receives]
             if taken:
                 until = now + self._visibility_us
-                await conn.execute(self._hide, [
+                await self._hide.many(conn, [
                     {"b_id": int(m.id), "b_until": until, "b_receipt": m.receipt,
                      "b_count": m.receive_count} for m in taken])
         return taken
@@ -152,8 +153,7 @@ class LocalQueue:
         if not messages:
             return
         async with self._db.write() as conn:
-            await conn.execute(self._delete,
-                               [{"b_id": int(m.id), "b_receipt": m.receipt} for m in messages])
+            await self._delete.many(conn, [{"b_id": int(m.id), "b_receipt": m.receipt} for m in messages])
 
     async def extend(self, message: QueuedMessage, seconds: float) -> None:
         async with self._db.write() as conn:

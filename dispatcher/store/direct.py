@@ -13,10 +13,10 @@ parameters with the statement's own bind processors (JSON serialised as SQLAlche
 runs the compiled SQL on the driver's connection, and reads the rows with the columns' result
 processors:
 
-* SQLite: while the connection holds the write lock
+* SQLite: while the connection holds the write lock, or is in a short read
   (:class:`~dispatcher.store.sqlite_driver.FusedConnection`: its statements run in the
-  caller's thread anyway), on the ``sqlite3`` connection; anywhere else (a SQLite connection
-  not writing) it is ``conn.execute`` of the same statement.
+  caller's thread anyway), on the ``sqlite3`` connection; anywhere else (any other read)
+  it is ``conn.execute`` of the same statement.
 * PostgreSQL: on psycopg's connection under ``conn``, awaited on the event loop like
   SQLAlchemy's own execution, in the same transaction (psycopg begins it at the first
   statement and SQLAlchemy commits or rolls it back as before).
@@ -144,7 +144,7 @@ class Direct:
             raw.executemany(self._sql, values)
 
     def _raw(self, conn: AsyncConnection) -> sqlite3.Connection | None:
-        return _writing(conn) if self._sqlite else None
+        return _here(conn) if self._sqlite else None
 
     def _bound(self, params: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
         if not self._expanding:
@@ -189,10 +189,11 @@ def _driver(conn: AsyncConnection) -> Any:
     return sync.connection.driver_connection
 
 
-def _writing(conn: AsyncConnection) -> sqlite3.Connection | None:
-    """SQLite's connection under ``conn`` while it holds the write lock, else None."""
+def _here(conn: AsyncConnection) -> sqlite3.Connection | None:
+    """SQLite's connection under ``conn`` while its statements run in the caller's thread (a
+    write transaction holding the lock, or a short read), else None."""
     driver = _driver(conn)
-    return driver.writing() if isinstance(driver, FusedConnection) else None
+    return driver.here() if isinstance(driver, FusedConnection) else None
 
 
 def _psycopg(conn: AsyncConnection) -> psycopg.AsyncConnection[Any] | None:

@@ -96,10 +96,11 @@ class FusedConnection(aiosqlite.Connection):
     def cursor(self) -> FusedCursor:  # type: ignore[override]  # no trip: see FusedCursor
         return FusedCursor(self)
 
-    def writing(self) -> sqlite3.Connection | None:
-        """SQLite's own connection while this one holds the write lock (its statements may then
-        run in the caller's thread: ``dispatcher.store.direct``), else None."""
-        if not self._writing:
+    def here(self) -> sqlite3.Connection | None:
+        """SQLite's own connection while this one's statements run in the caller's thread (it
+        holds the write lock, or it is in a short read): ``dispatcher.store.direct`` may run
+        statements on it then; else None."""
+        if not (self._writing or self._short_read):
             return None
         self._maybe_in_transaction = True
         return self._conn

@@ -29,6 +29,8 @@ def address_key(address: str) -> str:
 class SuppressionStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._among = db.direct(sa.select(suppressions.c.address).where(
+            suppressions.c.address.in_(sa.bindparam("keys", expanding=True))))
 
     async def among(self, addresses: Iterable[str]) -> frozenset[str]:
         """Which of ``addresses`` (as :func:`address_key` spells them) are suppressed."""
@@ -38,9 +40,7 @@ class SuppressionStore:
         found: set[str] = set()
         async with self._db.read(short=True) as conn:  # a chunk's addresses, by their keys
             for start in range(0, len(keys), 2000):
-                rows = await conn.execute(sa.select(suppressions.c.address)
-                                          .where(suppressions.c.address.in_(keys[start:start + 2000])))
-                found |= {r.address for r in rows}
+                found |= {r["address"] for r in await self._among.rows(conn, {"keys": keys[start:start + 2000]})}
         return frozenset(found)
 
     async def get_many(self, emails: Iterable[str], tokens: Iterable[str] = ()) -> list[Suppression]:

@@ -18,6 +18,13 @@ __all__ = ["UserStore"]
 class UserStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # A unit of work's recipients (load_many), built once and run on the driver.
+        ids: sa.BindParameter[str] = sa.bindparam("ids", expanding=True)
+        self._users_by_id = db.direct(sa.select(users).where(users.c.id.in_(ids)))
+        by_user = sa.select(devices).where(devices.c.user_id.in_(ids))
+        self._devices_by_user = {
+            True: db.direct(by_user.where(devices.c.active.is_(True)).order_by(devices.c.created_at)),
+            False: db.direct(by_user.order_by(devices.c.created_at))}
 
     async def upsert(self, user_id: str, fields: Mapping[str, Any]) -> UserRecord:
         """Create the user or update the given fields (already validated and normalised)."""
@@ -43,21 +50,18 @@ class UserStore:
         if not ids:
             return {}
         async with self._db.read(short=True) as conn:  # a chunk's recipients, by their keys
-            user_rows = (await conn.execute(sa.select(users).where(users.c.id.in_(ids)))).all()
-            query = sa.select(devices).where(devices.c.user_id.in_(ids))
-            if active_only:
-                query = query.where(devices.c.active.is_(True))
-            device_rows = (await conn.execute(query.order_by(devices.c.created_at))).all()
+            user_rows = await self._users_by_id.rows(conn, {"ids": ids})
+            device_rows = await self._devices_by_user[active_only].rows(conn, {"ids": ids})
         by_user: dict[str, list[Device]] = {}
         for d in device_rows:
-            by_user.setdefault(d.user_id, []).append(Device(d.token, d.platform, d.active))
+            by_user.setdefault(d["user_id"], []).append(Device(d["token"], d["platform"], d["active"]))
         return {
-            row.id: UserRecord(
-                id=row.id, email=row.email, phone=row.phone, locale=row.locale,
-                timezone=row.timezone, preferences=Preferences.from_json(row.preferences),
-                devices=tuple(by_user.get(row.id, ())), name=row.name,
-                attributes=row.attributes or {}, created_at=row.created_at,
-                updated_at=row.updated_at,
+            row["id"]: UserRecord(
+                id=row["id"], email=row["email"], phone=row["phone"], locale=row["locale"],
+                timezone=row["timezone"], preferences=Preferences.from_json(row["preferences"]),
+                devices=tuple(by_user.get(row["id"], ())), name=row["name"],
+                attributes=row["attributes"] or {}, created_at=row["created_at"],
+                updated_at=row["updated_at"],
             )
             for row in user_rows
         }

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from support import new_id
@@ -268,15 +269,41 @@ async def test_a_channel_the_template_lacks_is_refused_at_the_api_and_in_the_que
 async def test_a_chunk_loads_users_in_bulk_not_per_recipient(runtime: Runtime) -> None:
     for i in range(40):
         await add_user(runtime, f"u{i}", email=f"u{i}@example.com")
-    statements: list[str] = []
-    sa.event.listen(runtime.store.db.engine.sync_engine, "before_cursor_execute",
-                    lambda *a: statements.append(a[2]))
+    statements = _statements_sent(runtime)
     message = chunk([f"u{i}" for i in range(40)])
     await run(runtime, message)
     user_selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")
                     and "FROM users" in s]
     assert len(user_selects) == 1
     assert len(await ledger(runtime, message.id)) == 160
+
+
+def _statements_sent(runtime: Runtime) -> list[str]:
+    """Every statement the store's connections run from now on, as the database gets it:
+    also those ``dispatcher.store.direct`` runs on the driver's connection, not the engine's
+    (SQLite's trace callback; on PostgreSQL a psycopg cursor that notes its queries), set on
+    each connection at checkout."""
+    sent: list[str] = []
+    db = runtime.store.db
+
+    class Noting(psycopg.AsyncCursor[Any]):
+        async def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(str(query))
+            return await super().execute(query, *args, **kwargs)
+
+        async def executemany(self, query: Any, *args: Any, **kwargs: Any) -> None:
+            sent.append(str(query))
+            await super().executemany(query, *args, **kwargs)
+
+    def checkout(dbapi_conn: Any, *_: Any) -> None:
+        driver = dbapi_conn.driver_connection
+        if db.dialect == "sqlite":
+            driver._conn.set_trace_callback(sent.append)
+        else:
+            driver.cursor_factory = Noting
+
+    sa.event.listen(db.engine.sync_engine.pool, "checkout", checkout)
+    return sent
 
 
 async def test_emails_carry_an_unsubscribe_link_except_critical_ones(
