@@ -68,8 +68,8 @@ class StatementCount:
     (``dispatcher.store.direct``): psycopg's cursors are counted, by a cursor factory set on
     each pooled connection at checkout. On SQLite each transaction's ``BEGIN`` (the driver
     may run it without the engine: ``FusedConnection.begin_here``) and the other statements
-    SQLAlchemy's engine sends: those run straight on SQLite's connection inside a write
-    transaction aren't counted."""
+    SQLAlchemy's engine sends: those ``dispatcher.store.direct`` runs straight on SQLite's
+    connection (inside a write transaction or a short read) aren't counted."""
 
     def __init__(self, db: Database) -> None:
         self.n = 0

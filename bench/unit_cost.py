@@ -10,8 +10,8 @@ fresh SQLite file or a fresh PostgreSQL database, and reports per notification (
 and its update's two) the process's CPU (every thread), the PostgreSQL backends' CPU (the
 server processes of this run's database, read with psutil by ``ResourceMonitor``), the wall
 time, and the statements sent (``StatementCount``: on PostgreSQL every statement, also those
-run straight on psycopg's connection by ``dispatcher.store.direct``; on SQLite only those the
-engine sends, each write transaction's ``BEGIN``, the rest running straight on SQLite's
+run straight on psycopg's connection by ``dispatcher.store.direct``; on SQLite each
+transaction's ``BEGIN`` and what the engine sends, the rest running straight on SQLite's
 connection). Run it before and after a change to the store: per notification, and in process,
 it separates a change of a few per cent that the open-loop runs' noise hides.
 """

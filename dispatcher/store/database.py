@@ -121,12 +121,9 @@ class Database:
         queue's next message): on SQLite its statements run in the caller's thread, with no
         trip to the driver's (``dispatcher.store.sqlite_driver``); a read that may be long
         (a listing, a count) must not say so."""
-        if not short:
-            async with self.engine.connect() as conn:
-                yield conn
-            return
-        async with self._short_reader.connect() as conn:
-            await conn.begin()  # now, not at the first statement: Direct's run on SQLite's connection from the first
+        async with (self._short_reader if short else self.engine).connect() as conn:
+            if short:  # begun now, not at its first statement: Direct's run on the driver from the first
+                await conn.begin()
             yield conn
 
     def insert(self, table: sa.Table) -> Any:

@@ -135,10 +135,9 @@ class FusedConnection(aiosqlite.Connection):
         if self._short_read:
             self._short_read = False
             self._conn.rollback()
-            self._maybe_in_transaction = False
         elif self._maybe_in_transaction:
             await self._call(self._conn.rollback)
-            self._maybe_in_transaction = False
+        self._maybe_in_transaction = False
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in the driver's thread: one trip."""
@@ -146,7 +145,8 @@ class FusedConnection(aiosqlite.Connection):
 
     async def run(self, sql: str, parameters: Any) -> tuple[_Description, int, int | None, list[Any]]:
         """One statement, whole: (description, rowcount, lastrowid, rows). In the caller's
-        thread while this connection holds the write lock, else in the driver's thread."""
+        thread while this connection holds the write lock or is in a short read, else in the
+        driver's thread."""
         self._maybe_in_transaction = True
         if self._writing or self._short_read:
             return _run(self._conn, sql, parameters)
