@@ -351,9 +351,9 @@ async def test_small_notifications_and_their_updates_share_one_unit_of_work(
     assert [(e["state"], e["version"]) for e in feed] == [("completed", 2)]
 
 
-def _worker(runtime: Runtime, linger: float) -> Worker:
+def _worker(runtime: Runtime, linger: float, messages: int = 64) -> Worker:
     return Worker(runtime.queue, runtime.deliverer, concurrency=4, visibility_timeout=30,
-                  known_services=None, batching=Batching(messages=64, recipients=500, linger=linger))
+                  known_services=None, batching=Batching(messages=messages, recipients=500, linger=linger))
 
 
 def _ids(batches: list[list[Any]]) -> list[list[str]]:
@@ -382,3 +382,24 @@ async def test_a_message_after_a_quiet_spell_waits_for_nothing(runtime: Runtime)
     b = chunk(["u1"])
     await runtime.queue.send_batch([encode_chunk(b)])
     assert _ids(await asyncio.wait_for(worker._take(4, 0), timeout=30)) == [[b.id]]
+
+
+async def test_a_worker_behind_takes_the_next_batch_at_once(runtime: Runtime) -> None:
+    """A take that came back full means more is waiting: the next take does not linger, even
+    while traffic is steady. Ten messages, batches of four, a linger of a minute: three takes
+    in a row, none waiting (each well within 30 s); then, the queue caught up, steady traffic
+    lingers again."""
+    worker = _worker(runtime, linger=60.0, messages=4)
+    sent = [chunk([f"u{i}"]) for i in range(10)]
+    await runtime.queue.send_batch([encode_chunk(c) for c in sent])
+    taken: list[str] = []
+    for expected in (4, 4, 2):
+        [batch] = _ids(await asyncio.wait_for(worker._take(1, 0), timeout=30))
+        assert len(batch) == expected
+        taken += batch
+    assert sorted(taken) == sorted(c.id for c in sent)
+    await runtime.queue.send_batch([encode_chunk(chunk(["u1"]))])
+    take = asyncio.create_task(worker._take(1, 0))  # steady, and the last take was not full
+    done, _ = await asyncio.wait({take}, timeout=0.5)
+    assert not done  # it lingers (for a minute)
+    take.cancel()
