@@ -137,6 +137,39 @@ async def test_a_write_transaction_runs_in_the_callers_thread_and_a_read_in_the_
     assert after == ["u1", "u2", "u3"]
 
 
+async def test_a_write_transaction_commits_in_the_callers_thread(tmp_path: Path) -> None:
+    """The lock is held until the commit is done: a trip to the driver's thread for it made
+    every other writer wait for that thread to wake up too. A write of many rows commits
+    from the driver's thread (its commit may write many pages)."""
+    database = Database(f"sqlite:///{tmp_path / 'commits.db'}")
+    commits: list[int] = []
+
+    @event.listens_for(database.engine.sync_engine, "connect")
+    def _trace(dbapi_conn: object, _record: object) -> None:
+        sqlite_conn = dbapi_conn.driver_connection._conn  # type: ignore[attr-defined]
+        sqlite_conn.set_trace_callback(
+            lambda sql: commits.append(threading.get_ident()) if sql == "COMMIT" else None)
+
+    try:
+        async with database.write() as conn:
+            await conn.run_sync(users.metadata.create_all)
+        commits.clear()
+        async with database.write() as conn:
+            await conn.execute(users.insert(), [_user(1)])
+        in_write = list(commits)
+        commits.clear()
+        async with database.write(many_rows=True) as conn:
+            await conn.execute(users.insert(), [_user(2)])
+        in_long_write = list(commits)
+        async with database.read() as conn:
+            stored = (await conn.execute(sa.select(users.c.id).order_by(users.c.id))).scalars().all()
+    finally:
+        await database.close()
+    assert in_write == [threading.get_ident()]
+    assert len(in_long_write) == 1 and in_long_write[0] != threading.get_ident()
+    assert stored == ["u1", "u2"]
+
+
 async def test_a_short_read_sees_what_was_committed_while_another_process_writes(
         db: Database, tmp_path: Path) -> None:
     """A short read runs on the event loop's thread: it must never wait for a writer (WAL),
