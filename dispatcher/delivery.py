@@ -101,9 +101,9 @@ class Deliverer:
         if not planned:
             return results
         plans = [plan for _, plan, _ in planned]
-        complete = await self._open(plans, [h for _, _, h in planned])
-        settled = await asyncio.gather(*(self._settle(p, done)
-                                         for p, done in zip(plans, complete, strict=True)),
+        opened = await self._open(plans, [h for _, _, h in planned])
+        settled = await asyncio.gather(*(self._settle(p, done, older)
+                                         for p, (done, older) in zip(plans, opened, strict=True)),
                                        return_exceptions=True)
         for (i, _, _), outcome in zip(planned, settled, strict=True):
             if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
@@ -120,10 +120,11 @@ class Deliverer:
             raise PoisonMessage(str(exc)) from None
 
     async def _open(self, plans: Sequence[ChunkPlan], headers: list[HeaderUpdate],
-                    todo: Sequence[list[RowState]] | None = None) -> list[bool]:
+                    todo: Sequence[list[RowState]] | None = None) -> list[tuple[bool, set[RowKey]]]:
         """Write (and take over) the rows (``todo``, default all) of every plan in one unit of
         work, announce the in-app entries won, send the rows won; per plan, whether every row
-        it opened was won and is final now."""
+        it opened was won and is final now, and the rows it would have taken over but for an
+        older version sending them."""
         rows = todo or [plan.rows for plan in plans]
         chunks = [plan.chunk_rows(r, _held(plan) if todo is None else ())
                   for plan, r in zip(plans, rows, strict=True)]
@@ -144,15 +145,19 @@ class Deliverer:
                  for plan, keys in zip(plans, won, strict=True)]
         finished = await self._sender.send([o for per_plan in sends for o in per_plan], claim,
                                            opened.claimed)
-        return [len(keys) == len(r) and {o.key for o in s} <= finished
-                for keys, r, s in zip(won, rows, sends, strict=True)]
+        in_flight = opened.in_flight if opened.in_flight is not None else [set() for _ in plans]
+        return [(len(keys) == len(r) and {o.key for o in s} <= finished, busy)
+                for keys, r, s, busy in zip(won, rows, sends, in_flight, strict=True)]
 
-    async def _settle(self, plan: ChunkPlan, complete: bool) -> None:
+    async def _settle(self, plan: ChunkPlan, complete: bool, in_flight: set[RowKey]) -> None:
         """After the first round: check -> resolve stale -> wait -> open, until no row of the
-        chunk is open."""
+        chunk is open. ``in_flight``: rows the first round found an older version sending."""
         if complete:
             return  # every row won and made final in the first round: nothing to check
-        older: set[RowKey] = set()  # rows an older version was still sending: take over when done
+        # Rows an older version was still sending: take over when done. Seeded from the first
+        # round: that send may be recorded before the first check below reads the rows, and
+        # then nothing unfinished would say the update still has to send them.
+        older: set[RowKey] = set(in_flight)
         deadline = asyncio.get_running_loop().time() + self._times.give_up_seconds
         while True:
             rows = await self._store.ledger.unfinished(plan.message.id, plan.users)
@@ -163,9 +168,10 @@ class Deliverer:
                 if asyncio.get_running_loop().time() > deadline:
                     raise ChunkNotSettled(f"{len(todo)} rows of {plan.message.id} still claimed elsewhere")
                 await asyncio.sleep(self._times.poll_seconds)
-            [complete] = await self._open([plan], [], [todo])
+            [(complete, in_flight)] = await self._open([plan], [], [todo])
             if complete:
                 return
+            older |= in_flight
 
     async def _resolve_stale(self, rows: list[Unfinished]) -> bool:
         cutoff = now_us() - int(self._times.lease_seconds * 1e6)

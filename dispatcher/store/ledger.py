@@ -68,6 +68,9 @@ class Opened:
     #: per chunk, its rows as written: a cancel or a frequency cap may have changed what the
     #: caller planned (skipped/cancelled, skipped/rate_limited)
     rows: list[list[RowState]] | None = None
+    #: per chunk, the rows of its ``reset`` channels it could not take over because an older
+    #: version was sending them: the caller takes them over once that send is recorded
+    in_flight: list[set[RowKey]] | None = None
 
 
 @dataclass
@@ -168,7 +171,7 @@ class LedgerStore:
             chunks = await self._within_caps(conn, chunks, now)
             inserted, claimed = await self._insert(conn, chunks, now, claim)
             current = await self._current(conn, chunks, inserted)
-            won, changes = _take_over(chunks, inserted, current, claimed)
+            won, changes, in_flight = _take_over(chunks, inserted, current, claimed)
             if claim is not None:
                 claim = replace(claim, limit=claim.limit - len(claimed))
             to_claim = _claimable(chunks, won, current, claim)
@@ -185,7 +188,7 @@ class LedgerStore:
             await self._schedule.add_in(conn, [h for chunk in chunks for h in chunk.held])
             if self.events is not None:
                 await self.events.after_rows(conn, [k for keys in won for k in keys], now)
-        return Opened(won, claimed, frozenset(cancelled), [list(c.rows) for c in chunks])
+        return Opened(won, claimed, frozenset(cancelled), [list(c.rows) for c in chunks], in_flight)
 
     async def _within_caps(self, conn: AsyncConnection, chunks: Sequence[ChunkRows],
                            now: int) -> list[ChunkRows]:
@@ -514,8 +517,9 @@ def _key_params(key: RowKey) -> dict[str, object]:
 
 def _take_over(chunks: Sequence[ChunkRows], inserted: dict[RowKey, int],
                current: dict[RowKey, _Current], claimed: dict[RowKey, int],
-               ) -> tuple[list[set[RowKey]], dict[RowKey, dict[str, object]]]:
-    """Which rows each chunk wins, in order, and the final values of the rows taken over.
+               ) -> tuple[list[set[RowKey]], dict[RowKey, dict[str, object]], list[set[RowKey]]]:
+    """Which rows each chunk wins, in order, the final values of the rows taken over, and
+    per chunk the rows of its ``reset`` channels an older version is sending (in flight).
 
     A chunk wins a row it inserted, or a row that is ``pending`` at its version, or (for its
     ``reset`` channels) a row at an older version that is not in flight. ``current`` holds
@@ -527,15 +531,23 @@ def _take_over(chunks: Sequence[ChunkRows], inserted: dict[RowKey, int],
                 current[r.key] = (_Current(chunk.version, _SENDING, 1) if r.key in claimed
                                   else _Current(chunk.version, r.status.value, 0))
     won: list[set[RowKey]] = []
+    in_flight: list[set[RowKey]] = []
     changes: dict[RowKey, dict[str, object]] = {}
     for index, chunk in enumerate(chunks):
         keys: set[RowKey] = set()
+        busy: set[RowKey] = set()
+        in_flight.append(busy)
         for r in chunk.rows:
             if inserted.get(r.key) == index:
                 keys.add(r.key)
                 continue
             cur = current.get(r.key)
-            if cur is None or not _takeable(cur, chunk, r.key.channel):
+            if cur is None:
+                continue
+            if not _takeable(cur, chunk, r.key.channel):
+                if (r.key.channel in chunk.reset and cur.version < chunk.version
+                        and cur.status == _SENDING):
+                    busy.add(r.key)
                 continue
             attempts = cur.attempts if cur.version == chunk.version else 0
             current[r.key] = _Current(chunk.version, r.status.value, attempts)
@@ -544,7 +556,7 @@ def _take_over(chunks: Sequence[ChunkRows], inserted: dict[RowKey, int],
                               "b_attempts": attempts, "b_token": None, "b_claimed_at": None}
             keys.add(r.key)
         won.append(keys)
-    return won, changes
+    return won, changes, in_flight
 
 
 def _claim_changes(changes: dict[RowKey, dict[str, object]], current: dict[RowKey, _Current],
