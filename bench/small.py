@@ -38,7 +38,7 @@ import sqlalchemy as sa
 
 from bench.completion import Completion, FinalRow, ReadFinal, Tracked
 from bench.open_loop import Attempt, Offer, Submit, drive, run_async, small_plan
-from bench.processes import PidLister, PostgresBackends, ResourceMonitor, children_of, redis_server_pid
+from bench.processes import PidLister, PostgresBackends, ResourceMonitor, redis_server_pid
 from bench.workloads import API_KEY, Stack, engine_for
 
 if TYPE_CHECKING:
@@ -115,11 +115,9 @@ class DispatcherTarget:
         return read
 
     def processes(self) -> tuple[dict[str, int], dict[str, PidLister]]:
-        fixed = {p.name: p.pid for p in self.stack.processes}
+        # serve's worker processes each apart (a fair share?): in dispatcher_pids
+        fixed = {**{p.name: p.pid for p in self.stack.processes}, **self.stack.dispatcher_pids()}
         groups: dict[str, PidLister] = {}
-        if self.stack.name == "embedded":  # serve's worker processes, each apart: a fair share?
-            for i, pid in enumerate(sorted(children_of(self.stack.gateway.pid)()), 1):
-                fixed[f"serve-worker-{i}"] = pid
         if self.stack.name == "production":
             database = self.stack.database_url.rpartition("/")[2]
             groups["postgres"] = PostgresBackends(self.postgres_admin_url, database)

@@ -39,6 +39,7 @@ from bench.processes import (
     PidLister,
     Proc,
     ResourceMonitor,
+    children_of,
     postgres_admin,
     start_dispatcher,
     start_moto,
@@ -76,7 +77,14 @@ class Stack:
         return next(p for p in self.processes if p.name in ("serve", "gateway"))
 
     def dispatcher_pids(self) -> dict[str, int]:
-        return {p.name: p.pid for p in self.processes if p.name.startswith(("serve", "gateway", "worker"))}
+        """The dispatcher's processes by name, ``serve``'s worker processes (its children,
+        started before the stack is ready) as ``serve-worker-1``, ``-2``… (the bulks' peak RSS
+        covered ``serve``'s API process alone until 2026-12-02)."""
+        pids = {p.name: p.pid for p in self.processes if p.name.startswith(("serve", "gateway", "worker"))}
+        if "serve" in pids:
+            for i, pid in enumerate(sorted(children_of(pids["serve"])()), 1):
+                pids[f"serve-worker-{i}"] = pid
+        return pids
 
 
 def _base_env(standins: StandIns, folder: Path) -> dict[str, str]:

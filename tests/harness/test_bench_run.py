@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dispatcher.cpu_quota import available_cpus
+
 
 def test_the_whole_harness_runs_at_a_small_size(tmp_path: Path) -> None:
     out = tmp_path / "docs"
@@ -29,6 +31,10 @@ def test_the_whole_harness_runs_at_a_small_size(tmp_path: Path) -> None:
         assert result["sent"]["in_app"] == 150, contender
         for channel in ("email", "sms", "push"):
             assert result["arrived"][channel] == result["sent"][channel] > 0, (contender, channel)
+    # The peak RSS covers serve's worker processes, where the recipients are planned and sent.
+    rss = round_["embedded"]["peak_rss_mb"]
+    assert set(rss) == {"serve"} | {f"serve-worker-{i + 1}" for i in range(available_cpus())}, rss
+    assert all(mb > 10 for mb in rss.values()), rss
     assert round_["celery"]["deliveries"] > 0 and round_["celery"]["errors"] == 0
     assert round_["apprise"]["deliveries"] == 45
     assert report["inapp"]["sent"]["in_app"] == 300
